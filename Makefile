@@ -1,0 +1,36 @@
+# Two commands: `make reproduce` (the main job, quick profile) and `make test` (the whole suite).
+# Each creates or reuses the virtual environment .venv by itself.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.nslib-installed
+PROFILE ?= quick
+
+.PHONY: setup reproduce test test-fast lab clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, on its own: pip takes a local build where the machine provides one.
+	$(BIN)/pip install --quiet "torch>=2.2,<3" "torchvision>=0.17"
+	$(BIN)/pip install --quiet -e ".[test,autoattack]"
+	# torchattacks is a test-only reference; --no-deps because its pin of requests conflicts with jupyterlab.
+	$(BIN)/pip install --quiet --no-deps "torchattacks>=3.5"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+reproduce: setup
+	$(BIN)/python -m nslib reproduce --profile $(PROFILE)
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests --nbval-lax notebooks
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+lab: setup
+	$(BIN)/jupyter lab notebooks
+
+clean:
+	rm -rf outputs

@@ -1,0 +1,104 @@
+"""Input checks for the library's entry points (attacks, analysis, training, evaluation).
+
+Each check runs once per call, never inside ``forward``: the value-range check reads the tensor's min
+and max, which synchronises a GPU with the host. Every error names the argument, what was expected and
+what was received.
+"""
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import nn
+
+__all__ = ["check_images", "check_labels", "check_logits", "check_eps", "check_positive_int",
+           "check_choice", "model_device"]
+
+
+def check_images(x, name: str = "x") -> torch.Tensor:
+    """``x`` must be a floating tensor [N, C, H, W] with values in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of images [N, C, H, W] in [0, 1], "
+                        f"got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be a 4-D batch [N, C, H, W], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor with values in [0, 1], got dtype {x.dtype} "
+                        f"(divide uint8 images by 255)")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
+    lo, hi = torch.aminmax(x.detach())
+    lo, hi = float(lo), float(hi)
+    if not (lo >= 0.0 and hi <= 1.0):  # also catches NaN
+        raise ValueError(f"{name} must have values in [0, 1], got min {lo:.4g} and max {hi:.4g}"
+                         f" (pass unnormalised images; models normalise inside)")
+    return x
+
+
+def check_labels(y, n: int, num_classes: int | None = None, name: str = "y") -> torch.Tensor:
+    """``y`` must be an integer tensor [n] with values in [0, num_classes)."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of class indices [N], got {type(y).__name__}")
+    if y.dim() != 1 or y.shape[0] != n:
+        raise ValueError(f"{name} must have shape [{n}] (one label per image), got {tuple(y.shape)}")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer class indices (int64), got dtype {y.dtype}")
+    if num_classes is not None and n > 0:
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"{name} must hold class indices in [0, {num_classes - 1}], "
+                             f"got values from {lo} to {hi}")
+    return y
+
+
+def check_logits(out, n: int, name: str = "model") -> torch.Tensor:
+    """A model's output must be a logits tensor [n, classes], not a tuple, a dict or probabilities."""
+    if isinstance(out, (tuple, list)):
+        raise TypeError(f"{name} must return a logits tensor [N, classes], got a {type(out).__name__} of "
+                        f"{len(out)} items; wrap the model so that forward returns the logits alone")
+    if isinstance(out, dict):
+        raise TypeError(f"{name} must return a logits tensor [N, classes], got a dict with keys "
+                        f"{sorted(map(str, out))}; wrap the model so that forward returns the logits")
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{name} must return a logits tensor [N, classes], got {type(out).__name__}")
+    if out.dim() != 2 or out.shape[0] != n:
+        raise ValueError(f"{name} must return logits of shape [{n}, classes], got {tuple(out.shape)}")
+    if out.shape[1] < 2:
+        raise ValueError(f"{name} must return at least 2 class logits, got shape {tuple(out.shape)}")
+    o = out.detach().float()
+    if bool(((o >= 0) & (o <= 1)).all()) and torch.allclose(o.sum(1), torch.ones_like(o[:, 0]), atol=1e-4):
+        raise ValueError(f"{name} must return logits, but its outputs are probabilities (non-negative, "
+                         f"each row sums to 1); remove the final softmax")
+    return out
+
+
+def check_eps(eps, name: str = "eps", allow_zero: bool = True) -> float:
+    """A perturbation radius: a finite non-negative number."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(eps).__name__}")
+    eps = float(eps)
+    if not (eps >= 0.0) or eps == float("inf") or (eps == 0.0 and not allow_zero):
+        expected = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {expected}, got {eps}")
+    return eps
+
+
+def check_positive_int(v, name: str, minimum: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def check_choice(v, name: str, choices) -> str:
+    if v not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {v!r}")
+    return v
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model with neither)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
