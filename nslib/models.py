@@ -222,7 +222,9 @@ def build(arch: str, dataset: str = "fmnist") -> nn.Module:
         raise ValueError(f"smallcnn takes 28x28 inputs, but dataset {dataset!r} has {info.size}x{info.size} "
                          f"images; use vgg16 or resnet18")
     cls = {"smallcnn": SmallCNN, "vgg16": VGG16, "resnet18": ResNet18}[arch]
-    return cls(in_channels=info.channels, num_classes=info.classes, mean=info.mean, std=info.std)
+    model = cls(in_channels=info.channels, num_classes=info.classes, mean=info.mean, std=info.std)
+    model.nslib_spec = {"arch": arch, "dataset": dataset}  # lets load_checkpoint rebuild it
+    return model
 
 
 def _base(model: nn.Module) -> nn.Module:
