@@ -1,0 +1,451 @@
+"""Neuron sensitivity (Zhang, Liu et al., IEEE TIP 2021, https://arxiv.org/abs/1909.06978).
+
+How much each neuron's output changes between benign and adversarial inputs. For layer l, neuron m and
+N pairs (x_i, x'_i)::
+
+    sigma(F_l^m) = (1/N) sum_i (1/dim F_l^m(x_i)) || F_l^m(x_i) - F_l^m(x'_i) ||_1
+
+A neuron of a layer whose output is [N, C, H, W] (any [N, C, ...]) is a channel: the mean over positions
+of |difference|, taken per position before averaging so that signed changes do not cancel, then the
+mean over pairs. A neuron of a layer whose output is [N, D] is a unit. The relative variant divides by
+the mean |clean output| of the neuron (a ratio of means).
+
+- :func:`capture`: a context manager recording named layers' outputs (with their autograd graph).
+- :func:`batch_sensitivity`: differentiable sigma of one layer on one batch (for SNS training).
+- :func:`neuron_sensitivity`: sigma over N pairs, streamed in batches, exact mean, memory independent of N.
+- :func:`top_k`, :func:`layer_summary`: sensitive neurons and per-layer tables.
+
+Usage::
+
+    sigma = neuron_sensitivity(model, x, x_adv)                # {layer name: Tensor [neurons]}
+    idx = top_k(sigma, 0.1)                                    # {layer name: indices of the top 10%}
+    with capture(model, ["layer2.1.conv1"]) as acts:
+        logits = model(torch.cat([x, x_adv]))
+    s = batch_sensitivity(acts["layer2.1.conv1"][:n], acts["layer2.1.conv1"][n:])  # keeps the graph
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from nslib.checks import check_images, check_logits, check_positive_int, check_choice, model_device
+from nslib.models import default_layers, get_layer
+
+__all__ = ["capture", "Activations", "batch_sensitivity", "neuron_sensitivity", "top_k", "resolve_k",
+           "layer_summary"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# hooks
+
+
+def _layer_list(model: nn.Module, layers, name: str = "layers") -> list[str]:
+    """Validate ``layers`` (a name, a list of names, or None for the defaults) and resolve each once."""
+    if layers is None:
+        layers = default_layers(model)
+    elif isinstance(layers, str):
+        layers = [layers]
+    layers = list(layers)
+    if not layers:
+        raise ValueError(f"{name} must name at least one layer, got an empty list")
+    for n in layers:
+        get_layer(model, n)  # raises with the nearest valid names
+    dup = sorted({n for n in layers if layers.count(n) > 1})
+    if dup:
+        raise ValueError(f"{name} must not repeat a layer, got {', '.join(dup)} more than once")
+    return layers
+
+
+class _Hooks:
+    """Forward hooks on named layers calling ``fn(name, output)``; removed on exit, also on error.
+
+    A forward pre-hook on the model marks the start of each forward pass; a layer that runs twice
+    within one pass is an error (its output would be ambiguous). ``fn`` may return a replacement
+    output (as a forward hook may). ``on_pass`` is called at the start of each pass.
+    """
+
+    def __init__(self, model: nn.Module, layers: list[str], fn, on_pass=None):
+        self.model, self.layers, self.fn, self.on_pass = model, layers, fn, on_pass
+        self.modules = {n: get_layer(model, n) for n in layers}
+        self.calls: dict[str, int] = {}
+        self.handles: list = []
+
+    def _pre(self, module, args):
+        self.calls = dict.fromkeys(self.layers, 0)
+        if self.on_pass is not None:
+            self.on_pass()
+
+    def _hook(self, name):
+        def hook(module, args, output):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if self.calls[name] > 1:
+                raise RuntimeError(
+                    f"layer {name!r} ({type(module).__name__}) runs more than once per forward pass of "
+                    f"{type(self.model).__name__}, so its output is ambiguous; hook a module that runs "
+                    f"once (e.g. a convolution instead of a shared activation)")
+            return self.fn(name, output)
+        return hook
+
+    def __enter__(self):
+        try:
+            self.handles.append(self.model.register_forward_pre_hook(self._pre))
+            for n, m in self.modules.items():
+                self.handles.append(m.register_forward_hook(self._hook(n)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def remove(self):
+        while self.handles:
+            self.handles.pop().remove()
+
+    def __exit__(self, *exc):
+        self.remove()
+        return False
+
+    def missing(self) -> list[str]:
+        """Layers that did not run in the last forward pass."""
+        return [n for n in self.layers if not self.calls.get(n)]
+
+
+class Activations(Mapping):
+    """The outputs recorded by :func:`capture`: ``acts[name]`` is the layer's output in the latest pass.
+
+    Reading an output that a later in-place operation changed (e.g. ``ReLU(inplace=True)`` right after
+    the hooked layer) is a RuntimeError rather than a silently wrong value.
+    """
+
+    def __init__(self):
+        self._data: dict[str, tuple[torch.Tensor, int | None]] = {}
+
+    def _put(self, name: str, t: torch.Tensor) -> None:
+        self._data[name] = (t, _version(t))
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._data:
+            raise KeyError(f"no output recorded for layer {name!r} (recorded: "
+                           f"{', '.join(self._data) or 'none'}); run the model inside the capture block")
+        t, v = self._data[name]
+        if v is not None and _version(t) != v:
+            raise RuntimeError(f"the output of layer {name!r} was modified in place after the layer ran "
+                               f"(an in-place operation follows it, e.g. ReLU(inplace=True)); hook another "
+                               f"layer or make that operation out of place")
+        return t
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return "Activations(" + ", ".join(f"{n}: {tuple(t.shape)}" for n, (t, _) in self._data.items()) + ")"
+
+
+def _version(t: torch.Tensor) -> int | None:
+    try:
+        return t._version
+    except Exception:  # inference-mode tensors have no version counter
+        return None
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, layers, *, detach: bool = False):
+    """Record the outputs of the named layers during the forward passes of ``model`` inside the block.
+
+    Args:
+        model: the network; its forward passes inside the block are recorded.
+        layers: a dotted module name (``"layer2.1.conv1"``) or a list of them; nested modules included;
+            for a :class:`nslib.models.Wrapped` model, names relative to the wrapped network also work.
+        detach: False keeps each output as the forward pass produced it, with its autograd graph (what
+            SNS training needs); True stores ``output.detach()``.
+
+    Yields:
+        :class:`Activations`, a mapping layer name -> output tensor of the *latest* forward pass (each
+        pass replaces the previous one; to compare clean and adversarial inputs, run them as one batch,
+        ``model(torch.cat([x, x_adv]))``, and split the outputs). It stays readable after the block.
+
+    Raises:
+        ValueError: an unknown layer name (the message lists the nearest valid names), or a repeated one.
+        RuntimeError: a layer runs more than once in one forward pass of ``model``.
+
+    The hooks are removed when the block ends, also when it raises. Usage::
+
+        with capture(model, ["stem", "layer1.0"]) as acts:
+            logits = model(torch.cat([x, x_adv]))
+        a = acts["stem"]   # [2N, 64, 32, 32]
+    """
+    names = _layer_list(model, layers)
+    acts = Activations()
+
+    def record(name, output):
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"layer {name!r} must output a tensor, got {type(output).__name__}")
+        acts._put(name, output.detach() if detach else output)
+
+    with _Hooks(model, names, record, on_pass=acts._data.clear):
+        yield acts
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """Put every module in eval mode; restore each module's own train/eval flag afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+# ----------------------------------------------------------------------------------------------------
+# the measure
+
+
+def _neurons(t: torch.Tensor, name: str) -> torch.Tensor:
+    """[N, C, ...] -> [N, C, positions]; [N, D] -> [N, D, 1]."""
+    if t.dim() < 2:
+        raise ValueError(f"{name} must be a layer output [N, C, ...] or [N, D], got shape {tuple(t.shape)}")
+    return t.reshape(t.shape[0], t.shape[1], -1)
+
+
+def batch_sensitivity(acts_clean: torch.Tensor, acts_adv: torch.Tensor, relative: bool = False):
+    """Per-neuron sigma of one layer on one batch of pairs, differentiable through both inputs.
+
+    The building block of SNS training: capture the layer on ``torch.cat([x, x_adv])`` with
+    :func:`capture` (which keeps the graph) and pass the two halves here.
+
+    Args:
+        acts_clean: the layer's outputs on the benign inputs, [N, C, H, W] (a channel is a neuron) or
+            [N, D] (a unit is a neuron); any [N, C, ...] works, positions being all dims after C.
+        acts_adv: the outputs on the adversarial inputs, same shape.
+        relative: divide by the neuron's mean |clean output| on this batch (a ratio of means).
+
+    Returns:
+        sigma, a Tensor [C] (dtype of the inputs) with the autograd graph; with ``relative=True`` a
+        tuple ``(sigma, dead)`` where ``dead`` [C] bool marks neurons whose clean output is all zero on
+        this batch. Their sigma is NaN, but the gradient stays finite: select with ``sigma[~dead]``
+        before reducing (``nan`` poisons a plain ``.mean()``).
+
+    Usage: ``loss = batch_sensitivity(a[:n], a[n:]).topk(k).values.mean()``
+    """
+    for name, t in (("acts_clean", acts_clean), ("acts_adv", acts_adv)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor, got "
+                            f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if acts_clean.shape != acts_adv.shape:
+        raise ValueError(f"acts_clean and acts_adv must have the same shape, got {tuple(acts_clean.shape)} "
+                         f"and {tuple(acts_adv.shape)}")
+    a, b = _neurons(acts_clean, "acts_clean"), _neurons(acts_adv, "acts_adv")  # [N, C, P]
+    if a.shape[0] == 0:
+        raise ValueError(f"acts_clean must hold at least one pair, got shape {tuple(acts_clean.shape)}")
+    sigma = (a - b).abs().mean(2).mean(0)  # per position, then positions, then pairs: [C]
+    if not relative:
+        return sigma
+    scale = a.abs().mean(2).mean(0)  # [C]
+    dead = scale == 0
+    ratio = sigma / torch.where(dead, torch.ones_like(scale), scale)  # finite everywhere, finite grads
+    return torch.where(dead, torch.full_like(ratio, math.nan), ratio), dead
+
+
+def neuron_sensitivity(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, *, layers=None,
+                       batch_size: int = 256, relative: bool = False, progress: bool = False):
+    """The paper's neuron sensitivity sigma of every neuron of the chosen layers over N pairs.
+
+    Streams over batches of pairs (one forward pass of ``torch.cat([x_b, x_adv_b])`` each); hooks
+    reduce each layer's output as soon as it is produced, so no activation outlives its batch. The
+    mean over all N pairs is exact whatever ``batch_size`` (per-batch sums accumulated in float64,
+    divided by N at the end); memory does not grow with N. The model runs in eval mode under
+    ``torch.no_grad()``; every module's train/eval mode is restored afterwards and the hooks are
+    removed, also on error. Batches are moved to the model's device.
+
+    Args:
+        model: maps [N, C, H, W] images in [0, 1] to logits [N, classes].
+        x: benign images [N, C, H, W] in [0, 1].
+        x_adv: their adversarial versions, same shape, in [0, 1] (crafted against ``model`` for the
+            white-box measure, or transferred).
+        layers: dotted layer names; None means :func:`nslib.models.default_layers`.
+        batch_size: pairs per forward pass (the pass holds twice as many images).
+        relative: divide each neuron's sigma by its mean |clean output| (a ratio of means).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        dict layer name -> float32 Tensor [neurons] on the model's device. With ``relative=True`` a
+        tuple ``(sigma, dead)``: ``dead`` maps each layer to a bool Tensor [neurons] marking neurons
+        whose clean output is zero on every pair and position; their sigma is NaN.
+
+    Raises:
+        TypeError/ValueError: bad images (not [N, C, H, W] floats in [0, 1], shapes differ), an
+            unknown layer (nearest valid names listed), a model that does not return logits.
+        RuntimeError: a layer that runs more than once per forward pass.
+
+    Usage: ``sigma = neuron_sensitivity(model, x, x_adv, layers=["layer2.1.conv1"])``
+    """
+    check_images(x, "x")
+    check_images(x_adv, "x_adv")
+    if x.shape != x_adv.shape:
+        raise ValueError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    names = _layer_list(model, layers)
+    device = model_device(model)
+    n = x.shape[0]
+    diff: dict[str, torch.Tensor] = {}   # float64 [C]: sum over pairs of mean |clean - adv| over positions
+    scale: dict[str, torch.Tensor] = {}  # float64 [C]: sum over pairs of mean |clean| over positions
+    state = {"b": 0}
+
+    def reduce(name, output):
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"layer {name!r} must output a tensor, got {type(output).__name__}")
+        b = state["b"]
+        if output.dim() < 2 or output.shape[0] != 2 * b:
+            raise ValueError(f"layer {name!r} must output [N, C, ...] with the batch first; got shape "
+                             f"{tuple(output.shape)} for a pass of {2 * b} images")
+        v = _neurons(output, name)
+        clean, adv = v[:b], v[b:]  # [b, C, P] each
+        d = (clean - adv).abs().mean(2).sum(0, dtype=torch.float64)  # [C]
+        if name in diff:
+            if d.shape != diff[name].shape:
+                raise ValueError(f"layer {name!r} changed width between batches: {diff[name].numel()} "
+                                 f"then {d.numel()} neurons")
+            diff[name] += d
+        else:
+            diff[name] = d
+        if relative:
+            s = clean.abs().mean(2).sum(0, dtype=torch.float64)
+            scale[name] = scale[name] + s if name in scale else s
+        return None
+
+    from tqdm.auto import tqdm
+    starts = range(0, n, batch_size)
+    with _eval_mode(model), torch.no_grad(), _Hooks(model, names, reduce) as hooks:
+        for start in tqdm(starts, desc="sensitivity", disable=not progress, leave=False):
+            xb = x[start:start + batch_size]
+            state["b"] = xb.shape[0]
+            out = model(torch.cat([xb, x_adv[start:start + batch_size]]).to(device))
+            if start == 0:
+                check_logits(out, 2 * xb.shape[0])
+                if hooks.missing():
+                    raise RuntimeError(f"layers {', '.join(hooks.missing())} did not run during the forward "
+                                       f"pass of {type(model).__name__}")
+    sigma = {name: (diff[name] / n).float() for name in names}
+    if not relative:
+        return sigma
+    dead = {name: scale[name] == 0 for name in names}
+    rel = {name: torch.where(dead[name], torch.full_like(sigma[name], math.nan),
+                             (diff[name] / torch.where(dead[name], 1.0, scale[name])).float())
+           for name in names}
+    return rel, dead
+
+
+# ----------------------------------------------------------------------------------------------------
+# sensitive neurons and summaries
+
+
+def resolve_k(k, width: int, layer: str | None = None) -> int:
+    """Number of neurons meant by ``k`` in a layer of ``width`` neurons.
+
+    An int k in [0, width] is a count; a float in (0, 1] is a fraction: max(1, round(k * width)),
+    rounded half up (so ``1`` is one neuron and ``1.0`` is all of them).
+    """
+    where = f" of layer {layer!r}" if layer is not None else ""
+    if isinstance(k, bool) or not isinstance(k, numbers.Real):
+        raise TypeError(f"k must be an int (a count) or a float in (0, 1] (a fraction), got {type(k).__name__}")
+    if isinstance(k, numbers.Integral):
+        if not 0 <= k <= width:
+            raise ValueError(f"k must be between 0 and the width {width}{where}, got {k}")
+        return int(k)
+    if not 0.0 < k <= 1.0:
+        raise ValueError(f"k as a fraction must be in (0, 1], got {k}")
+    return max(1, math.floor(k * width + 0.5))
+
+
+def top_k(sensitivity, k, *, which: str = "top", seed: int = 0, layer: str | None = None):
+    """Indices of the k most sensitive neurons (or the least, or a seeded random choice of k).
+
+    Args:
+        sensitivity: a Tensor [neurons] of one layer, or a dict layer name -> Tensor (as returned by
+            :func:`neuron_sensitivity`); NaN entries (dead neurons of the relative variant) rank last
+            for both "top" and "bottom".
+        k: an int count, or a float fraction of each layer's width (see :func:`resolve_k`).
+        which: "top" (most sensitive first), "bottom" (least sensitive first) or "random"
+            (a seeded uniform choice of k neurons, in ascending order).
+        seed: seed of the random choice.
+        layer: the layer's name, used in error messages for a single tensor.
+
+    Returns:
+        int64 Tensor [k] of neuron indices on the input's device (a dict of them for a dict input).
+
+    Raises:
+        ValueError: k above a layer's width (the message names the layer), a fraction outside (0, 1].
+
+    Usage: ``idx = top_k(sigma, 0.1)["layer2.1"]``
+    """
+    check_choice(which, "which", ("top", "bottom", "random"))
+    if isinstance(sensitivity, Mapping):
+        return {name: top_k(s, k, which=which, seed=seed, layer=name) for name, s in sensitivity.items()}
+    if not isinstance(sensitivity, torch.Tensor) or sensitivity.dim() != 1:
+        raise TypeError(f"sensitivity must be a 1-D Tensor [neurons] or a dict of them, got "
+                        f"{tuple(sensitivity.shape) if isinstance(sensitivity, torch.Tensor) else type(sensitivity).__name__}")
+    s = sensitivity.detach()
+    width = s.numel()
+    kk = resolve_k(k, width, layer)
+    if which == "random":
+        g = torch.Generator().manual_seed(int(seed))
+        return torch.randperm(width, generator=g)[:kk].sort().values.to(s.device)
+    fill = -math.inf if which == "top" else math.inf
+    key = torch.where(torch.isnan(s), torch.full_like(s, fill), s.float())
+    order = torch.argsort(key, descending=(which == "top"), stable=True)
+    return order[:kk]
+
+
+def _finite(s: torch.Tensor) -> torch.Tensor:
+    s = s.detach().float().flatten().cpu()
+    return s[~torch.isnan(s)]
+
+
+def layer_summary(results, *, k=0.1, dead=None) -> list[dict]:
+    """One row per model and layer: neurons, dead neurons, mean, median, top-k mean and max of sigma.
+
+    Args:
+        results: a dict layer name -> Tensor (one model, named "model"), or a dict model name -> such a
+            dict, or model name -> the ``(sigma, dead)`` tuple of ``neuron_sensitivity(..., relative=True)``.
+        k: size of the top-k mean, an int or a fraction of each layer's width.
+        dead: for a single model, its dict of dead masks; otherwise taken from the tuples, or counted
+            as the NaN entries.
+
+    Returns:
+        a list of dicts with keys model, layer, neurons, dead, mean, median, top_k_mean, max, k; the
+        statistics skip NaN (dead) neurons. ``pandas.DataFrame(rows)`` gives a table.
+
+    Usage: ``rows = layer_summary({"vanilla": s_van, "pgd-at": s_at}, k=0.1)``
+    """
+    if not isinstance(results, Mapping) or not results:
+        raise TypeError(f"results must be a non-empty dict of sensitivities, got {type(results).__name__}")
+    first = next(iter(results.values()))
+    if isinstance(first, torch.Tensor):
+        results = {"model": (results, dead)}
+    rows = []
+    for model_name, value in results.items():
+        sigma, dmask = value if isinstance(value, tuple) else (value, None)
+        for layer, s in sigma.items():
+            f = _finite(s)
+            n_dead = int(dmask[layer].sum()) if dmask is not None else int(torch.isnan(s).sum())
+            kk = resolve_k(k, s.numel(), layer) if f.numel() else 0
+            top = f.sort(descending=True).values[:max(1, min(kk, f.numel()))] if f.numel() else f
+            nan = math.nan
+            rows.append({
+                "model": model_name, "layer": layer, "neurons": s.numel(), "dead": n_dead,
+                "mean": float(f.mean()) if f.numel() else nan,
+                "median": float(f.median()) if f.numel() else nan,
+                "top_k_mean": float(top.mean()) if f.numel() else nan,
+                "max": float(f.max()) if f.numel() else nan,
+                "k": kk,
+            })
+    return rows
