@@ -1,0 +1,624 @@
+"""Adversarial attacks: FGSM, PGD, MIM, C&W-L2 and a wrapper around the reference AutoAttack.
+
+Every attack is a plain function ``attack(model, x, y, *, eps, ...) -> x_adv`` over a batch on the model's
+device. The contracts (DESIGN.md), kept by every function here:
+
+- ``x`` is never modified; the model runs in eval mode during the attack (batch norm uses its running
+  statistics, dropout is off) and every module's train/eval flag is restored afterwards, also when the
+  attack raises; parameters' ``.grad`` are untouched (gradients are taken with respect to the input only,
+  with ``torch.autograd.grad``);
+- the output lies in [0, 1] and, for the fixed-radius attacks, in the eps-ball around ``x``, exactly:
+  ``(x_adv - x).abs().amax() <= eps`` (linf) and ``(x_adv - x).flatten(1).norm(dim=1) <= eps`` (l2) hold
+  when evaluated in float64 (the bounds are nudged by one ulp where rounding would cross them);
+- inputs are checked once per call (:mod:`nslib.checks`): values outside [0, 1], a batch that is not 4-D,
+  labels of the wrong shape or range, ``eps < 0``, a model that returns a tuple, a dict or probabilities
+  are errors that say what was received;
+- ``amp=True`` computes the forward and backward passes in bf16 autocast on CUDA (a no-op on CPU); the
+  loss, the updates and the projection stay in the input's dtype, and whether an example counts as
+  adversarial (restarts, C&W's search) is always decided on an fp32 forward pass.
+
+For speed on a GPU, pass a model prepared by :func:`nslib.fast.prepare` (batch norm folded into the
+convolutions, channels_last, optionally compiled) and ``amp=True``.
+
+Usage::
+
+    x_adv = nslib.attacks.pgd(model, x, y, eps=0.1, steps=20)
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sys
+import warnings
+from itertools import chain
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nslib.checks import (check_choice, check_eps, check_images, check_labels, check_logits,
+                          check_positive_int, model_device)
+
+__all__ = ["fgsm", "pgd", "mim", "cw_l2", "autoattack", "margin", "NORMS", "LOSSES"]
+
+NORMS = ("linf", "l2")
+LOSSES = ("ce", "margin", "kl")
+KL_START_STD = 0.001  # TRADES's inner maximisation starts at x + 0.001 * N(0, 1) (Zhang et al., 2019)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# shared helpers
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Run the body with every module in eval mode; restore each module's own flag afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _autocast(x: torch.Tensor, amp: bool):
+    """bf16 autocast on CUDA when ``amp``; a no-op context otherwise (CPU runs stay in the input's dtype)."""
+    if amp and x.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
+
+
+def _check_device(model: nn.Module, x: torch.Tensor) -> None:
+    has_state = next(chain(model.parameters(), model.buffers()), None) is not None
+    dev = model_device(model)
+    if has_state and (dev.type != x.device.type or (dev.index or 0) != (x.device.index or 0)):
+        raise ValueError(f"x is on {x.device} but the model is on {dev}; move them to the same device")
+
+
+def _clean_logits(model: nn.Module, x: torch.Tensor, y, *, need_y: bool = True) -> torch.Tensor:
+    """Check ``x``, the model's output and ``y`` once; return the clean fp32 logits [N, classes].
+
+    Runs one forward pass without gradients (the model must already be in eval mode).
+    """
+    _check_model(model)
+    check_images(x)
+    _check_device(model, x)
+    with torch.no_grad():
+        logits = model(x)
+    check_logits(logits, x.shape[0])
+    if y is not None or need_y:
+        if y is None:
+            raise TypeError("y must be a tensor of class indices [N], got None")
+        check_labels(y, x.shape[0], logits.shape[1])
+    return logits.float()
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Best other-class logit minus the logit of class ``y``, per example (> 0: not classified as ``y``).
+
+    Computed by masking class ``y`` with -inf (STYLE #8), right for negative logits too.
+    Shapes: ``logits`` [N, classes], ``y`` [N] -> [N] in the logits' dtype.
+    """
+    true = logits.gather(1, y[:, None]).squeeze(1)  # [N]
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)  # [N]
+    return other - true
+
+
+def _below(value: float, dtype: torch.dtype, device) -> torch.Tensor:
+    """The largest number of ``dtype`` that is <= ``value`` (a 0-d tensor)."""
+    t = torch.tensor(value, dtype=dtype, device=device)
+    if float(t) > value:
+        t = torch.nextafter(t, torch.zeros_like(t))
+    return t
+
+
+def _linf_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-coordinate bounds (lo, hi) of the intersection of [0, 1] and the Linf ball of radius eps.
+
+    ``x`` + eps is rounded; where the rounding would put a bound outside the ball, it moves one ulp inwards,
+    so any value in [lo, hi] is within eps of x also in exact arithmetic.
+    """
+    e = _below(eps, x.dtype, x.device)
+    lo = (x - e).clamp_(min=0)
+    hi = (x + e).clamp_(max=1)
+    wide = torch.float64  # exact differences of float32 (and narrower) values
+    xw, ew = x.to(wide), e.to(wide)
+    lo = torch.where(xw - lo.to(wide) > ew, torch.nextafter(lo, x), lo)
+    hi = torch.where(hi.to(wide) - xw > ew, torch.nextafter(hi, x), hi)
+    return lo, hi
+
+
+def _l2_project(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tensor:
+    """Project ``x_adv`` onto the L2 ball of radius eps around ``x``, then clip to [0, 1]."""
+    delta = x_adv - x
+    norms = delta.flatten(1).norm(dim=1)  # [N]
+    factor = (eps / norms.clamp_min(1e-12)).clamp(max=1.0)
+    return (x + delta * factor.view(-1, 1, 1, 1)).clamp(0, 1)
+
+
+def _l2_exact(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tensor:
+    """Shrink the rare outputs whose float64 L2 distance to ``x`` exceeds eps by rounding (once per call)."""
+    shrink = 1.0 - 4 * torch.finfo(x.dtype).eps
+    for _ in range(8):
+        norms = (x_adv.double() - x.double()).flatten(1).norm(dim=1)  # [N]
+        over = norms > eps
+        if not bool(over.any()):
+            return x_adv
+        factor = (eps / norms.clamp_min(1e-300) * shrink).clamp(max=1.0).to(x.dtype).view(-1, 1, 1, 1)
+        x_adv = torch.where(over.view(-1, 1, 1, 1), (x + (x_adv - x) * factor).clamp(0, 1), x_adv)
+        shrink = 1.0 - 2 * (1.0 - shrink)
+    return x  # unreachable in practice; the clean input is always inside the ball
+
+
+def _restart_generator(device: torch.device, base: int, restart: int) -> torch.Generator:
+    """Generator of restart ``restart``: a function of (base seed, restart) only, so restarts are nested."""
+    g = torch.Generator(device=device)
+    g.manual_seed((base * 1_000_003 + restart * 7_919 + 1) % (2 ** 63))
+    return g
+
+
+def _base_seed(seed) -> int:
+    if seed is None:  # drawn from torch's global generator, so torch.manual_seed makes it reproducible
+        return int(torch.randint(0, 2 ** 62, (1,)))
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    return seed
+
+
+def _input_grad(model, x_adv, objective, amp: bool) -> torch.Tensor:
+    """Gradient of ``objective(logits_fp32)`` (summed over the batch) with respect to ``x_adv`` only."""
+    x_adv = x_adv.detach().requires_grad_(True)
+    with torch.enable_grad():
+        with _autocast(x_adv, amp):
+            logits = model(x_adv)
+        obj = objective(logits.float())
+        (grad,) = torch.autograd.grad(obj, x_adv)
+    return grad
+
+
+def _objective(loss: str, y, targeted: bool, p_clean):
+    """The batch-summed quantity the attack ascends (a sum, so each example's gradient is its own)."""
+    if loss == "kl":  # KL(p(x) || p(x')), as TRADES
+        return lambda logits: F.kl_div(F.log_softmax(logits, 1), p_clean, reduction="sum")
+    if loss == "ce":
+        sign = -1.0 if targeted else 1.0
+        return lambda logits: sign * F.cross_entropy(logits, y, reduction="sum")
+    sign = -1.0 if targeted else 1.0  # margin: move the best other class above y (or the target above all)
+    return lambda logits: (sign * margin(logits, y)).sum()
+
+
+def _score(model, x_adv, y, loss: str, targeted: bool, p_clean) -> torch.Tensor:
+    """How adversarial each example is, from an fp32 forward pass: higher is worse for the model.
+
+    Margin (> 0 exactly when the attack succeeds) for labelled losses, KL(p(x) || p(x')) for "kl".
+    """
+    with torch.no_grad():
+        logits = model(x_adv).float()
+    if loss == "kl":
+        return F.kl_div(F.log_softmax(logits, 1), p_clean, reduction="none").sum(1)
+    m = margin(logits, y)
+    return -m if targeted else m
+
+
+# ---------------------------------------------------------------------------------------------------------
+# FGSM, PGD, MIM
+
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, targeted: bool = False,
+         amp: bool = False) -> torch.Tensor:
+    r"""FGSM, 'Explaining and Harnessing Adversarial Examples' [https://arxiv.org/abs/1412.6572].
+
+    One step of size eps along the sign of the cross-entropy's input gradient. Distance: Linf.
+
+    Args:
+        model (nn.Module): maps images in [0, 1] to logits; run in eval mode, mode restored.
+        x (Tensor): clean images, never modified.
+        y (Tensor): true labels, or the target labels when ``targeted``.
+        eps (float): Linf radius, >= 0.
+        targeted (bool): descend the cross-entropy toward ``y`` instead of ascending it.
+        amp (bool): bf16 autocast for the forward/backward pass on CUDA (no-op on CPU).
+
+    Shapes:
+        x: [N, C, H, W] in [0, 1]; y: [N] int64; output: like ``x``.
+
+    Raises:
+        ValueError, TypeError: bad input (see the module docstring).
+
+    Usage: ``x_adv = fgsm(model, x, y, eps=0.1)``
+    """
+    eps = check_eps(eps)
+    with eval_mode(model):
+        _clean_logits(model, x, y)
+        grad = _input_grad(model, x, _objective("ce", y, targeted, None), amp)
+        lo, hi = _linf_box(x, eps)
+        return torch.min(torch.max(x + eps * grad.sign(), lo), hi)
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float, alpha: float | None = None,
+        steps: int = 10, norm: str = "linf", random_start: bool = True, restarts: int = 1, loss: str = "ce",
+        targeted: bool = False, seed: int | None = None, amp: bool = False) -> torch.Tensor:
+    r"""PGD, 'Towards Deep Learning Models Resistant to Adversarial Attacks' [https://arxiv.org/abs/1706.06083].
+
+    Projected gradient ascent on a loss, in the Linf ball (signed steps) or the L2 ball (normalised
+    steps), clipped to [0, 1]; the last iterate of each run is kept.
+
+    Args:
+        model (nn.Module): maps images in [0, 1] to logits; run in eval mode, mode restored.
+        x (Tensor): clean images, never modified.
+        y (Tensor or None): true labels (target labels when ``targeted``); ignored, and may be None,
+            for ``loss="kl"``.
+        eps (float): radius of the ball, >= 0.
+        alpha (float or None): step size; None means 2.5 * eps / steps.
+        steps (int): gradient steps per restart, >= 1.
+        norm (str): "linf" or "l2".
+        random_start (bool): start uniformly in the Linf ball (norm "linf"), at a random direction and
+            radius in the L2 ball (norm "l2"), or, for ``loss="kl"``, at x + 0.001 * N(0, 1) as TRADES
+            does. Without it the KL attack cannot move: its gradient at x' = x is zero.
+        restarts (int): independent runs; each example keeps its worst case over the runs (highest
+            margin, so a success is never lost; highest KL for "kl"). Restart r depends only on (seed, r):
+            the first k restarts of a run with more are the run with ``restarts=k``.
+        loss (str): "ce" (cross-entropy), "margin" (best other logit minus the true one, C&W's f6) or
+            "kl" (KL(p(x) || p(x')), no labels; TRADES's inner maximisation).
+        targeted (bool): move toward the classes in ``y`` (ce and margin only).
+        seed (int or None): seeds the random starts; None draws one from torch's global generator.
+        amp (bool): bf16 autocast for the forward/backward passes on CUDA (no-op on CPU).
+
+    Shapes:
+        x: [N, C, H, W] in [0, 1]; y: [N] int64; output: like ``x``.
+
+    Raises:
+        ValueError, TypeError: bad input (see the module docstring), ``targeted`` with ``loss="kl"``,
+            or no labels for ce/margin.
+
+    Usage: ``x_adv = pgd(model, x, y, eps=8/255, steps=20, restarts=5, seed=0)``
+    """
+    eps = check_eps(eps)
+    norm = check_choice(norm, "norm", NORMS)
+    loss = check_choice(loss, "loss", LOSSES)
+    steps = check_positive_int(steps, "steps")
+    restarts = check_positive_int(restarts, "restarts")
+    alpha = 2.5 * eps / steps if alpha is None else check_eps(alpha, "alpha")
+    if loss == "kl" and targeted:
+        raise ValueError("targeted=True needs labels; it is not defined for loss='kl'")
+    base = _base_seed(seed)
+    with eval_mode(model):
+        clean = _clean_logits(model, x, y, need_y=loss != "kl")
+        if loss == "kl":
+            y = None
+        p_clean = F.softmax(clean, 1) if loss == "kl" else None
+        objective = _objective(loss, y, targeted, p_clean)
+        lo_hi = _linf_box(x, eps) if norm == "linf" else None
+        best = best_score = None
+        for r in range(restarts):
+            g = _restart_generator(x.device, base, r)
+            x_adv = _pgd_run(model, x, objective, eps=eps, alpha=alpha, steps=steps, norm=norm, lo_hi=lo_hi,
+                             start=("gauss" if loss == "kl" else norm) if random_start else None, gen=g, amp=amp)
+            if restarts == 1:
+                best = x_adv
+                break
+            score = _score(model, x_adv, y, loss, targeted, p_clean)  # [N], fp32
+            if best is None:
+                best, best_score = x_adv, score
+            else:
+                better = score > best_score  # strict: ties keep the earlier restart (nesting)
+                best = torch.where(better.view(-1, 1, 1, 1), x_adv, best)
+                best_score = torch.where(better, score, best_score)
+    return _l2_exact(x, best, eps) if norm == "l2" else best
+
+
+def _pgd_run(model, x, objective, *, eps, alpha, steps, norm, lo_hi, start, gen, amp) -> torch.Tensor:
+    """One PGD run from a (random) start; returns the last iterate, inside the ball and [0, 1]."""
+    n = x.shape[0]
+    x_adv = x
+    if start == "linf":
+        x_adv = x + (torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1) * eps
+    elif start == "l2":
+        d = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)  # uniform direction
+        r = torch.rand(n, generator=gen, device=x.device, dtype=x.dtype)  # radius as a share of eps
+        x_adv = x + d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1) * (r * eps).view(-1, 1, 1, 1)
+    elif start == "gauss":
+        x_adv = x + KL_START_STD * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    x_adv = _project(x, x_adv, eps, norm, lo_hi)
+    for _ in range(steps):
+        grad = _input_grad(model, x_adv, objective, amp)  # like x
+        if norm == "linf":
+            x_adv = x_adv + alpha * grad.sign()
+        else:
+            gnorm = grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-10  # 1e-10 as torchattacks' PGDL2
+            x_adv = x_adv + alpha * grad / gnorm
+        x_adv = _project(x, x_adv, eps, norm, lo_hi)
+    return x_adv
+
+
+def _project(x, x_adv, eps, norm, lo_hi):
+    if norm == "linf":
+        lo, hi = lo_hi
+        return torch.min(torch.max(x_adv, lo), hi)
+    return _l2_project(x, x_adv, eps)
+
+
+def mim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float | None = None,
+        steps: int = 10, decay: float = 1.0, targeted: bool = False, amp: bool = False) -> torch.Tensor:
+    r"""MIM (MI-FGSM), 'Boosting Adversarial Attacks with Momentum' [https://arxiv.org/abs/1710.06081].
+
+    Signed steps along a momentum of L1-normalised cross-entropy gradients, projected onto the Linf ball
+    and [0, 1]; starts at x (deterministic). Distance: Linf.
+
+    Args:
+        model (nn.Module): maps images in [0, 1] to logits; run in eval mode, mode restored.
+        x (Tensor): clean images, never modified.
+        y (Tensor): true labels, or the target labels when ``targeted``.
+        eps (float): Linf radius, >= 0.
+        alpha (float or None): step size; None means eps / steps.
+        steps (int): iterations, >= 1.
+        decay (float): momentum decay factor mu, >= 0.
+        targeted (bool): descend the cross-entropy toward ``y``.
+        amp (bool): bf16 autocast for the forward/backward passes on CUDA (no-op on CPU).
+
+    Shapes:
+        x: [N, C, H, W] in [0, 1]; y: [N] int64; output: like ``x``.
+
+    Raises:
+        ValueError, TypeError: bad input (see the module docstring).
+
+    Usage: ``x_adv = mim(model, x, y, eps=0.3, steps=20)``
+    """
+    eps = check_eps(eps)
+    steps = check_positive_int(steps, "steps")
+    alpha = eps / steps if alpha is None else check_eps(alpha, "alpha")
+    decay = check_eps(decay, "decay")
+    with eval_mode(model):
+        _clean_logits(model, x, y)
+        objective = _objective("ce", y, targeted, None)
+        lo, hi = _linf_box(x, eps)
+        momentum = torch.zeros_like(x)
+        x_adv = x
+        tiny = torch.finfo(x.dtype).tiny  # only guards an all-zero gradient (0 / 0)
+        for _ in range(steps):
+            grad = _input_grad(model, x_adv, objective, amp)
+            grad = grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(tiny)
+            momentum = grad + decay * momentum
+            x_adv = torch.min(torch.max(x_adv + alpha * momentum.sign(), lo), hi)
+    return x_adv
+
+
+# ---------------------------------------------------------------------------------------------------------
+# C&W-L2
+
+
+def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, c: float = 0.1, steps: int = 100,
+          binary_search_steps: int = 9, lr: float = 0.01, confidence: float = 0.0, abort_early: bool = True,
+          amp: bool = False) -> torch.Tensor:
+    r"""C&W-L2, 'Towards Evaluating the Robustness of Neural Networks' [https://arxiv.org/abs/1608.04644].
+
+    A minimal-norm attack: minimises ||x' - x||_2^2 + c * max(z_y - max_{j != y} z_j + confidence, 0) with
+    Adam in tanh space (x' = (tanh(w) + 1) / 2, so x' stays in [0, 1]), over the whole batch at once, with a
+    binary search over c per example (c times 10 until a success, then bisection). Each example's
+    optimisation stops early once its loss has not decreased by 0.01% over a tenth of ``steps``; the other
+    examples go on (Adam is per coordinate, so an example's path does not depend on the rest of the batch).
+
+    Returns, per example, the successful x' of smallest L2 distance found (misclassified with the given
+    confidence, decided on fp32 logits), or ``x`` itself where none was found. Robust accuracy at an L2
+    radius is the share of examples whose smallest perturbation exceeds it
+    (:func:`nslib.evaluate.min_norm_accuracy`).
+
+    Args:
+        model (nn.Module): maps images in [0, 1] to logits; run in eval mode, mode restored.
+        x (Tensor): clean images, never modified.
+        y (Tensor): true labels.
+        c (float): initial trade-off constant, > 0.
+        steps (int): Adam steps per binary search step, >= 1.
+        binary_search_steps (int): outer steps over c, >= 1.
+        lr (float): Adam learning rate (in tanh space), > 0.
+        confidence (float): required margin kappa, >= 0.
+        abort_early (bool): stop an example's inner loop when its loss stalls.
+        amp (bool): bf16 autocast for the forward/backward passes on CUDA (no-op on CPU); success is
+            then decided on an extra fp32 forward pass.
+
+    Shapes:
+        x: [N, C, H, W] in [0, 1]; y: [N] int64; output: like ``x``.
+
+    Raises:
+        ValueError, TypeError: bad input (see the module docstring).
+
+    Usage: ``x_adv = cw_l2(model, x, y, steps=200)``
+    """
+    c = check_eps(c, "c", allow_zero=False)
+    steps = check_positive_int(steps, "steps")
+    binary_search_steps = check_positive_int(binary_search_steps, "binary_search_steps")
+    lr = check_eps(lr, "lr", allow_zero=False)
+    confidence = check_eps(confidence, "confidence")
+    amp_active = amp and x.device.type == "cuda"
+    with eval_mode(model):
+        _clean_logits(model, x, y)
+        n = x.shape[0]
+        dev = x.device
+        lo = torch.zeros(n, device=dev, dtype=torch.float64)
+        hi = torch.full((n,), float("inf"), device=dev, dtype=torch.float64)
+        const = torch.full((n,), c, device=dev, dtype=torch.float64)
+        best_l2 = torch.full((n,), float("inf"), device=dev)
+        best_adv = x.clone()
+        w0 = torch.atanh((x * 2 - 1) * (1 - 1e-6))  # tanh space; 1e-6 keeps 0 and 1 finite
+        check_every = max(steps // 10, 1)
+        for _ in range(binary_search_steps):
+            w = w0.clone().requires_grad_(True)
+            opt = torch.optim.Adam([w], lr=lr)
+            succeeded = torch.zeros(n, dtype=torch.bool, device=dev)
+            active = torch.ones(n, dtype=torch.bool, device=dev)
+            prev = torch.full((n,), float("inf"), device=dev)
+            const_x = const.to(x.dtype)
+            for it in range(steps):
+                with torch.enable_grad():
+                    x_adv = (torch.tanh(w) + 1) / 2
+                    with _autocast(x, amp):
+                        logits = model(x_adv)
+                    logits = logits.float()
+                    l2sq = (x_adv - x).pow(2).flatten(1).sum(1)  # [N]
+                    m = margin(logits, y)  # [N]: > 0 means misclassified
+                    loss_each = l2sq + const_x * (confidence - m).clamp(min=0).to(x.dtype)
+                    (w.grad,) = torch.autograd.grad(loss_each.sum(), w)
+                with torch.no_grad():
+                    x_now = x_adv.detach()
+                    if amp_active:
+                        m = margin(model(x_now).float(), y)
+                    l2 = l2sq.detach().float().sqrt()
+                    hit = (m > confidence) & active
+                    improve = hit & (l2 < best_l2)
+                    best_l2 = torch.where(improve, l2, best_l2)
+                    best_adv = torch.where(improve.view(-1, 1, 1, 1), x_now, best_adv)
+                    succeeded |= hit
+                    w_before = w.detach().clone()
+                    opt.step()
+                    w.copy_(torch.where(active.view(-1, 1, 1, 1), w, w_before))  # frozen examples stay put
+                    if abort_early and (it + 1) % check_every == 0:
+                        loss_now = loss_each.detach().float()
+                        active &= loss_now <= prev * 0.9999
+                        prev = loss_now
+                        if not bool(active.any()):
+                            break
+            # binary search on c, per example
+            hi = torch.where(succeeded, torch.minimum(hi, const), hi)
+            lo = torch.where(succeeded, lo, torch.maximum(lo, const))
+            const = torch.where(torch.isinf(hi), const * 10, (lo + hi) / 2)
+    return best_adv.clamp(0, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# AutoAttack (pyautoattack, wrapped)
+
+_AA_NAMES = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
+_AA_STANDARD = {"standard": ["apgd-ce", "apgd-t", "fab-t", "square"], "plus":
+                ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"], "rand": ["apgd-ce", "apgd-dlr"]}
+_AA_ACC = re.compile(r"robust accuracy after ([A-Za-z-]+): ([0-9.]+)%")
+_AA_INIT = re.compile(r"initial accuracy: ([0-9.]+)%")
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
+               version: str = "standard", attacks: list[str] | None = None, seed: int = 0,
+               batch_size: int = 500) -> tuple[torch.Tensor, dict[str, float]]:
+    r"""AutoAttack, 'Reliable Evaluation of Adversarial Robustness with an Ensemble of Diverse
+    Parameter-free Attacks' [https://arxiv.org/abs/2003.01690], the reference code (``pyautoattack``).
+
+    A wrapper, not a reimplementation. Around ``AutoAttack.run_standard_evaluation`` it: puts the model
+    in eval mode and restores every module's flag; sets the parameters' ``requires_grad`` off and their
+    ``.grad`` aside (FAB calls ``.backward()``, which would add into them) and restores both; saves and
+    restores torch's global random state (the sub-attacks reseed it) and any ``sys.settrace`` function
+    (its dynamic-defense check clears it); re-emits AutoAttack's check warnings (randomised or dynamic
+    defense, probabilities as outputs, too few classes, Square beating the gradient attacks) as Python
+    ``UserWarning``; and reads the robust accuracy after each attack from its debug log, which it keeps
+    out of the user's logging.
+
+    Args:
+        model (nn.Module): maps images in [0, 1] to logits.
+        x (Tensor): clean images, never modified.
+        y (Tensor): true labels.
+        eps (float): radius, >= 0.
+        norm (str): "linf" or "l2".
+        version (str): "standard" (APGD-CE, APGD-T, FAB-T, Square), "plus", "rand", or "custom" with
+            ``attacks`` a list drawn from "apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t".
+        attacks (list or None): the attacks of ``version="custom"``.
+        seed (int): AutoAttack's seed (its sub-attacks reseed torch with it).
+        batch_size (int): examples per AutoAttack batch.
+
+    Shapes:
+        x: [N, C, H, W] in [0, 1]; y: [N] int64; output: like ``x``.
+
+    Returns:
+        (x_adv, accuracy): ``x_adv`` holds the first successful adversarial example per example (``x``
+        where none was found), inside [0, 1] and the eps-ball; ``accuracy`` maps "clean" and then each
+        attack run, in order, to the robust accuracy after it (a fraction; AutoAttack logs it to 0.01
+        percentage points). Attacks skipped because no example was left robust map to 0.0.
+
+    Raises:
+        ImportError: pyautoattack is not installed (``pip install nslib[autoattack]``).
+        ValueError, TypeError: bad input (see the module docstring), an unknown version or attack.
+
+    Usage: ``x_adv, acc = autoattack(model, x, y, eps=0.3)``
+    """
+    try:
+        from pyautoattack import AutoAttack
+    except ImportError as e:  # an optional extra
+        raise ImportError("autoattack needs the package pyautoattack: pip install 'nslib[autoattack]' "
+                          "(or pip install pyautoattack)") from e
+    eps = check_eps(eps)
+    norm = check_choice(norm, "norm", NORMS)
+    version = check_choice(version, "version", ("standard", "plus", "rand", "custom"))
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if version == "custom":
+        if not attacks or any(a not in _AA_NAMES for a in attacks):
+            raise ValueError(f"attacks must be a non-empty list drawn from {', '.join(_AA_NAMES)} for "
+                             f"version='custom', got {attacks!r}")
+        order = list(attacks)
+    elif attacks is not None:
+        raise ValueError(f"attacks is only used with version='custom', got version={version!r}")
+    else:
+        order = _AA_STANDARD[version]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+
+    _check_model(model)
+    logger = logging.getLogger("auto-attack")
+    capture = _Capture()
+    params = list(model.parameters())
+    saved = [(p, p.requires_grad, p.grad) for p in params]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() \
+        else None
+    trace = sys.gettrace()
+    log_state = (logger.level, logger.propagate)
+    with eval_mode(model):
+        _clean_logits(model, x, y)
+        try:
+            for p in params:
+                p.grad = None
+                p.requires_grad_(False)
+            logger.addHandler(capture)
+            logger.setLevel(logging.DEBUG)
+            logger.propagate = False  # its per-batch debug lines stay out of the user's handlers
+            aa = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, version=version,
+                            attacks=attacks if version == "custom" else None, seed=seed, device=x.device)
+            x_adv, _ = aa.run_standard_evaluation(x.detach(), y.detach().to(x.device), batch_size=batch_size)
+        finally:
+            logger.removeHandler(capture)
+            logger.setLevel(log_state[0])
+            logger.propagate = log_state[1]
+            sys.settrace(trace)
+            for p, req, grad in saved:
+                p.requires_grad_(req)
+                p.grad = grad
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+    accuracy: dict[str, float] = {}
+    for rec in capture.records:
+        msg = rec.getMessage()
+        if rec.levelno >= logging.WARNING:
+            warnings.warn(f"AutoAttack: {msg}", UserWarning, stacklevel=2)
+        elif (mt := _AA_INIT.search(msg)) is not None:
+            accuracy["clean"] = float(mt.group(1)) / 100
+        elif (mt := _AA_ACC.search(msg)) is not None:
+            accuracy[mt.group(1).lower()] = float(mt.group(2)) / 100
+    for name in order:  # attacks skipped once nothing was left robust
+        accuracy.setdefault(name, 0.0)
+    if norm == "linf":
+        lo, hi = _linf_box(x, eps)
+        x_adv = torch.min(torch.max(x_adv.to(x.dtype), lo), hi)
+    else:
+        x_adv = _l2_exact(x, _l2_project(x, x_adv.to(x.dtype), eps), eps)
+    return x_adv, accuracy
