@@ -1,0 +1,251 @@
+"""Figures (matplotlib + seaborn), one function per figure kind; each saves a PNG and a PDF.
+
+- :func:`plot_layer_sensitivity`: per-layer distribution of neuron sensitivity, one colour per model (E1).
+- :func:`plot_intervention_curve`: accuracy vs k, one line per selection, a band over seeds (E2).
+- :func:`plot_sensitive_neuron_maps`: inputs, adversarial inputs and the activation maps of the most
+  sensitive channels on each, upsampled and overlaid (E4).
+
+Every figure has labelled axes and a title, is written atomically (through :mod:`nslib.store`) to
+``path`` + ".png" and ".pdf" (default: ``outputs/figures/<name>``) and is returned, open, for display.
+
+Usage::
+
+    fig = plot_layer_sensitivity({"vanilla": s_van, "pgd-at": s_at}, path="outputs/figures/e1_sensitivity")
+"""
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
+import torch
+import torch.nn.functional as F
+
+from nslib.checks import check_choice, check_images, check_positive_int, model_device
+from nslib.sensitivity import _eval_mode, capture, neuron_sensitivity, top_k
+from nslib.store import atomic_write_bytes, outputs_dir
+
+__all__ = ["save_figure", "plot_layer_sensitivity", "plot_intervention_curve", "plot_sensitive_neuron_maps"]
+
+
+def save_figure(fig, path, dpi: int = 150) -> list[Path]:
+    """Write ``fig`` to ``path``.png and ``path``.pdf atomically (a .png/.pdf suffix on path is dropped)."""
+    path = Path(path)
+    if path.suffix.lower() in (".png", ".pdf"):
+        path = path.with_suffix("")
+    written = []
+    for ext in ("png", "pdf"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=dpi, bbox_inches="tight")
+        written.append(atomic_write_bytes(path.parent / f"{path.name}.{ext}", buf.getvalue()))
+    return written
+
+
+def _long_table(sensitivities) -> list[dict]:
+    """{model: {layer: sigma}} (or {layer: sigma}, or (sigma, dead) tuples) -> rows model/layer/sigma."""
+    if not isinstance(sensitivities, Mapping) or not sensitivities:
+        raise TypeError(f"sensitivities must be a non-empty dict, got {type(sensitivities).__name__}")
+    if isinstance(next(iter(sensitivities.values())), torch.Tensor):
+        sensitivities = {"model": sensitivities}
+    rows = []
+    for model_name, value in sensitivities.items():
+        sigma = value[0] if isinstance(value, tuple) else value
+        for layer, s in sigma.items():
+            for v in s.detach().float().flatten().cpu().tolist():
+                if not math.isnan(v):
+                    rows.append({"model": model_name, "layer": layer, "sigma": v})
+    if not rows:
+        raise ValueError("sensitivities hold no finite values")
+    return rows
+
+
+def plot_layer_sensitivity(sensitivities, *, kind: str = "box", log: bool | None = None,
+                           title: str = "Neuron sensitivity per layer", ylabel: str = "neuron sensitivity σ",
+                           path=None):
+    """Distribution of neuron sensitivity in each layer, one colour per model (box or violin per layer).
+
+    Args:
+        sensitivities: {model name: {layer: Tensor [neurons]}} (as from
+            :func:`nslib.sensitivity.neuron_sensitivity`; ``(sigma, dead)`` tuples accepted), or one
+            model's {layer: Tensor}. NaN (dead) neurons are left out.
+        kind: "box" or "violin".
+        log: log-scale y axis; None chooses it when all values are positive and span over two decades.
+            With log=True, non-positive values cannot be drawn and are left out.
+        title, ylabel: texts of the figure.
+        path: where to save (without suffix); default ``outputs/figures/layer_sensitivity``.
+
+    Returns: the matplotlib Figure.
+    """
+    import pandas as pd
+    import seaborn as sns
+
+    check_choice(kind, "kind", ("box", "violin"))
+    df = pd.DataFrame(_long_table(sensitivities))
+    positive = df["sigma"] > 0
+    if log is None:
+        log = bool(positive.all()) and df["sigma"].max() / df["sigma"].min() > 100
+    if log:
+        df = df[positive]
+    n_layers = df["layer"].nunique()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n_layers * max(1, df["model"].nunique()) ** 0.5 + 2), 4.5))
+    plot = sns.boxplot if kind == "box" else sns.violinplot
+    extra = {"fliersize": 1.5} if kind == "box" else {"cut": 0, "density_norm": "width"}
+    plot(data=df, x="layer", y="sigma", hue="model", ax=ax, log_scale=bool(log), **extra)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(ylabel + (" (log scale)" if log else ""))
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=45)
+    for t in ax.get_xticklabels():
+        t.set_horizontalalignment("right")
+    ax.legend(title="model", fontsize="small")
+    fig.tight_layout()
+    save_figure(fig, path if path is not None else outputs_dir("figures", "layer_sensitivity"))
+    return fig
+
+
+_COLORS = {"top": "tab:red", "bottom": "tab:blue", "random": "tab:gray", "matched": "tab:green"}
+
+
+def plot_intervention_curve(curves, *, band: str = "minmax", title: str | None = None, path=None):
+    """Accuracy on adversarial inputs vs the number of patched neurons k, one panel per curve.
+
+    Args:
+        curves: a result of :func:`nslib.intervention.intervention_curve`, or a list of them (e.g. one
+            per layer). Top and bottom are lines; random and matched are the mean over seeds with a
+            band; dashed lines mark the clean and the unpatched adversarial accuracy.
+        band: "minmax" (range over seeds) or "std" (mean +- one standard deviation).
+        title: the figure's title; default names the mode.
+        path: where to save (without suffix); default ``outputs/figures/intervention_curve``.
+
+    Returns: the matplotlib Figure.
+    """
+    check_choice(band, "band", ("minmax", "std"))
+    if isinstance(curves, Mapping):
+        curves = [curves]
+    curves = list(curves)
+    if not curves or not all(isinstance(c, Mapping) and "rows" in c for c in curves):
+        raise TypeError("curves must be an intervention_curve result or a list of them")
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.8), squeeze=False, sharey=True)
+    for ax, curve in zip(axes[0], curves):
+        by_sel: dict[str, dict[int, list[float]]] = {}
+        for r in curve["rows"]:
+            by_sel.setdefault(r["selection"], {}).setdefault(r["k"], []).append(r["accuracy"])
+        for sel, points in by_sel.items():
+            ks = sorted(points)
+            acc = [torch.tensor(points[k], dtype=torch.float64) for k in ks]
+            mean = [float(a.mean()) for a in acc]
+            color = _COLORS.get(sel)
+            if sel in ("random", "matched"):
+                n_seeds = max(len(points[k]) for k in ks)
+                ax.plot(ks, mean, marker="o", ms=3, color=color, label=f"{sel} (mean of {n_seeds} seeds)")
+                if band == "minmax":
+                    lo, hi = [float(a.min()) for a in acc], [float(a.max()) for a in acc]
+                else:
+                    sd = [float(a.std(unbiased=False)) for a in acc]
+                    lo, hi = [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)]
+                ax.fill_between(ks, lo, hi, color=color, alpha=0.2, linewidth=0)
+            else:
+                ax.plot(ks, mean, marker="o", ms=3, color=color, label=sel)
+        ax.axhline(curve["clean_accuracy"], color="black", ls="--", lw=1, label="clean")
+        ax.axhline(curve["adv_accuracy"], color="black", ls=":", lw=1, label="adversarial, unpatched")
+        ax.set_xlabel(f"neurons patched, k (of {curve['width']})")
+        ax.set_ylabel("accuracy on adversarial inputs")
+        ax.set_title(f"{curve['layer']} ({curve['mode']}, {curve['n_eval']} held-out pairs)", fontsize="medium")
+        ax.set_ylim(-0.02, 1.02)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize="small")
+    mode = curves[0]["mode"]
+    fig.suptitle(title or f"Accuracy after {'restoring' if mode == 'restore' else 'zeroing'} k neurons")
+    fig.tight_layout()
+    save_figure(fig, path if path is not None else outputs_dir("figures", "intervention_curve"))
+    return fig
+
+
+def _show_image(ax, img: torch.Tensor, gray: bool = False) -> None:
+    """img [C, H, W] in [0, 1] on CPU; ``gray`` shows colour images as luminance (under an overlay)."""
+    if gray and img.shape[0] >= 3:
+        img = (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]).unsqueeze(0)
+    if img.shape[0] == 1:
+        ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(img[:3].permute(1, 2, 0).clamp(0, 1).numpy())
+
+
+def plot_sensitive_neuron_maps(model, x, x_adv, layer: str, *, channels=None, sensitivity=None, k: int = 3,
+                               n_images: int = 4, alpha: float = 0.55, title: str | None = None, path=None):
+    """For a few images: the input, its adversarial version, and the activation maps of the most
+    sensitive channels of ``layer`` on each, upsampled to the image size and overlaid on it.
+
+    Each channel's two maps share one colour scale (over all shown images), so a brighter map means a
+    stronger response. The model runs in eval mode under ``torch.no_grad()``; its modes are restored.
+
+    Args:
+        model: maps [N, C, H, W] images in [0, 1] to logits.
+        x, x_adv: benign and adversarial images [N, C, H, W] in [0, 1], same shape.
+        layer: a layer with output [N, C', H', W'] (a convolutional one).
+        channels: the channel indices to show; default the k most sensitive by ``sensitivity``.
+        sensitivity: the layer's sigma [C']; default computed on all pairs of x, x_adv.
+        k: number of channels when ``channels`` is None.
+        n_images: number of images (rows), at most N.
+        alpha: opacity of the overlaid maps.
+        title: the figure's title; path: where to save (default ``outputs/figures/sensitive_neuron_maps``).
+
+    Returns: the matplotlib Figure.
+    """
+    check_images(x, "x")
+    check_images(x_adv, "x_adv")
+    if x.shape != x_adv.shape:
+        raise ValueError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
+    n = min(check_positive_int(n_images, "n_images"), x.shape[0])
+    if channels is None:
+        if sensitivity is None:
+            sensitivity = neuron_sensitivity(model, x, x_adv, layers=[layer])[layer]
+        channels = top_k(sensitivity, k, layer=layer)
+    channels = [int(c) for c in torch.as_tensor(channels).flatten().tolist()]
+    if not channels:
+        raise ValueError("channels must name at least one channel")
+    device = model_device(model)
+    with _eval_mode(model), torch.no_grad(), capture(model, [layer], detach=True) as acts:
+        model(torch.cat([x[:n], x_adv[:n]]).to(device))
+    a = acts[layer]
+    if a.dim() != 4:
+        raise ValueError(f"activation maps need a layer with output [N, C, H, W]; layer {layer!r} outputs "
+                         f"shape {tuple(a.shape)}")
+    bad = [c for c in channels if not 0 <= c < a.shape[1]]
+    if bad:
+        raise ValueError(f"channels must be in [0, {a.shape[1] - 1}] (layer {layer!r}), got {bad}")
+    maps = F.interpolate(a[:, channels].float(), size=x.shape[-2:], mode="bilinear", align_corners=False).cpu()
+    clean_maps, adv_maps = maps[:n], maps[n:]  # [n, len(channels), H, W]
+    xs, xas = x[:n].detach().float().cpu(), x_adv[:n].detach().float().cpu()
+
+    cols = 2 + 2 * len(channels)
+    fig, axes = plt.subplots(n, cols, figsize=(1.7 * cols, 1.8 * n + 0.6), squeeze=False)
+    col_names = ["benign", "adversarial"]
+    for c in channels:
+        col_names += [f"ch {c}, benign", f"ch {c}, adv."]
+    for i in range(n):
+        _show_image(axes[i][0], xs[i])
+        _show_image(axes[i][1], xas[i])
+        for j, c in enumerate(channels):
+            lo = float(torch.minimum(clean_maps[:, j].min(), adv_maps[:, j].min()))
+            hi = float(torch.maximum(clean_maps[:, j].max(), adv_maps[:, j].max()))
+            for col, (img, m) in enumerate(((xs[i], clean_maps[i, j]), (xas[i], adv_maps[i, j]))):
+                ax = axes[i][2 + 2 * j + col]
+                _show_image(ax, img, gray=True)  # colour under a colour map would be unreadable
+                ax.imshow(m.numpy(), cmap="inferno", alpha=alpha, vmin=lo, vmax=hi if hi > lo else lo + 1)
+        for j, ax in enumerate(axes[i]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(col_names[j], fontsize="small")
+            if i == n - 1:
+                ax.set_xlabel("width (pixels)", fontsize="x-small")
+        axes[i][0].set_ylabel(f"image {i}\nheight (pixels)", fontsize="x-small")
+    fig.suptitle(title or f"Most sensitive channels of {layer}: activation maps on benign vs adversarial inputs")
+    fig.tight_layout()
+    save_figure(fig, path if path is not None else outputs_dir("figures", "sensitive_neuron_maps"))
+    return fig

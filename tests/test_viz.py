@@ -1,0 +1,111 @@
+"""Figures: each is written as PNG and PDF, has labelled axes and a title, and shows the data given."""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from nslib import viz  # noqa: E402
+from nslib.intervention import intervention_curve  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def written(path):
+    png, pdf = path.parent / (path.name + ".png"), path.parent / (path.name + ".pdf")
+    assert png.exists() and pdf.exists()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and pdf.read_bytes()[:5] == b"%PDF-"
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]  # atomic writes left no temp
+
+
+def labelled(ax):
+    assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 4, 3, padding=1), relu=nn.ReLU(), pool=nn.AvgPool2d(2),
+                                     flat=nn.Flatten(), fc=nn.Linear(4 * 16, 3)))
+
+
+def pairs(n, c=3, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, c, size, size, generator=g)
+    return x, (x + 0.1 * (2 * torch.rand(x.shape, generator=g) - 1)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("kind", ["box", "violin"])
+def test_layer_sensitivity_figure(tmp_path, kind):
+    g = torch.Generator().manual_seed(0)
+    sens = {"vanilla": {"l1": torch.rand(16, generator=g) * 10, "l2": torch.rand(8, generator=g)},
+            "pgd-at": ({"l1": torch.rand(16, generator=g), "l2": torch.tensor([0.1, math.nan] * 4)},
+                       {"l1": torch.zeros(16, dtype=torch.bool), "l2": torch.tensor([False, True] * 4)})}
+    path = tmp_path / "figs" / "layers"
+    fig = viz.plot_layer_sensitivity(sens, kind=kind, log=True, path=path)
+    written(path)
+    ax = fig.axes[0]
+    labelled(ax)
+    assert "log" in ax.get_ylabel() and ax.get_yscale() == "log"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["l1", "l2"]
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["pgd-at", "vanilla"]
+
+
+def test_layer_sensitivity_auto_linear_scale_with_zeros(tmp_path):
+    fig = viz.plot_layer_sensitivity({"a": torch.tensor([0.0, 1.0, 2.0])}, path=tmp_path / "one")
+    written(tmp_path / "one")
+    assert fig.axes[0].get_yscale() == "linear"
+    with pytest.raises(ValueError, match="kind"):
+        viz.plot_layer_sensitivity({"a": torch.ones(2)}, kind="bar", path=tmp_path / "x")
+
+
+def test_intervention_curve_figure(tmp_path):
+    model = small_cnn()
+    x, x_adv = pairs(12)
+    y = torch.arange(12) % 3
+    curves = [intervention_curve(model, x, x_adv, y, "conv", ks=[0, 1, 2, 4], seeds=[0, 1]),
+              intervention_curve(model, x, x_adv, y, "fc", ks=[1, 3], seeds=[0, 1], mode="zero")]
+    fig = viz.plot_intervention_curve(curves, band="std", path=tmp_path / "curve")
+    written(tmp_path / "curve")
+    assert len(fig.axes) == 2 and fig._suptitle.get_text()
+    ax = fig.axes[0]
+    labelled(ax)
+    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert {"top", "bottom", "clean"} <= set(labels) and any(t.startswith("random") for t in labels)
+    top_line = next(l for l in ax.get_lines() if l.get_label() == "top")
+    top_rows = [r for r in curves[0]["rows"] if r["selection"] == "top"]
+    assert list(top_line.get_ydata()) == [r["accuracy"] for r in sorted(top_rows, key=lambda r: r["k"])]
+    assert len(ax.collections) == 2  # bands for random and matched
+    viz.plot_intervention_curve(curves[0], path=tmp_path / "single.png")
+    written(tmp_path / "single")
+
+
+def test_sensitive_neuron_maps_figure(tmp_path):
+    model = small_cnn().train()
+    x, x_adv = pairs(5)
+    fig = viz.plot_sensitive_neuron_maps(model, x, x_adv, "conv", k=2, n_images=3, path=tmp_path / "maps")
+    written(tmp_path / "maps")
+    assert model.training
+    assert len(fig.axes) == 3 * (2 + 2 * 2) and fig._suptitle.get_text()
+    first = fig.axes[0]
+    assert first.get_title() == "benign" and first.get_ylabel().startswith("image 0")
+    bottom_left = fig.axes[2 * 6]
+    assert bottom_left.get_xlabel() and bottom_left.get_ylabel()
+    assert len(fig.axes[2].get_images()) == 2  # image plus overlaid map
+    gray = viz.plot_sensitive_neuron_maps(nn.Sequential(OrderedDict(conv=nn.Conv2d(1, 2, 3), flat=nn.Flatten(),
+                                                                    fc=nn.Linear(2 * 36, 3))),
+                                          *pairs(2, c=1), "conv", channels=[1], path=tmp_path / "gray")
+    written(tmp_path / "gray")
+    assert len(gray.axes) == 2 * 4
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+        viz.plot_sensitive_neuron_maps(model, x, x_adv, "fc", channels=[0], path=tmp_path / "bad")
