@@ -1,0 +1,238 @@
+"""Robust accuracy under one attack or a suite of attacks, with 95% confidence intervals.
+
+An example counts as robust when the model classifies it correctly both clean and after the attack
+(so a fixed-radius attack cannot do worse than the clean accuracy: ``x`` itself is in the ball). Every
+verdict is an fp32 forward pass in eval mode; the model's train/eval flags are restored afterwards.
+Intervals are Wilson score intervals for a binomial proportion.
+
+Usage::
+
+    res = robust_accuracy(model, x, y, lambda m, xb, yb: attacks.pgd(m, xb, yb, eps=0.1, steps=20))
+    rows = run_suite(model, x, y, [{"attack": "pgd", "eps": 0.1, "steps": 20}, {"attack": "fgsm", "eps": 0.1}])
+    print(format_table(rows))
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from nslib import attacks as _attacks
+from nslib.checks import check_choice, check_eps, check_images, check_labels, check_logits, check_positive_int, \
+    model_device
+
+__all__ = ["RobustAccuracy", "wilson_interval", "robust_accuracy", "min_norm_accuracy", "run_suite",
+           "format_table", "ATTACKS"]
+
+ATTACKS = {"fgsm": _attacks.fgsm, "pgd": _attacks.pgd, "mim": _attacks.mim, "cw_l2": _attacks.cw_l2,
+           "autoattack": _attacks.autoattack}
+
+
+def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval (low, high) for ``correct`` successes out of ``n``; (0, 1) when n is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)  # 1.96 for 95%
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    low = 0.0 if correct == 0 else max(0.0, centre - half)  # exact at the ends (no rounding residue)
+    high = 1.0 if correct == n else min(1.0, centre + half)
+    return low, high
+
+
+@dataclass
+class RobustAccuracy:
+    """Result of :func:`robust_accuracy`: accuracies are fractions in [0, 1]; (low, high) is the 95% CI."""
+    clean_accuracy: float
+    robust_accuracy: float
+    low: float
+    high: float
+    n: int
+    correct_clean: int
+    correct_robust: int
+    wall_s: float
+    robust: torch.Tensor = field(repr=False)  # [n] bool, on the CPU: which examples stayed correct
+
+
+def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(x)
+    check_logits(out, x.shape[0])
+    return out.float().argmax(1)
+
+
+def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, *, batch_size: int = 500,
+                    progress: bool = False) -> RobustAccuracy:
+    """Share of examples classified correctly both clean and after ``attack``, with a 95% Wilson interval.
+
+    Args:
+        model (nn.Module): maps images in [0, 1] to logits; evaluated in eval mode, flags restored.
+        x (Tensor): images [N, C, H, W] in [0, 1], on any device (moved batch by batch to the model's).
+        y (Tensor): labels [N] int64.
+        attack (callable): ``attack(model, x, y) -> x_adv``, e.g.
+            ``functools.partial(nslib.attacks.pgd, eps=0.1, steps=20)``.
+        batch_size (int): examples per attack call, >= 1.
+        progress (bool): show a tqdm bar over batches.
+
+    Raises:
+        ValueError, TypeError: bad input, or an attack that returns something shaped unlike its input.
+
+    Usage: ``robust_accuracy(model, x, y, partial(pgd, eps=0.1), batch_size=256).robust_accuracy``
+    """
+    check_images(x)
+    check_labels(y, x.shape[0])
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if not callable(attack):
+        raise TypeError(f"attack must be a callable (model, x, y) -> x_adv, got {type(attack).__name__}")
+    device = model_device(model)
+    n = x.shape[0]
+    clean_ok, robust_ok = [], []
+    t0 = time.perf_counter()
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc="robust accuracy", unit="batch")
+    with _attacks.eval_mode(model):
+        for i in starts:
+            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+            pred = _predict(model, xb)
+            x_adv = attack(model, xb, yb)
+            if isinstance(x_adv, tuple):  # autoattack returns (x_adv, accuracy)
+                x_adv = x_adv[0]
+            if not isinstance(x_adv, torch.Tensor) or x_adv.shape != xb.shape:
+                got = tuple(x_adv.shape) if isinstance(x_adv, torch.Tensor) else type(x_adv).__name__
+                raise ValueError(f"attack must return x_adv shaped like its input {tuple(xb.shape)}, got {got}")
+            ok = pred == yb
+            clean_ok.append(ok.cpu())
+            robust_ok.append((ok & (_predict(model, x_adv) == yb)).cpu())
+    wall = time.perf_counter() - t0
+    clean, robust = torch.cat(clean_ok), torch.cat(robust_ok)
+    k = int(robust.sum())
+    low, high = wilson_interval(k, n)
+    return RobustAccuracy(clean_accuracy=float(clean.float().mean()), robust_accuracy=k / n, low=low, high=high,
+                          n=n, correct_clean=int(clean.sum()), correct_robust=k, wall_s=wall, robust=robust)
+
+
+def min_norm_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, *,
+                      radius: float | None = None, norm: str = "l2") -> dict:
+    """Robust accuracy at ``radius`` from the output of a minimal-norm attack (:func:`nslib.attacks.cw_l2`).
+
+    An example is robust at ``radius`` when it is classified correctly clean and its smallest
+    perturbation found exceeds ``radius`` (or none was found: ``x_adv`` is still classified correctly).
+
+    Returns a dict: ``clean_accuracy``, ``norms`` [N] (the perturbation's norm where the attack
+    succeeded, inf where it failed, 0 where the clean input is already misclassified), ``median_norm``
+    over the examples that are correct clean (inf when half of them or more resisted; torch's median is
+    the lower of the two middle values), and, when ``radius`` is given,
+    ``robust_accuracy``, ``low``, ``high`` (95% Wilson interval), ``n``.
+
+    Usage: ``min_norm_accuracy(model, x, y, cw_l2(model, x, y), radius=1.0)["robust_accuracy"]``
+    """
+    check_images(x)
+    check_images(x_adv, "x_adv")
+    check_labels(y, x.shape[0])
+    norm = check_choice(norm, "norm", _attacks.NORMS)
+    if x_adv.shape != x.shape:
+        raise ValueError(f"x_adv must have the shape of x {tuple(x.shape)}, got {tuple(x_adv.shape)}")
+    device = model_device(model)
+    with _attacks.eval_mode(model):
+        xd, yd = x.to(device), y.to(device)
+        clean_ok = (_predict(model, xd) == yd).cpu()
+        adv_ok = (_predict(model, x_adv.to(device)) == yd).cpu()
+    delta = (x_adv.double() - x.double()).flatten(1).cpu()
+    norms = delta.norm(dim=1) if norm == "l2" else delta.abs().amax(1)
+    norms = torch.where(adv_ok, torch.full_like(norms, float("inf")), norms)
+    norms = torch.where(clean_ok, norms, torch.zeros_like(norms))
+    out = {"norms": norms, "clean_accuracy": float(clean_ok.float().mean()),
+           "median_norm": float(norms[clean_ok].median()) if bool(clean_ok.any()) else 0.0}
+    if radius is not None:
+        radius = check_eps(radius, "radius")
+        robust = clean_ok & (norms > radius)
+        k, n = int(robust.sum()), x.shape[0]
+        low, high = wilson_interval(k, n)
+        out.update(robust_accuracy=k / n, low=low, high=high, n=n)
+    return out
+
+
+def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[dict], *, batch_size: int = 500,
+              seed: int = 0, progress: bool = False) -> list[dict]:
+    """Run a list of attacks; return one row per attack (a list of dicts, ready for pandas or a CSV).
+
+    Each entry of ``suite`` is ``{"attack": name, **parameters}`` with ``name`` in :data:`ATTACKS`
+    ("fgsm", "pgd", "mim", "cw_l2", "autoattack"); an optional ``"label"`` names the row (default: the
+    attack's name). ``seed`` goes to the attacks that take one (pgd, autoattack) and seeds torch before
+    each attack. "cw_l2" takes a ``"radius"`` (L2) for its robust accuracy and also reports the median
+    smallest perturbation; "autoattack" runs once over all of ``x`` (it batches by itself) and reports the
+    robust accuracy after each of its attacks.
+
+    Row keys: attack, params, clean_accuracy, robust_accuracy, ci_low, ci_high, n, seed, wall_s, and
+    median_l2 (cw_l2) or per_attack (autoattack).
+
+    Usage: ``run_suite(model, x, y, [{"attack": "pgd", "eps": 0.1, "steps": 20, "label": "PGD-20"}])``
+    """
+    check_images(x)
+    check_labels(y, x.shape[0])
+    rows = []
+    for spec in suite:
+        if not isinstance(spec, dict) or spec.get("attack") not in ATTACKS:
+            raise ValueError(f"each suite entry must be a dict with 'attack' one of {', '.join(ATTACKS)}, "
+                             f"got {spec!r}")
+        params = {k: v for k, v in spec.items() if k not in ("attack", "label")}
+        name, label = spec["attack"], spec.get("label", spec["attack"])
+        kwargs = dict(params)
+        if name in ("pgd", "autoattack"):
+            kwargs.setdefault("seed", seed)
+        torch.manual_seed(seed)
+        row = {"attack": label, "params": params, "seed": seed}
+        if name == "cw_l2":
+            radius = kwargs.pop("radius", None)
+            t0 = time.perf_counter()
+            device = model_device(model)
+            parts = [_attacks.cw_l2(model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device),
+                                    **kwargs).cpu() for i in range(0, x.shape[0], batch_size)]
+            wall = time.perf_counter() - t0
+            res = min_norm_accuracy(model, x.cpu(), y.cpu(), torch.cat(parts), radius=radius)
+            row.update(clean_accuracy=res["clean_accuracy"],
+                       robust_accuracy=res.get("robust_accuracy", float("nan")),
+                       ci_low=res.get("low", float("nan")), ci_high=res.get("high", float("nan")),
+                       n=x.shape[0], wall_s=wall, median_l2=res["median_norm"])
+        else:
+            fn = ATTACKS[name]
+            details = {}
+
+            def attack(m, xb, yb, fn=fn, kwargs=kwargs, details=details):
+                out = fn(m, xb, yb, **kwargs)
+                if isinstance(out, tuple):
+                    details.update(out[1])
+                    out = out[0]
+                return out
+
+            bs = x.shape[0] if name == "autoattack" else batch_size
+            if name == "autoattack":
+                kwargs.setdefault("batch_size", batch_size)
+            res = robust_accuracy(model, x, y, attack, batch_size=bs, progress=progress)
+            row.update(clean_accuracy=res.clean_accuracy, robust_accuracy=res.robust_accuracy, ci_low=res.low,
+                       ci_high=res.high, n=res.n, wall_s=res.wall_s)
+            if name == "autoattack":
+                row["per_attack"] = dict(details)
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table of :func:`run_suite` rows (accuracies in percent, 95% intervals in brackets)."""
+    head = f"{'attack':<14} {'clean':>6} {'robust':>7} {'95% CI':>15} {'n':>6} {'seed':>5} {'time s':>8}  params"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        extra = f" median L2 {r['median_l2']:.3f}" if "median_l2" in r else ""
+        lines.append(f"{r['attack']:<14} {100 * r['clean_accuracy']:6.1f} {100 * r['robust_accuracy']:7.1f} "
+                     f"[{100 * r['ci_low']:5.1f}, {100 * r['ci_high']:5.1f}] {r['n']:6d} {r['seed']:5d} "
+                     f"{r['wall_s']:8.2f}  {r['params']}{extra}")
+    return "\n".join(lines)
