@@ -263,8 +263,7 @@ def intervention_curve(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y
 
     device = model_device(model)
     patcher = _Patcher(model, layer, mode)
-    correct = [0] * len(configs)
-    clean_correct = adv_correct = 0
+    correct = torch.zeros(len(configs) + 2, dtype=torch.long, device=device)  # configs, clean, adversarial
     with _eval_mode(model), torch.no_grad(), patcher.hooks:
         for start in range(0, x.shape[0], batch_size):
             xb = x[start:start + batch_size].to(device)
@@ -276,17 +275,19 @@ def intervention_curve(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y
                 check_logits(out, xb.shape[0])
                 if patcher.width != width:
                     raise ValueError(f"sensitivity has {width} neurons but layer {layer!r} has {patcher.width}")
-            clean_correct += int((out.argmax(1) == yb).sum())
+            correct[-2] += (out.argmax(1) == yb).sum()  # counts stay on the device: no sync per pass
             patcher.action = None
-            adv_correct += int((model(xab).argmax(1) == yb).sum())
+            correct[-1] += (model(xab).argmax(1) == yb).sum()
             patcher.action = "patch"
             for i, (_, _, _, idx) in enumerate(configs):
                 patcher.idx = idx
-                correct[i] += int((model(xab).argmax(1) == yb).sum())
+                correct[i] += (model(xab).argmax(1) == yb).sum()
+    correct = correct.tolist()
+    clean_correct, adv_correct = correct[-2], correct[-1]
     m = x.shape[0]
     rows = [{"layer": layer, "mode": mode, "selection": s, "k": kk, "neurons": int(idx.numel()), "seed": seed,
              "sensitivity_total": float(sig0[idx].sum()), "accuracy": c / m}
-            for (s, kk, seed, idx), c in zip(configs, correct)]
+            for (s, kk, seed, idx), c in zip(configs, correct[:-2])]
     return {"layer": layer, "mode": mode, "width": width, "n_select": n_sel, "n_eval": m,
             "clean_accuracy": clean_correct / m, "adv_accuracy": adv_correct / m, "sensitivity": sigma,
             "rows": rows}

@@ -159,10 +159,12 @@ def test_curve_on_planted_model_top_restores_everything():
 
 
 def test_curve_restoring_all_gives_clean_accuracy():
-    model = chain(2)
+    model = chain(2).train()
+    before = hook_counts(model)
     x, x_adv = pairs(12, seed=2, noise=0.5)
     y = torch.arange(12) % 4
     curve = intervention_curve(model, x, x_adv, y, "body", ks=[1.0], selections=("top", "random"), seeds=[0])
+    assert model.training and hook_counts(model) == before
     for r in curve["rows"]:
         assert r["neurons"] == 5 and r["accuracy"] == curve["clean_accuracy"]
     with pytest.raises(ValueError, match="split"):
