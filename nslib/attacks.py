@@ -344,6 +344,34 @@ def _project(x, x_adv, eps, norm, lo_hi):
     return _l2_project(x, x_adv, eps)
 
 
+def _pgd_unchecked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
+                   loss: str = "ce", seed: int | None = None, amp: bool = False) -> torch.Tensor:
+    """Linf PGD with random start and one restart, without input checks or host synchronisation.
+
+    For the library's own loops (adversarial training calls it on every step): :func:`pgd` checks its
+    inputs and the model's output on every call, which reads values on the host and so synchronises a
+    GPU. The caller guarantees what those checks would: x in [0, 1] on the model's device, valid labels,
+    eps > 0, a model returning logits. Same iterates as ``pgd(model, x, y, eps=eps, alpha=alpha,
+    steps=steps, loss=loss, seed=seed, amp=amp)`` (added for nslib.training, issue 6).
+    """
+    base = _base_seed(seed)  # host-side draw from torch's global CPU generator
+    with eval_mode(model):
+        p_clean = None
+        if loss == "kl":
+            with torch.no_grad():
+                p_clean = F.softmax(model(x).float(), 1)
+        objective = _objective(loss, None if loss == "kl" else y, False, p_clean)
+        # _linf_box with the radius rounded on the host (its float() check would sync a device tensor)
+        e = _below(eps, x.dtype, "cpu")
+        lo, hi = (x - e).clamp_(min=0), (x + e).clamp_(max=1)
+        xw, ew = x.double(), e.double()
+        lo = torch.where(xw - lo.double() > ew, torch.nextafter(lo, x), lo)
+        hi = torch.where(hi.double() - xw > ew, torch.nextafter(hi, x), hi)
+        return _pgd_run(model, x, objective, eps=eps, alpha=alpha, steps=steps, norm="linf", lo_hi=(lo, hi),
+                        start="gauss" if loss == "kl" else "linf", gen=_restart_generator(x.device, base, 0),
+                        amp=amp)
+
+
 def mim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float | None = None,
         steps: int = 10, decay: float = 1.0, targeted: bool = False, amp: bool = False) -> torch.Tensor:
     r"""MIM (MI-FGSM), 'Boosting Adversarial Attacks with Momentum' [https://arxiv.org/abs/1710.06081].
@@ -448,13 +476,15 @@ def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, c: float = 0.1,
         w0 = torch.atanh((x * 2 - 1) * (1 - 1e-6))  # tanh space; 1e-6 keeps 0 and 1 finite
         check_every = max(steps // 10, 1)
         for _ in range(binary_search_steps):
-            w = w0.clone().requires_grad_(True)
-            opt = torch.optim.Adam([w], lr=lr)
+            w = w0.clone()
+            adam_m, adam_v = torch.zeros_like(w), torch.zeros_like(w)  # Adam's moments, per coordinate
+            adam_t = torch.zeros(n, device=dev, dtype=x.dtype)  # steps taken, per example
             succeeded = torch.zeros(n, dtype=torch.bool, device=dev)
             active = torch.ones(n, dtype=torch.bool, device=dev)
             prev = torch.full((n,), float("inf"), device=dev)
             const_x = const.to(x.dtype)
             for it in range(steps):
+                w.requires_grad_(True)
                 with torch.enable_grad():
                     x_adv = (torch.tanh(w) + 1) / 2
                     with _autocast(x, amp):
@@ -463,9 +493,9 @@ def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, c: float = 0.1,
                     l2sq = (x_adv - x).pow(2).flatten(1).sum(1)  # [N]
                     m = margin(logits, y)  # [N]: > 0 means misclassified
                     loss_each = l2sq + const_x * (confidence - m).clamp(min=0).to(x.dtype)
-                    (w.grad,) = torch.autograd.grad(loss_each.sum(), w)
+                    (grad,) = torch.autograd.grad(loss_each.sum(), w)
                 with torch.no_grad():
-                    x_now = x_adv.detach()
+                    w, x_now = w.detach(), x_adv.detach()
                     if amp_active:
                         m = margin(model(x_now).float(), y)
                     l2 = l2sq.detach().float().sqrt()
@@ -474,9 +504,15 @@ def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, c: float = 0.1,
                     best_l2 = torch.where(improve, l2, best_l2)
                     best_adv = torch.where(improve.view(-1, 1, 1, 1), x_now, best_adv)
                     succeeded |= hit
-                    w_before = w.detach().clone()
-                    opt.step()
-                    w.copy_(torch.where(active.view(-1, 1, 1, 1), w, w_before))  # frozen examples stay put
+                    # Adam (betas 0.9, 0.999, eps 1e-8, as torch.optim.Adam), only for active examples, so a
+                    # stopped example keeps its iterate and moments
+                    act = active.view(-1, 1, 1, 1)
+                    adam_t = adam_t + active.to(x.dtype)
+                    adam_m = torch.where(act, 0.9 * adam_m + 0.1 * grad, adam_m)
+                    adam_v = torch.where(act, 0.999 * adam_v + 0.001 * grad * grad, adam_v)
+                    t = adam_t.clamp(min=1).view(-1, 1, 1, 1)
+                    step = lr * (adam_m / (1 - 0.9 ** t)) / ((adam_v / (1 - 0.999 ** t)).sqrt() + 1e-8)
+                    w = torch.where(act, w - step, w)
                     if abort_early and (it + 1) % check_every == 0:
                         loss_now = loss_each.detach().float()
                         active &= loss_now <= prev * 0.9999

@@ -210,3 +210,265 @@ def test_margin_is_right_for_negative_logits():
     logits = torch.tensor([[-5.0, -1.0, -3.0], [-2.0, -9.0, -4.0]])
     y = torch.tensor([1, 0])
     assert torch.equal(attacks.margin(logits, y), torch.tensor([-2.0, -2.0]))  # both correctly classified
+
+
+# ----------------------------------------------------------------------------------------------------------
+# C&W-L2: the closed-form minimum on a linear model
+
+
+def test_cw_l2_finds_the_closed_form_minimum():
+    torch.manual_seed(0)
+    model = Linear((1, 4, 4), classes=2, seed=1)
+    x = torch.rand(32, 1, 4, 4) * 0.4 + 0.3
+    logits = model(x).detach()
+    y = logits.argmax(1)
+    w = model.fc.weight.detach()
+    dw = w[1 - y] - w[y]  # [N, d]
+    optimum = -attacks.margin(logits, y) / dw.norm(dim=1)  # |margin| / ||w_true - w_other||
+    target = x.flatten(1) + dw / dw.norm(dim=1, keepdim=True) * optimum[:, None]
+    assert bool(((target > 0) & (target < 1)).all())  # the minimal perturbation stays inside the box
+    x_adv = cw_l2(model, x, y, steps=100, binary_search_steps=6, lr=0.05)
+    assert bool((model(x_adv).argmax(1) != y).all())  # every example succeeded
+    ratio = l2(x_adv, x) / optimum.double()
+    assert float(ratio.max()) <= 1.1 and float(ratio.min()) >= 0.999
+
+
+def test_cw_l2_returns_the_input_where_it_fails():
+    model = Linear((1, 4, 4), classes=3)
+    with torch.no_grad():  # logits that do not depend on the input: nothing can be found
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.tensor([2.0, -1.0, 0.5]))
+    x, y = torch.rand(3, 1, 4, 4), torch.zeros(3, dtype=torch.long)
+    assert torch.equal(cw_l2(model, x, y, steps=5, binary_search_steps=2), x)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# properties over random models, shapes, eps and dtypes
+
+ATTACKS = {  # name: (call, deterministic)
+    "fgsm": (lambda m, x, y, eps: fgsm(m, x, y, eps=eps), True),
+    "pgd": (lambda m, x, y, eps: pgd(m, x, y, eps=eps, steps=3, seed=0), False),
+    "pgd_fixed": (lambda m, x, y, eps: pgd(m, x, y, eps=eps, steps=3, random_start=False), True),
+    "pgd_l2": (lambda m, x, y, eps: pgd(m, x, y, eps=4 * eps, norm="l2", steps=3, restarts=2, seed=1), False),
+    "pgd_l2_fixed": (lambda m, x, y, eps: pgd(m, x, y, eps=4 * eps, norm="l2", steps=3, random_start=False), True),
+    "pgd_margin": (lambda m, x, y, eps: pgd(m, x, y, eps=eps, steps=3, loss="margin", restarts=2, seed=2), False),
+    "pgd_kl": (lambda m, x, y, eps: pgd(m, x, None, eps=eps, steps=3, loss="kl", seed=3), False),
+    "pgd_targeted": (lambda m, x, y, eps: pgd(m, x, (y + 1) % 10, eps=eps, steps=3, targeted=True,
+                                              random_start=False), True),
+    "mim": (lambda m, x, y, eps: mim(m, x, y, eps=eps, steps=3), True),
+    "cw_l2": (lambda m, x, y, eps: cw_l2(m, x, y, steps=4, binary_search_steps=2, lr=0.1), True),
+}
+RADIUS = {"pgd_l2": 4.0, "pgd_l2_fixed": 4.0}  # l2 radius = factor * eps; cw_l2 has no radius
+
+
+def _snapshot(model):
+    return ([(m, m.training) for m in model.modules()],
+            [(p, p.grad, p.grad.clone(), p.requires_grad) for p in model.parameters()])
+
+
+def _assert_untouched(snapshot):
+    modes, grads = snapshot
+    assert all(m.training == t for m, t in modes), "train/eval flags were not restored"
+    for p, g, values, req in grads:
+        assert p.grad is g and torch.equal(p.grad, values) and p.requires_grad == req, "a .grad changed"
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(sorted(ATTACKS)), n=st.integers(1, 4), channels=st.sampled_from([1, 3]),
+       size=st.integers(3, 6), eps=st.floats(0.0, 0.5), dtype=st.sampled_from([torch.float32, torch.float64]),
+       train=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_attack_properties(name, n, channels, size, eps, dtype, train, seed):
+    call, deterministic = ATTACKS[name]
+    model = tiny_cnn(channels, 10, size, seed=seed, dtype=dtype)
+    model.train(train)
+    model.drop.training = not train  # a mixed state, restored exactly
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, channels, size, size, generator=g, dtype=dtype)
+    x[x < 0.1] = 0.0  # exact bounds of the box
+    x[x > 0.9] = 1.0
+    y = torch.randint(0, 10, (n,), generator=g)
+    x0, y0 = x.clone(), y.clone()
+    snap = _snapshot(model)
+    x_adv = call(model, x, y, eps)
+    assert torch.equal(x, x0) and torch.equal(y, y0), "the input was modified"
+    _assert_untouched(snap)
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and x_adv.device == x.device
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+    if name in RADIUS:
+        assert float(l2(x_adv, x).max()) <= RADIUS[name] * eps
+    elif name != "cw_l2":
+        assert float(linf(x_adv, x).max()) <= eps
+    if deterministic and n > 1:  # an example alone gives what it gives inside the batch
+        alone = call(model, x[-1:], y[-1:], eps)
+        close = torch.isclose(alone, x_adv[-1:], atol=1e-6 if dtype == torch.float32 else 1e-12)
+        assert float(close.double().mean()) >= (0.99 if dtype == torch.float32 else 1.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# bad input is a clear error, for every attack
+
+
+class ReturnsTuple(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)), x
+
+
+class ReturnsDict(ReturnsTuple):
+    def forward(self, x):
+        return {"logits": self.fc(x.flatten(1))}
+
+
+class ReturnsProbs(ReturnsTuple):
+    def forward(self, x):
+        return self.fc(x.flatten(1)).softmax(1)
+
+
+ENTRY = {
+    "fgsm": lambda m, x, y, eps=0.1: fgsm(m, x, y, eps=eps),
+    "pgd": lambda m, x, y, eps=0.1: pgd(m, x, y, eps=eps, steps=1),
+    "mim": lambda m, x, y, eps=0.1: mim(m, x, y, eps=eps, steps=1),
+    "cw_l2": lambda m, x, y, eps=0.1: cw_l2(m, x, y, c=eps if eps > 0 else -1.0, steps=1, binary_search_steps=1),
+    "autoattack": lambda m, x, y, eps=0.1: attacks.autoattack(m, x, y, eps=eps, version="custom",
+                                                              attacks=["apgd-ce"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY))
+def test_bad_input_is_a_clear_error(name):
+    call = ENTRY[name]
+    model = Linear((1, 4, 4), classes=10)
+    x, y = torch.rand(2, 1, 4, 4), torch.tensor([1, 2])
+    bad = x.clone()
+    bad[0, 0, 0, 0] = 1.5
+    with pytest.raises(ValueError, match=r"values in \[0, 1\], got min .* and max 1.5"):
+        call(model, bad, y)
+    with pytest.raises(ValueError, match="4-D batch"):
+        call(model, x[0], y)
+    with pytest.raises(ValueError, match=r"shape \[2\]"):
+        call(model, x, y[:1])
+    with pytest.raises(ValueError, match="from 1 to 10"):
+        call(model, x, torch.tensor([1, 10]))
+    with pytest.raises(TypeError, match="int64"):
+        call(model, x, y.float())
+    with pytest.raises(ValueError, match="got -0.1" if name != "cw_l2" else "got -1.0"):
+        call(model, x, y, eps=-0.1)
+    with pytest.raises(TypeError, match="tuple of 2 items"):
+        call(ReturnsTuple(), x, y)
+    with pytest.raises(TypeError, match="dict with keys"):
+        call(ReturnsDict(), x, y)
+    with pytest.raises(ValueError, match="probabilities"):
+        call(ReturnsProbs(), x, y)
+
+
+def test_pgd_argument_errors():
+    model, x, y = Linear((1, 4, 4), classes=10), torch.rand(2, 1, 4, 4), torch.tensor([1, 2])
+    with pytest.raises(ValueError, match="norm must be one of 'linf', 'l2', got 'L2'"):
+        pgd(model, x, y, eps=0.1, norm="L2")
+    with pytest.raises(ValueError, match="loss must be one of"):
+        pgd(model, x, y, eps=0.1, loss="dlr")
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
+        pgd(model, x, y, eps=0.1, steps=0)
+    with pytest.raises(ValueError, match="targeted"):
+        pgd(model, x, None, eps=0.1, loss="kl", targeted=True)
+    with pytest.raises(TypeError, match="y must be a tensor"):
+        pgd(model, x, None, eps=0.1)
+
+
+def test_mode_is_restored_when_the_model_raises():
+    class Fails(Linear):
+        calls = 0
+
+        def forward(self, x):
+            Fails.calls += 1
+            if Fails.calls > 1:
+                raise RuntimeError("boom")
+            return super().forward(x)
+
+    model = Fails((1, 4, 4), classes=10)
+    model.train()
+    with pytest.raises(RuntimeError, match="boom"):
+        pgd(model, torch.rand(2, 1, 4, 4), torch.tensor([1, 2]), eps=0.1)
+    assert model.training
+
+
+# ----------------------------------------------------------------------------------------------------------
+# AutoAttack wrapper
+
+
+def test_autoattack_keeps_the_contracts():
+    model = tiny_cnn(1, 10, 6, seed=0)
+    model.train()
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    x = torch.rand(4, 1, 6, 6)
+    y = model.eval()(x).argmax(1)  # all correct clean, so every attack runs
+    model.train()
+    x0 = x.clone()
+    snap = _snapshot(model)
+    rng = torch.get_rng_state()
+    x_adv, acc = attacks.autoattack(model, x, y, eps=0.05, version="custom", attacks=["fab-t", "apgd-ce"])
+    assert torch.equal(x, x0)
+    _assert_untouched(snap)
+    assert torch.equal(torch.get_rng_state(), rng)  # its sub-attacks reseed torch; the state is restored
+    assert list(acc) == ["clean", "fab-t", "apgd-ce"]
+    assert acc["clean"] == 1.0 and acc["fab-t"] >= acc["apgd-ce"]
+    assert float(linf(x_adv, x).max()) <= 0.05 and 0 <= float(x_adv.min()) and float(x_adv.max()) <= 1
+    with torch.no_grad():
+        model.eval()
+        robust = float(((model(x).argmax(1) == y) & (model(x_adv).argmax(1) == y)).float().mean())
+    assert robust == pytest.approx(acc["apgd-ce"], abs=1e-4)
+
+
+def test_unwrapped_fab_adds_into_parameter_grads():
+    """The premise of the wrapper's grad protection: the reference FAB does call .backward()."""
+    from pyautoattack import AutoAttack
+
+    model = tiny_cnn(1, 10, 6, seed=0).eval()
+    x = torch.rand(4, 1, 6, 6)
+    y = model(x).argmax(1)
+    AutoAttack(model, eps=0.05, version="custom", attacks=["fab-t"], seed=0).run_standard_evaluation(x, y)
+    assert model.fc.weight.grad is not None and bool(model.fc.weight.grad.abs().sum() > 0)
+
+
+def test_autoattack_passes_its_check_warnings_on():
+    class Noisy(nn.Module):  # randomised even in eval mode: AutoAttack's check flags it
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(36, 10)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)) + 0.1 * torch.randn(x.shape[0], 10)
+
+    x, y = torch.rand(3, 1, 6, 6), torch.tensor([0, 1, 2])
+    with pytest.warns(UserWarning, match="randomized defense"):
+        attacks.autoattack(Noisy(), x, y, eps=0.05, version="custom", attacks=["apgd-ce"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# strength on a trained SmallCNN
+
+
+@pytest.mark.slow
+def test_strength_ordering_on_trained_smallcnn(trained_smallcnn):
+    from nslib.evaluate import robust_accuracy
+
+    model, x, y = trained_smallcnn
+    x, y = x[:100], y[:100]
+    eps = 0.1
+
+    def acc(attack):
+        return robust_accuracy(model, x, y, attack, batch_size=100).robust
+
+    r_fgsm = acc(lambda m, xb, yb: fgsm(m, xb, yb, eps=eps))
+    r_pgd = acc(lambda m, xb, yb: pgd(m, xb, yb, eps=eps, steps=20, seed=0))
+    r_pgd3 = acc(lambda m, xb, yb: pgd(m, xb, yb, eps=eps, steps=20, seed=0, restarts=3))
+    r_aa = acc(lambda m, xb, yb: attacks.autoattack(m, xb, yb, eps=eps)[0])
+    assert 0 < r_pgd.float().mean() <= r_fgsm.float().mean() < 1  # not trivially 0 or 1
+    assert bool((r_pgd3 <= r_pgd).all())  # nested restarts never make an example robust again
+    assert r_aa.float().mean() <= r_pgd.float().mean()
