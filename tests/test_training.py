@@ -1,0 +1,380 @@
+"""Training: every method learns, the SNS penalty's gradient, lam=0 equals PGD-AT, exact resume,
+parameter errors before any work, checkpoint contents, collapse detection, and SNS lowering the top-k
+sensitivity. Tiny networks on the real MNIST-5k subset keep the file fast on two CPU cores."""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nslib import attacks, data, models, training
+from nslib.sensitivity import neuron_sensitivity, top_k
+
+EPS = 0.1  # Linf radius of every adversarial run here (MNIST pixels in [0, 1])
+
+
+class Tiny(nn.Module):
+    """conv-bn-relu (8 ch, stride 2) -> conv-relu (16 ch, stride 2) -> fc-relu (32) -> dropout -> fc (10).
+
+    Separate ReLU modules, so each hooked layer's output is exactly zero where a neuron is off; batch
+    norm and dropout exercise the train/eval and random-state paths of training.
+    """
+
+    def __init__(self, bn: bool = True, drop: float = 0.2):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, stride=2)  # 28 -> 13
+        self.bn1 = nn.BatchNorm2d(8) if bn else nn.Identity()
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2)  # 13 -> 6
+        self.relu2 = nn.ReLU()
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(16 * 6 * 6, 32)
+        self.relu3 = nn.ReLU()
+        self.drop = nn.Dropout(drop)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.relu2(self.conv2(self.relu1(self.bn1(self.conv1(x - 0.13)))))
+        return self.fc2(self.drop(self.relu3(self.fc1(self.flatten(x)))))
+
+
+LAYERS = ["relu1", "relu2", "relu3"]
+
+
+def tiny(seed: int = 0, **kw) -> Tiny:
+    torch.manual_seed(seed)
+    return Tiny(**kw)
+
+
+def fast(**kw) -> dict:
+    """Small, fast training arguments on the real MNIST-5k subset."""
+    args = dict(epochs=2, batch_size=32, lr=0.1, n_train=400, val_size=100, val_n_adv=50, eps=EPS,
+                attack_steps=2, val_attack_steps=2, progress=False, device="cpu", layers=LAYERS)
+    args.update(kw)
+    return args
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The networks here are tiny: one intra-op thread is faster than two, and far faster on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """64 real MNIST-5k training images, 6 or 7 of each class."""
+    x, y = data.load("mnist5k", "train")
+    _, idx = data.stratified_split(y, 64, seed=3)
+    return x[idx], y[idx]
+
+
+def state_of(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_state(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+# ----------------------------------------------------------------------------------------------
+# every method learns
+
+def method_loss(model, x, y, method, seed=0):
+    """The method's own loss on (x, y), attack regenerated against ``model`` (eval mode: no dropout)."""
+    model.eval()
+    x_adv = None
+    if method != "standard":
+        x_adv = attacks.pgd(model, x, y, eps=EPS, steps=5, loss="kl" if method == "trades" else "ce", seed=seed)
+    with torch.no_grad():
+        loss, _, _ = training.training_loss(model, x, y, x_adv, method=method, layers=LAYERS, lam=0.01)
+    return float(loss)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", training.METHODS)
+def test_each_method_runs_and_reduces_its_loss(method, batch):
+    x, y = batch
+    model = tiny()
+    before = method_loss(model, x, y, method)
+    result = training.train(model, "mnist5k", method=method, **fast(epochs=3, lam=0.01))
+    after = method_loss(model, x, y, method)
+    hist = result["history"]
+    assert result["status"] == "done" and len(hist) == 3
+    assert after < 0.9 * before, (before, after)  # measured: TRADES 2.31 -> 1.98, the others -35% or more
+    assert hist[-1]["train_loss"] < 0.75 * hist[0]["train_loss"]
+    assert hist[-1]["val_clean"] > 0.5  # chance is 0.1
+    if method != "standard":
+        assert 0.0 <= hist[-1]["val_pgd"] <= 1.0 and hist[-1]["eps"] == EPS
+    if method == "sns":
+        assert hist[-1]["penalty"] > 0 and 0.0 <= hist[-1]["dead_fraction"] < 0.5
+
+
+# ----------------------------------------------------------------------------------------------
+# the penalty
+
+class Smooth(nn.Module):
+    """float64 conv (signed output) -> tanh -> fc: a smooth network for finite differences."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, stride=2)  # 7 -> 3
+        self.act = nn.Tanh()
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(4 * 3 * 3, 6)
+        self.fc2 = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(self.flatten(self.act(self.conv(x))))))
+
+
+@pytest.mark.parametrize("k,relative", [(2, False), (0.5, False), (1, True), (1.0, True)])
+def test_sns_penalty_gradient_matches_finite_differences(k, relative):
+    torch.manual_seed(1)
+    model = Smooth().double()
+    x = torch.rand(5, 1, 7, 7, dtype=torch.float64) * 0.8 + 0.1
+    x_adv = (x + 0.1 * (torch.rand_like(x) * 2 - 1)).clamp(0, 1)
+    layers = ["conv", "fc1"]
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in model.parameters())
+
+    class Penalty(nn.Module):  # lets functional_call substitute the parameters
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, xa, xb):
+            return training.sns_penalty(self.net, xa, xb, layers=layers, k=k, relative=relative)
+
+    penalty = Penalty()
+
+    def f(xa, xb, *ps):
+        return torch.func.functional_call(penalty, {"net." + n: p for n, p in zip(names, ps)}, (xa, xb))
+
+    # no ties among the top-k: the selection is fixed under the finite-difference steps
+    from nslib.sensitivity import capture
+    with torch.no_grad(), capture(model, layers) as acts:
+        model(x)
+        clean = {n: acts[n] for n in layers}
+        model(x_adv)
+        for n in layers:
+            a, b = clean[n], acts[n]
+            s = (a - b).abs().reshape(5, a.shape[1], -1).mean((0, 2))
+            gaps = s.sort().values.diff()
+            assert gaps.min() > 1e-4 and (a - b).abs().min() > 1e-8
+    xa, xb = x.clone().requires_grad_(True), x_adv.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(f, (xa, xb) + params)
+    assert float(f(x, x_adv, *params).detach()) > 0
+
+
+def test_sns_penalty_is_the_top_k_mean_of_the_batch_sensitivity(batch):
+    """Against an independent formula: per layer, the mean of the k largest sigma (from neuron_sensitivity)."""
+    x, y = batch
+    model = tiny().eval()
+    x_adv = attacks.pgd(model, x, y, eps=EPS, steps=3, seed=0)
+    sigma = neuron_sensitivity(model, x, x_adv, layers=LAYERS, batch_size=len(x))
+    for k in (1, 3, 0.25):
+        want = sum(s[top_k(s, k)].mean() for s in sigma.values())
+        got = training.sns_penalty(model, x, x_adv, layers=LAYERS, k=k)
+        assert math.isclose(float(got.detach()), float(want), rel_tol=1e-5)
+    # the relative variant cannot be lowered by rescaling a layer's activations
+    model2 = tiny().eval()
+    with torch.no_grad():  # relu1 scaled by 7, relu2 by 7 * 3 (ReLU is positively homogeneous)
+        model2.bn1.weight.mul_(7), model2.bn1.bias.mul_(7), model2.conv2.weight.mul_(3), model2.conv2.bias.mul_(21)
+    rel = training.sns_penalty(model, x, x_adv, layers=LAYERS[:2], relative=True)
+    rel2 = training.sns_penalty(model2, x, x_adv, layers=LAYERS[:2], relative=True)
+    ab = training.sns_penalty(model, x, x_adv, layers=LAYERS[:2])
+    ab2 = training.sns_penalty(model2, x, x_adv, layers=LAYERS[:2])
+    assert math.isclose(float(rel), float(rel2), rel_tol=1e-4)
+    assert float(ab2) > 5 * float(ab)
+
+
+def test_lam_zero_sns_loss_equals_pgd_at_loss(batch):
+    x, y = batch
+    model = tiny()  # batch norm and dropout, in train mode
+    x_adv = attacks.pgd(model, x, y, eps=EPS, steps=3, seed=0)
+    model.train()
+    out = {}
+    for method, kw in (("pgd_at", {}), ("sns", {"lam": 0.0, "base": "pgd_at"})):
+        model.zero_grad()
+        torch.manual_seed(7)  # same dropout draw
+        loss, _, pen = training.training_loss(model, x, y, x_adv, method=method, layers=LAYERS, **kw)
+        loss.backward()
+        out[method] = (loss.detach(), [p.grad.clone() for p in model.parameters()], pen)
+    assert torch.equal(out["sns"][0], out["pgd_at"][0])
+    assert all(torch.equal(a, b) for a, b in zip(out["sns"][1], out["pgd_at"][1]))
+    assert out["sns"][2] > 0  # the penalty is computed, only weighted by 0
+    with torch.no_grad():  # and it is plain CE on the adversarial examples
+        torch.manual_seed(7)
+        assert torch.allclose(out["pgd_at"][0], F.cross_entropy(model(x_adv), y))
+
+
+def test_lam_zero_sns_run_is_the_pgd_at_run():
+    """Without batch norm, SNS at lam=0 draws the same random numbers and takes the same steps as PGD-AT."""
+    states = {}
+    for method in ("pgd_at", "sns"):
+        model = tiny(bn=False)
+        training.train(model, "mnist5k", method=method, **fast(epochs=1, n_train=200, lam=0.0, val_n_adv=0))
+        states[method] = state_of(model)
+    assert_same_state(states["sns"], states["pgd_at"])
+
+
+def test_top_k_sensitivity_of_sns_is_lower_than_lam_zero():
+    x_test, y_test = data.load("mnist5k", "test")
+    _, idx = data.stratified_split(y_test, 200, seed=0)
+    x_test, y_test = x_test[idx], y_test[idx]
+    top = {}
+    for lam in (0.0, 3.0):  # this tiny network needs a large lam to move the penalty; 10 collapses it
+        model = tiny()
+        res = training.train(model, "mnist5k", method="sns", **fast(epochs=3, n_train=600, lam=lam, k=0.25))
+        assert res["status"] == "done" and res["history"][-1]["val_clean"] > 0.5
+        x_adv = attacks.pgd(model, x_test, y_test, eps=EPS, steps=10, seed=1)  # held-out pairs, white-box
+        sigma = neuron_sensitivity(model, x_test, x_adv, layers=LAYERS)
+        top[lam] = sum(float(s[top_k(s, 0.25)].mean()) for s in sigma.values())
+    assert top[3.0] < 0.8 * top[0.0], top  # measured: 0.38 vs 0.62
+
+
+# ----------------------------------------------------------------------------------------------
+# resume, checkpoints, collapse
+
+class Stop(Exception):
+    pass
+
+
+def stop_after(n):
+    def callback(epoch, record):
+        if epoch == n:
+            raise Stop
+    return callback
+
+
+@pytest.mark.parametrize("method", ["standard", "pgd_at"])
+def test_interrupted_and_resumed_run_ends_with_the_uninterrupted_weights(method, tmp_path):
+    args = fast(method=method, epochs=3, n_train=200, layers=None)
+    straight = tiny()
+    training.train(straight, "mnist5k", out_dir=tmp_path / "straight", **args)
+
+    with pytest.raises(Stop):
+        training.train(tiny(), "mnist5k", out_dir=tmp_path / "resumed", callback=stop_after(1), **args)
+    assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["epoch"] == 1
+    resumed = tiny(seed=123)  # other initial weights: everything comes from the checkpoint
+    torch.manual_seed(99)  # and another global random state
+    res = training.train(resumed, "mnist5k", out_dir=tmp_path / "resumed", **args)
+    assert res["status"] == "done" and [h["epoch"] for h in res["history"]] == [1, 2, 3]
+    assert_same_state(state_of(resumed), state_of(straight))
+    # a finished run is not trained again; other parameters in the same folder are refused
+    again = training.train(tiny(), "mnist5k", out_dir=tmp_path / "resumed", **args)
+    assert again["status"] == "done" and len(again["history"]) == 3
+    with pytest.raises(ValueError, match="lr: stored 0.1, asked 0.2"):
+        training.train(tiny(), "mnist5k", out_dir=tmp_path / "resumed", **{**args, "lr": 0.2})
+
+
+def test_checkpoints_carry_provenance_and_load_checkpoint_rebuilds_the_model(tmp_path):
+    torch.manual_seed(0)
+    model = models.build("smallcnn", "mnist5k")
+    res = training.train(model, "mnist5k", method="pgd_at", epochs=1, batch_size=32, n_train=64, val_size=50,
+                         val_n_adv=20, attack_steps=1, val_attack_steps=1, seed=5, out_dir=tmp_path,
+                         progress=False, device="cpu")
+    for name in ("last.pt", "best.pt"):
+        ckpt = torch.load(tmp_path / name, weights_only=False)
+        assert ckpt["seed"] == 5 and ckpt["params"]["seed"] == 5
+        assert ckpt["params"]["method"] == "pgd_at" and ckpt["params"]["eps"] == 0.3  # mnist5k default
+        assert ckpt["params"]["attack_steps"] == 1 and ckpt["params"]["dataset"] == "mnist5k"
+        prov = ckpt["provenance"]
+        assert prov["nslib_version"] and prov["torch_version"] == torch.__version__
+        assert prov["device"] == "cpu" and prov["params"]["seed"] == 5
+    hist = training.read_history(tmp_path)
+    assert hist["status"] == "done" and hist["provenance"]["params"]["method"] == "pgd_at"
+    assert len(hist["history"]) == 1 and hist["best"]["epoch"] == 1
+
+    loaded, info = training.load_checkpoint(tmp_path / "best.pt")
+    assert isinstance(loaded, models.SmallCNN) and not loaded.training
+    assert info["params"]["method"] == "pgd_at" and info["seed"] == 5 and info["status"] == "done"
+    assert info["provenance"]["device"] == "cpu" and info["epoch"] == 1
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(loaded(x), model.eval()(x))
+    assert res["best"]["metric"] == info["metric"]["val_pgd"]
+    # a model nslib did not build cannot be rebuilt: say so, and accept it passed in
+    plain = tiny()
+    training.train(plain, "mnist5k", out_dir=tmp_path / "plain", **fast(epochs=1, n_train=50, layers=None))
+    with pytest.raises(ValueError, match="pass model="):
+        training.load_checkpoint(tmp_path / "plain" / "last.pt")
+    again, _ = training.load_checkpoint(tmp_path / "plain" / "last.pt", model=tiny(seed=4))
+    assert_same_state(state_of(again), state_of(plain))
+
+
+def test_large_lam_collapses_and_is_recorded_as_such(tmp_path):
+    model = tiny(drop=0.0)
+    res = training.train(model, "mnist5k", method="sns", out_dir=tmp_path,
+                         **fast(epochs=4, n_train=400, lam=100.0, lr=0.1, val_n_adv=0))
+    assert res["status"] == "collapsed"
+    assert len(res["history"]) < 4  # stopped early
+    last = res["history"][-1]
+    assert last["val_clean"] < 0.15 or last["dead_fraction"] > 0.5
+    assert res["best"] is None and not (tmp_path / "best.pt").exists()
+    assert training.read_history(tmp_path)["status"] == "collapsed"
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["status"] == "collapsed"
+
+
+# ----------------------------------------------------------------------------------------------
+# errors before any work
+
+@pytest.fixture
+def no_data(monkeypatch):
+    """Loading data is work: the scalar checks must fail before it."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("data was loaded before the parameters were checked")
+    monkeypatch.setattr(data, "load", refuse)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"method": "madry"}, "method must be one of"),
+    ({"method": "sns", "k": 0}, "k must select at least one neuron"),
+    ({"method": "sns", "k": 1.5}, "k as a fraction"),
+    ({"method": "sns", "k": "10%"}, "k must be an int"),
+    ({"method": "sns", "lam": -0.1}, "lam must be"),
+    ({"method": "sns", "base": "sns"}, "base must be one of"),
+    ({"method": "trades", "beta": -1}, "beta must be"),
+    ({"method": "pgd_at", "eps": -0.1}, "eps must be"),
+    ({"method": "pgd_at", "attack_steps": 0}, "attack_steps must be"),
+    ({"epochs": 0}, "epochs must be"),
+    ({"schedule": "linear"}, "schedule must be one of"),
+    ({"data": "imagenet"}, "data must be one of"),
+])
+def test_bad_parameters_fail_before_loading_data(kwargs, match, no_data, tmp_path):
+    kwargs = {"data": "fmnist", **kwargs}
+    with pytest.raises((ValueError, TypeError), match=match):
+        training.train(tiny(), kwargs.pop("data"), out_dir=tmp_path / "run", progress=False, **kwargs)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"layers": ["relu9"]}, r"unknown layer 'relu9'.*relu1"),
+    ({"layers": ["relu1", "relu1"]}, "must not repeat"),
+    ({"layers": LAYERS, "k": 9}, r"k must be between 0 and the width 8 of layer 'relu1', got 9"),
+])
+def test_bad_layers_and_k_fail_before_training(kwargs, match, batch, tmp_path):
+    model = tiny()
+    before = state_of(model)
+    with pytest.raises(ValueError, match=match):
+        training.train(model, batch, method="sns", eps=EPS, out_dir=tmp_path / "run", progress=False, **kwargs)
+    assert not (tmp_path / "run").exists()
+    assert_same_state(state_of(model), before)
+
+
+def test_images_outside_unit_range_are_rejected(batch):
+    x, y = batch
+    with pytest.raises(ValueError, match=r"data x must have values in \[0, 1\]"):
+        training.train(tiny(), (x * 2 - 0.5, y), method="pgd_at", eps=EPS, progress=False)
+    with pytest.raises(ValueError, match="eps must be given"):
+        training.train(tiny(), (x, y), method="pgd_at", progress=False)
+    with pytest.raises(TypeError, match="data must be a dataset name"):
+        training.train(tiny(), x, progress=False)
