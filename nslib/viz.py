@@ -28,7 +28,8 @@ from nslib.checks import check_choice, check_images, check_positive_int, model_d
 from nslib.sensitivity import _eval_mode, capture, neuron_sensitivity, top_k
 from nslib.store import atomic_write_bytes, outputs_dir
 
-__all__ = ["save_figure", "plot_layer_sensitivity", "plot_intervention_curve", "plot_sensitive_neuron_maps"]
+__all__ = ["save_figure", "plot_layer_sensitivity", "plot_intervention_curve", "plot_sensitive_neuron_maps",
+           "plot_class_grid", "plot_learning_curves"]
 
 
 def save_figure(fig, path, dpi: int = 150) -> list[Path]:
@@ -248,4 +249,66 @@ def plot_sensitive_neuron_maps(model, x, x_adv, layer: str, *, channels=None, se
     fig.suptitle(title or f"Most sensitive channels of {layer}: activation maps on benign vs adversarial inputs")
     fig.tight_layout()
     save_figure(fig, path if path is not None else outputs_dir("figures", "sensitive_neuron_maps"))
+    return fig
+
+
+def plot_class_grid(x: torch.Tensor, y: torch.Tensor, class_names, *, n_per_class: int = 8,
+                    title: str = "Training images per class", path=None):
+    """A grid of the first ``n_per_class`` images of each class, one row per class, rows labelled.
+
+    Shapes: x [N, C, H, W] in [0, 1]; y [N] int64. Saved to ``path`` (default
+    ``outputs/figures/class_grid``) as PNG and PDF; returns the Figure.
+    """
+    check_images(x, "x")
+    n_per_class = check_positive_int(n_per_class, "n_per_class")
+    classes = len(class_names)
+    fig, axes = plt.subplots(classes, n_per_class, figsize=(n_per_class * 0.9, classes * 0.9), squeeze=False)
+    for c in range(classes):
+        idx = torch.nonzero(y == c).flatten()[:n_per_class]
+        for j in range(n_per_class):
+            ax = axes[c, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(idx):
+                _show_image(ax, x[idx[j]], gray=x.shape[1] == 1)
+        axes[c, 0].set_ylabel(class_names[c], rotation=0, ha="right", va="center", fontsize=8)
+    for j in range(n_per_class):
+        axes[-1, j].set_xlabel(f"#{j + 1}", fontsize=7)
+    fig.suptitle(title)
+    fig.supxlabel("example", fontsize=9)
+    fig.supylabel("class", fontsize=9)
+    save_figure(fig, path if path is not None else outputs_dir("figures", "class_grid"))
+    return fig
+
+
+def plot_learning_curves(histories, *, title: str = "Learning curves", path=None):
+    """Training loss and validation accuracy per epoch, one colour per run.
+
+    Args:
+        histories: {run name: list of per-epoch records from :func:`nslib.training.train`} (records
+            with ``epoch``, ``train_loss``, ``val_clean`` and, for adversarial runs, ``val_pgd``).
+        title, path: the figure's title; where to save (default ``outputs/figures/learning_curves``).
+
+    Returns: the Figure (left: training loss; right: validation accuracy, solid clean, dashed PGD).
+    """
+    if not isinstance(histories, Mapping) or not histories:
+        raise TypeError(f"histories must be a non-empty dict of run name -> records, got {type(histories).__name__}")
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, (name, records) in enumerate(histories.items()):
+        color = f"C{i}"
+        epochs = [r["epoch"] for r in records]
+        ax_loss.plot(epochs, [r["train_loss"] for r in records], marker="o", color=color, label=name)
+        ax_acc.plot(epochs, [r["val_clean"] for r in records], marker="o", color=color, label=f"{name}: clean")
+        if any(r.get("val_pgd") is not None for r in records):
+            ax_acc.plot(epochs, [r.get("val_pgd") for r in records], marker="s", ls="--", color=color,
+                        label=f"{name}: PGD")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy", ylim=(0, 1))
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path if path is not None else outputs_dir("figures", "learning_curves"))
     return fig
