@@ -37,7 +37,9 @@ Design decisions, the same in every method:
   recorded with ``status="collapsed"``: it is a failure, never a result (``best`` is then None).
 - **Speed on CUDA**: bf16 autocast, channels_last, data resident on the device, no host
   synchronisation inside the step loop (losses are accumulated on the device and read once per
-  epoch); ``compile=True`` adds torch.compile. On CPU everything runs in fp32.
+  epoch); ``compile=True`` runs the update passes through torch.compile (not the attack, and not the
+  two SNS passes: their hooks record activations as side effects, which a compiled graph does not
+  replay, so SNS runs them eagerly and says so). On CPU everything runs in fp32.
 
 Usage::
 
@@ -50,6 +52,7 @@ import contextlib
 import math
 import numbers
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -200,9 +203,18 @@ def training_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: tor
                   _acts=None):
     """The loss :func:`train` minimises on one batch, given its adversarial examples.
 
-    ``(loss, logits, penalty)``: ``logits`` are those the training accuracy is read from (adversarial
-    for PGD-AT, clean otherwise), ``penalty`` the SNS penalty (None for other methods). Runs the
-    model in its current mode (train mode in :func:`train`); ``x_adv`` is ignored by "standard".
+    Args:
+        model: the network, run in its current mode (train mode in :func:`train`).
+        x, y: the clean batch and its labels. x_adv: its adversarial examples (PGD with CE for
+            PGD-AT and SNS on PGD-AT or standard, PGD on the KL for TRADES); ignored by "standard".
+        method, base, beta, lam, k, layers, relative: as in :func:`train`.
+
+    Returns: ``(loss, logits, penalty)``: the fp32 scalar loss; the logits the training accuracy is
+    read from (adversarial for PGD-AT, clean otherwise); the SNS penalty (None for other methods).
+    No input checks (the training loop checked its data once).
+
+    Shapes: x, x_adv [N, C, H, W] in [0, 1]; y [N] int64; logits [N, classes].
+    Usage: ``loss, _, _ = training_loss(model, x, y, pgd(model, x, y, eps=0.1), method="pgd_at")``
     """
     kind = base if method == "sns" else method
     if method == "standard":
@@ -470,7 +482,8 @@ def train(model: nn.Module, data, *, method: str = "standard", epochs: int = 10,
             penalty. Sweep lam on a log grid from 0.001: large values of the absolute penalty
             collapse the network (see the module docstring).
         precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16".
-        channels_last: default True on CUDA. compile: run the training passes through torch.compile.
+        channels_last: default True on CUDA. compile: run the update passes through torch.compile
+            (standard, PGD-AT, TRADES; SNS warns and runs its hooked passes eagerly).
         device: where to train (default CUDA when available); the model is moved there.
         progress: tqdm bars. callback: called as ``callback(epoch, record)`` after each epoch's
             checkpoint is written; an exception it raises stops training (used to test resume).
@@ -551,7 +564,10 @@ def train(model: nn.Module, data, *, method: str = "standard", epochs: int = 10,
             model.eval()
             return {"status": status, "history": history, "best": best, "out_dir": str(out), "params": params}
 
-    net = torch.compile(model) if compile else model
+    if compile and method == "sns":
+        warnings.warn("compile=True: the SNS passes run eagerly (compiled graphs do not replay the hooks that "
+                      "record the layers' outputs)", UserWarning, stacklevel=2)
+    net = torch.compile(model) if compile and method != "sns" else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     attack_loss = "kl" if kind == "trades" else "ce"
 

@@ -99,7 +99,6 @@ def method_loss(model, x, y, method, seed=0):
     return float(loss)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", training.METHODS)
 def test_each_method_runs_and_reduces_its_loss(method, batch):
     x, y = batch
@@ -116,6 +115,26 @@ def test_each_method_runs_and_reduces_its_loss(method, batch):
         assert 0.0 <= hist[-1]["val_pgd"] <= 1.0 and hist[-1]["eps"] == EPS
     if method == "sns":
         assert hist[-1]["penalty"] > 0 and 0.0 <= hist[-1]["dead_fraction"] < 0.5
+
+
+def test_attack_runs_in_eval_mode_and_the_update_in_train_mode():
+    model = tiny()
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append((m.training, args[0].requires_grad)))
+    training.train(model, "mnist5k", method="pgd_at", **fast(epochs=1, n_train=64, val_n_adv=0))
+    attack = [training_mode for training_mode, grad in seen if grad]  # passes differentiated w.r.t. the input
+    update = [training_mode for training_mode, grad in seen if not grad and training_mode]
+    assert attack and not any(attack)
+    assert len(update) == 64 // 32  # one adversarial pass per batch, in train mode
+    assert not model.training  # handed back in eval mode
+
+
+def test_eps_warmup_and_the_default_validation_split():
+    res = training.train(tiny(), "mnist5k", method="pgd_at", eps_warmup_epochs=2,
+                         **fast(epochs=3, n_train=64, val_size=None, val_n_adv=0))
+    assert [h["eps"] for h in res["history"]] == pytest.approx([EPS / 2, EPS, EPS])
+    assert res["params"]["val_size"] == training.VAL_SIZES["mnist5k"] == 500
+    assert res["params"]["n_train"] == 64
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,10 +208,11 @@ def test_sns_penalty_is_the_top_k_mean_of_the_batch_sensitivity(batch):
     model2 = tiny().eval()
     with torch.no_grad():  # relu1 scaled by 7, relu2 by 7 * 3 (ReLU is positively homogeneous)
         model2.bn1.weight.mul_(7), model2.bn1.bias.mul_(7), model2.conv2.weight.mul_(3), model2.conv2.bias.mul_(21)
-    rel = training.sns_penalty(model, x, x_adv, layers=LAYERS[:2], relative=True)
-    rel2 = training.sns_penalty(model2, x, x_adv, layers=LAYERS[:2], relative=True)
-    ab = training.sns_penalty(model, x, x_adv, layers=LAYERS[:2])
-    ab2 = training.sns_penalty(model2, x, x_adv, layers=LAYERS[:2])
+    with torch.no_grad():
+        rel = training.sns_penalty(model, x, x_adv, layers=LAYERS[:2], relative=True)
+        rel2 = training.sns_penalty(model2, x, x_adv, layers=LAYERS[:2], relative=True)
+        ab = training.sns_penalty(model, x, x_adv, layers=LAYERS[:2])
+        ab2 = training.sns_penalty(model2, x, x_adv, layers=LAYERS[:2])
     assert math.isclose(float(rel), float(rel2), rel_tol=1e-4)
     assert float(ab2) > 5 * float(ab)
 
