@@ -10,7 +10,8 @@ device. The contracts (DESIGN.md), kept by every function here:
 - the output lies in [0, 1] and, for the fixed-radius attacks, in the eps-ball around ``x``, exactly:
   ``(x_adv - x).abs().amax() <= eps`` (linf) and ``(x_adv - x).flatten(1).norm(dim=1) <= eps`` (l2) hold
   when evaluated in float64 (the bounds are nudged by one ulp where rounding would cross them);
-- inputs are checked once per call (:mod:`nslib.checks`): values outside [0, 1], a batch that is not 4-D,
+- inputs are checked once per call (:mod:`nslib.checks`), the model's output on the first forward pass
+  of the attack (no extra pass): values outside [0, 1], a batch that is not 4-D,
   labels of the wrong shape or range, ``eps < 0``, a model that returns a tuple, a dict or probabilities
   are errors that say what was received;
 - ``amp=True`` computes the forward and backward passes in bf16 autocast on CUDA (a no-op on CPU); the
@@ -82,21 +83,34 @@ def _check_device(model: nn.Module, x: torch.Tensor) -> None:
         raise ValueError(f"x is on {x.device} but the model is on {dev}; move them to the same device")
 
 
+def _check_inputs(model, x: torch.Tensor, y, *, need_y: bool = True) -> None:
+    """The checks that need no forward pass: the model's type and device, ``x``, and ``y``'s shape and dtype."""
+    _check_model(model)
+    check_images(x)
+    _check_device(model, x)
+    if y is not None or need_y:
+        if y is None:
+            raise TypeError("y must be a tensor of class indices [N], got None")
+        check_labels(y, x.shape[0])
+
+
+def _check_output(logits, x: torch.Tensor, y) -> None:
+    """The checks on the model's first output: logits [N, classes] (not a tuple, a dict or probabilities),
+    and labels in [0, classes)."""
+    check_logits(logits, x.shape[0])
+    if y is not None:
+        check_labels(y, x.shape[0], logits.shape[1])
+
+
 def _clean_logits(model: nn.Module, x: torch.Tensor, y, *, need_y: bool = True) -> torch.Tensor:
     """Check ``x``, the model's output and ``y`` once; return the clean fp32 logits [N, classes].
 
     Runs one forward pass without gradients (the model must already be in eval mode).
     """
-    _check_model(model)
-    check_images(x)
-    _check_device(model, x)
+    _check_inputs(model, x, y, need_y=need_y)
     with torch.no_grad():
         logits = model(x)
-    check_logits(logits, x.shape[0])
-    if y is not None or need_y:
-        if y is None:
-            raise TypeError("y must be a tensor of class indices [N], got None")
-        check_labels(y, x.shape[0], logits.shape[1])
+    _check_output(logits, x, y)
     return logits.float()
 
 
@@ -172,12 +186,17 @@ def _base_seed(seed) -> int:
     return seed
 
 
-def _input_grad(model, x_adv, objective, amp: bool) -> torch.Tensor:
-    """Gradient of ``objective(logits_fp32)`` (summed over the batch) with respect to ``x_adv`` only."""
+def _input_grad(model, x_adv, objective, amp: bool, check=None) -> torch.Tensor:
+    """Gradient of ``objective(logits_fp32)`` (summed over the batch) with respect to ``x_adv`` only.
+
+    ``check(logits)``, when given, validates the model's output before the loss uses it (first step).
+    """
     x_adv = x_adv.detach().requires_grad_(True)
     with torch.enable_grad():
         with _autocast(x_adv, amp):
             logits = model(x_adv)
+        if check is not None:
+            check(logits)
         obj = objective(logits.float())
         (grad,) = torch.autograd.grad(obj, x_adv)
     return grad
@@ -235,8 +254,9 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, targ
     """
     eps = check_eps(eps)
     with eval_mode(model):
-        _clean_logits(model, x, y)
-        grad = _input_grad(model, x, _objective("ce", y, targeted, None), amp)
+        _check_inputs(model, x, y)
+        grad = _input_grad(model, x, _objective("ce", y, targeted, None), amp,
+                           check=lambda logits: _check_output(logits, x, y))
         lo, hi = _linf_box(x, eps)
         return torch.min(torch.max(x + eps * grad.sign(), lo), hi)
 
@@ -289,17 +309,21 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float
         raise ValueError("targeted=True needs labels; it is not defined for loss='kl'")
     base = _base_seed(seed)
     with eval_mode(model):
-        clean = _clean_logits(model, x, y, need_y=loss != "kl")
-        if loss == "kl":
+        p_clean = None
+        if loss == "kl":  # the clean prediction is part of the loss
+            p_clean = F.softmax(_clean_logits(model, x, y, need_y=False), 1)
             y = None
-        p_clean = F.softmax(clean, 1) if loss == "kl" else None
+        else:  # the first step's output is checked before its loss is computed (no extra forward pass)
+            _check_inputs(model, x, y)
         objective = _objective(loss, y, targeted, p_clean)
         lo_hi = _linf_box(x, eps) if norm == "linf" else None
         best = best_score = None
         for r in range(restarts):
             g = _restart_generator(x.device, base, r)
+            check = (lambda logits: _check_output(logits, x, y)) if r == 0 and loss != "kl" else None
             x_adv = _pgd_run(model, x, objective, eps=eps, alpha=alpha, steps=steps, norm=norm, lo_hi=lo_hi,
-                             start=("gauss" if loss == "kl" else norm) if random_start else None, gen=g, amp=amp)
+                             start=("gauss" if loss == "kl" else norm) if random_start else None, gen=g, amp=amp,
+                             check=check)
             if restarts == 1:
                 best = x_adv
                 break
@@ -313,7 +337,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float
     return _l2_exact(x, best, eps) if norm == "l2" else best
 
 
-def _pgd_run(model, x, objective, *, eps, alpha, steps, norm, lo_hi, start, gen, amp) -> torch.Tensor:
+def _pgd_run(model, x, objective, *, eps, alpha, steps, norm, lo_hi, start, gen, amp, check) -> torch.Tensor:
     """One PGD run from a (random) start; returns the last iterate, inside the ball and [0, 1]."""
     n = x.shape[0]
     x_adv = x
@@ -326,8 +350,8 @@ def _pgd_run(model, x, objective, *, eps, alpha, steps, norm, lo_hi, start, gen,
     elif start == "gauss":
         x_adv = x + KL_START_STD * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
     x_adv = _project(x, x_adv, eps, norm, lo_hi)
-    for _ in range(steps):
-        grad = _input_grad(model, x_adv, objective, amp)  # like x
+    for i in range(steps):
+        grad = _input_grad(model, x_adv, objective, amp, check if i == 0 else None)  # like x
         if norm == "linf":
             x_adv = x_adv + alpha * grad.sign()
         else:
@@ -403,14 +427,14 @@ def mim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
     alpha = eps / steps if alpha is None else check_eps(alpha, "alpha")
     decay = check_eps(decay, "decay")
     with eval_mode(model):
-        _clean_logits(model, x, y)
+        _check_inputs(model, x, y)
         objective = _objective("ce", y, targeted, None)
         lo, hi = _linf_box(x, eps)
         momentum = torch.zeros_like(x)
         x_adv = x
         tiny = torch.finfo(x.dtype).tiny  # only guards an all-zero gradient (0 / 0)
-        for _ in range(steps):
-            grad = _input_grad(model, x_adv, objective, amp)
+        for i in range(steps):
+            grad = _input_grad(model, x_adv, objective, amp, (lambda z: _check_output(z, x, y)) if i == 0 else None)
             grad = grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(tiny)
             momentum = grad + decay * momentum
             x_adv = torch.min(torch.max(x_adv + alpha * momentum.sign(), lo), hi)

@@ -33,8 +33,138 @@ def timeit(fn, device: torch.device, repeats: int = 5, warmup: int = 1) -> float
     return statistics.median(times)
 
 
+# Dense bf16 tensor-core peaks in FLOP/s (vendor datasheets, SXM parts, without sparsity).
+_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
+
+
+def _bf16_peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in _BF16_PEAK.items() if k in name), None)
+
+
+def _bench_model(arch: str, device: torch.device, quick: bool):
+    """ResNet-18 or SmallCNN trained on Fashion-MNIST for the benchmark, cached in outputs/bench/.
+
+    Full: PGD-AT (the dataset's defaults: eps 0.1, PGD-10, step 0.02), so that robust accuracy is far
+    from 0 and a precision change that weakens the attack shows. Quick: a few clean steps on 256 images.
+    """
+    from nslib import models, store, training
+
+    out = store.outputs_dir("bench", f"{arch}_fmnist" + ("_quick" if quick else "_pgd_at"))
+    torch.manual_seed(0)
+    model = models.build(arch, "fmnist")
+    if quick:
+        kw = dict(method="standard", epochs=1, batch_size=64, n_train=256, val_size=64, val_n_adv=16)
+    else:
+        kw = dict(method="pgd_at", epochs=3 if arch == "resnet18" else 5, batch_size=128)
+    training.train(model, "fmnist", seed=0, out_dir=out, device=device, progress=not quick, **kw)
+    return model.to(device).eval()
+
+
+def _attack_flops_per_image(model, x, steps: int) -> float:
+    """FLOPs of one attack per image: ``steps`` x (forward + input-gradient backward) = ``steps`` x 2 x the
+    forward's FLOPs (the gradient with respect to each layer's input costs what its forward costs; no
+    weight gradients are computed). The forward is counted by torch's FlopCounterMode (convolutions and
+    matrix multiplications) on the unfolded fp32 model."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = x[:8]
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return 2 * counter.get_total_flops() / x.shape[0] * steps
+
+
 def bench_attacks(device: torch.device, quick: bool) -> None:
-    raise NotImplementedError("bench attacks: being written (issue 4)")
+    """PGD throughput of nslib beside torchattacks, same process, model, batch and attack settings.
+
+    Rows: PGD-10 on ResNet-18 (batch 512, eps 0.1, step 0.025) and PGD-40 on SmallCNN (batch 1024,
+    eps 0.1, step 0.01), both trained on Fashion-MNIST (cached in outputs/bench/), uniform random start.
+    Variants: torchattacks fp32 (the anchor); nslib fp32; nslib on ``fast.prepare`` (batch norm folded,
+    channels_last) with ``amp=True`` (bf16 autocast on CUDA); the same compiled (default mode) and
+    compiled with mode "max-autotune" (CUDA only). Each prints images/s (median of timed repeats
+    after a warm-up), its ratio to the anchor, the robust accuracy it gives on 2,048 test images
+    (verdicts by the fp32 model), its difference from nslib fp32 (goal: within 0.5 points), the
+    fraction of the GPU's dense bf16 peak (2 x forward FLOPs per step) and, for compiled
+    variants, the one-off compile time (first call minus a steady call). Goals on an H100: >= 4x the
+    anchor on ResNet-18 PGD-10, >= 2x on SmallCNN PGD-40. Results go to outputs/bench/attacks.json.
+    """
+    from nslib import data, fast, store
+    from nslib.attacks import pgd
+    from nslib.evaluate import robust_accuracy
+
+    try:
+        import torchattacks
+    except ImportError as e:  # torchattacks is test-only; its import also needs scipy
+        torchattacks = None
+        print(f"torchattacks unavailable ({e}); no anchor column")
+    cuda = device.type == "cuda"
+    peak = _bf16_peak(device)
+    repeats = 2 if quick else 5
+    x_test, y_test = data.load("fmnist", "test")
+    cases = [("resnet18", 512, 10, 0.1, 0.025), ("smallcnn", 1024, 40, 0.1, 0.01)]
+    if quick:
+        cases = [("resnet18", 16, 2, 0.1, 0.025), ("smallcnn", 32, 4, 0.1, 0.01)]
+    records = []
+    print(f"{'model':<9} {'attack':<7} {'batch':>5} {'variant':<30} {'img/s':>9} {'vs anchor':>9} "
+          f"{'robust %':>8} {'diff pts':>8} {'% bf16 peak':>11} {'compile s':>9}")
+    for arch, batch, steps, eps, alpha in cases:
+        model = _bench_model(arch, device, quick)
+        n_eval = 2 * batch if quick else 2048
+        xe, ye = x_test[:n_eval].to(device), y_test[:n_eval].to(device)
+        xb, yb = xe[:batch], ye[:batch]
+        flops = _attack_flops_per_image(model, xb, steps)
+        kw = dict(eps=eps, alpha=alpha, steps=steps)
+        variants = []  # (name, attack(xb, yb) -> x_adv, compiled)
+        if torchattacks is not None:
+            ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+            variants.append(("torchattacks fp32", lambda xs, ys: ta(xs, ys), False))
+        variants.append(("nslib fp32", lambda xs, ys: pgd(model, xs, ys, seed=0, **kw), False))
+        label = "fold+channels_last" + ("+bf16" if cuda else "")
+        quick_model = fast.prepare(model, example=xb[:16])
+        variants.append((f"nslib {label}", lambda xs, ys, m=quick_model: pgd(m, xs, ys, seed=0, amp=True, **kw),
+                         False))
+        if cuda:
+            for mode in (None, "max-autotune"):
+                compiled = fast.prepare(model, example=xb[:16], compile=True, mode=mode)
+                variants.append((f"nslib {label}+compile{'-' + mode if mode else ''}",
+                                 lambda xs, ys, m=compiled: pgd(m, xs, ys, seed=0, amp=True, **kw), True))
+        rows = []
+        for name, attack, compiled in variants:
+            try:
+                _sync(device)
+                t0 = time.perf_counter()
+                attack(xb, yb)  # the first call compiles and autotunes, if anything
+                _sync(device)
+                first = time.perf_counter() - t0
+                t = timeit(lambda: attack(xb, yb), device, repeats=repeats, warmup=1)
+                torch.manual_seed(0)  # torchattacks draws its random start from the global generator
+                acc = robust_accuracy(model, xe, ye, lambda m, xs, ys: attack(xs, ys), batch_size=batch)
+            except Exception as e:  # a backend that cannot compile here: report it, go on
+                print(f"{arch:<9} PGD-{steps:<3} {batch:>5} {name:<30} failed: {type(e).__name__}: {e}"[:300])
+                continue
+            rows.append(dict(model=arch, attack=f"PGD-{steps}", batch=batch, eps=eps, alpha=alpha, variant=name,
+                             images_per_s=batch / t, robust_accuracy=acc.robust_accuracy, n_eval=n_eval,
+                             flops_per_image=flops, steady_s=t, first_call_s=first,
+                             compile_s=max(0.0, first - t) if compiled else None))
+        anchor = next((r["images_per_s"] for r in rows if r["variant"].startswith("torchattacks")), None)
+        fp32 = next((r["robust_accuracy"] for r in rows if r["variant"] == "nslib fp32"), None)
+        for r in rows:
+            r["ratio_to_anchor"] = r["images_per_s"] / anchor if anchor else None
+            r["diff_points"] = 100 * (r["robust_accuracy"] - fp32) if fp32 is not None else None
+            r["bf16_peak_fraction"] = r["images_per_s"] * flops / peak if peak else None
+            cell = lambda v, fmt: format(v, fmt) if v is not None else "n/a"  # noqa: E731
+            print(f"{arch:<9} PGD-{steps:<3} {batch:>5} {r['variant']:<30} {r['images_per_s']:>9.0f} "
+                  f"{cell(r['ratio_to_anchor'], '.2f'):>8}x {100 * r['robust_accuracy']:>8.2f} "
+                  f"{cell(r['diff_points'], '+.2f'):>8} {cell(r['bf16_peak_fraction'], '.2%'):>11} "
+                  f"{cell(r['compile_s'], '.1f'):>9}")
+        records += rows
+    path = store.outputs_dir("bench", "attacks_quick.json" if quick else "attacks.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store.save_json(path, {"provenance": store.provenance(device, quick=quick, repeats=repeats), "rows": records})
+    print(f"goals (H100): >= 4x the anchor on ResNet-18 PGD-10, >= 2x on SmallCNN PGD-40, robust accuracy "
+          f"within 0.5 points of nslib fp32; written to {path}")
 
 
 def bench_sensitivity(device: torch.device, quick: bool) -> None:
