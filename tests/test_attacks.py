@@ -2,7 +2,6 @@
 SmallCNN, and property tests (bounds, no mutation, mode and grads restored, batch consistency)."""
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 
 import pytest
