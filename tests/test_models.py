@@ -76,7 +76,7 @@ def test_unknown_layer_lists_nearest_names():
 
 
 def test_wrap_normalises_and_keeps_names():
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision  # a hard dependency of nslib
     net = torchvision.models.resnet18(num_classes=10).eval()
     mean, std = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
     model = models.wrap(net, mean, std).eval()

@@ -320,7 +320,7 @@ def test_layer_summary_rows():
 
 
 def test_torchvision_resnet18_nested_names():
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision  # a hard dependency of nslib
     from nslib.models import default_layers, wrap
     torch.manual_seed(0)
     model = wrap(torchvision.models.resnet18(num_classes=10), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
