@@ -393,7 +393,7 @@ def _pgd_unchecked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
         hi = torch.where(hi.double() - xw > ew, torch.nextafter(hi, x), hi)
         return _pgd_run(model, x, objective, eps=eps, alpha=alpha, steps=steps, norm="linf", lo_hi=(lo, hi),
                         start="gauss" if loss == "kl" else "linf", gen=_restart_generator(x.device, base, 0),
-                        amp=amp)
+                        amp=amp, check=None)
 
 
 def mim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float | None = None,
