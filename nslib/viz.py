@@ -29,7 +29,7 @@ from nslib.sensitivity import _eval_mode, capture, neuron_sensitivity, top_k
 from nslib.store import atomic_write_bytes, outputs_dir
 
 __all__ = ["save_figure", "plot_layer_sensitivity", "plot_intervention_curve", "plot_sensitive_neuron_maps",
-           "plot_class_grid", "plot_learning_curves"]
+           "plot_class_grid", "plot_learning_curves", "plot_robustness_bars", "plot_ablation", "plot_eps_curves"]
 
 
 def save_figure(fig, path, dpi: int = 150) -> list[Path]:
@@ -311,4 +311,100 @@ def plot_learning_curves(histories, *, title: str = "Learning curves", path=None
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path if path is not None else outputs_dir("figures", "learning_curves"))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# E3 figures (robustness table, ablations, sanity curves)
+
+
+def plot_robustness_bars(table, *, title: str = "Robust accuracy per attack", path=None):
+    """Grouped bars: accuracy per attack (x axis), one colour per model, 95% intervals as error bars.
+
+    Args:
+        table: {model name: {attack: {"accuracy", "low", "high"}}} (fractions in [0, 1]); with several
+            seeds, pass the seed-averaged values.
+        title, path: the figure's title; where to save (default ``outputs/figures/robustness_bars``).
+
+    Returns: the Figure.
+    """
+    if not isinstance(table, Mapping) or not table:
+        raise TypeError(f"table must be a non-empty dict model -> attack -> row, got {type(table).__name__}")
+    attacks = list(dict.fromkeys(a for rows in table.values() for a in rows))
+    n_models = len(table)
+    width = 0.8 / n_models
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(attacks) + 2), 4.2))
+    for i, (name, rows) in enumerate(table.items()):
+        xs = [j + (i - (n_models - 1) / 2) * width for j, a in enumerate(attacks) if a in rows]
+        acc = [rows[a]["accuracy"] for a in attacks if a in rows]
+        err = [[rows[a]["accuracy"] - rows[a]["low"] for a in attacks if a in rows],
+               [rows[a]["high"] - rows[a]["accuracy"] for a in attacks if a in rows]]
+        ax.bar(xs, acc, width, yerr=err, capsize=2, label=name, color=f"C{i}")
+    ax.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right")
+    ax.set(xlabel="attack", ylabel="accuracy (95% interval)", ylim=(0, 1), title=title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small", title="model")
+    fig.tight_layout()
+    save_figure(fig, path if path is not None else outputs_dir("figures", "robustness_bars"))
+    return fig
+
+
+def plot_ablation(rows, *, param: str, metrics=("clean", "PGD-20"), title: str | None = None, path=None):
+    """Accuracy against one hyperparameter (e.g. SNS's lambda or k), one line per metric.
+
+    Args:
+        rows: a list of {"value": number, metric: {"accuracy", "low", "high"}, "collapsed": bool}; collapsed
+            runs are marked with a red cross.
+        param: the hyperparameter's name (x axis label); a log axis is used when all values are
+            positive and span more than a decade (a value of 0 is drawn at the left edge, labelled).
+        metrics: which accuracies to draw.
+        title, path: the figure's title; where to save (default ``outputs/figures/ablation_<param>``).
+
+    Returns: the Figure.
+    """
+    if not rows:
+        raise ValueError("rows must hold at least one value")
+    values = [float(r["value"]) for r in rows]
+    positive = [v for v in values if v > 0]
+    log = len(positive) >= 2 and max(positive) / min(positive) > 10
+    zero_at = min(positive) / 10 if log and positive else 0.0
+    xs = [v if v > 0 or not log else zero_at for v in values]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, m in enumerate(metrics):
+        acc = [r[m]["accuracy"] for r in rows]
+        err = [[r[m]["accuracy"] - r[m]["low"] for r in rows], [r[m]["high"] - r[m]["accuracy"] for r in rows]]
+        ax.errorbar(xs, acc, yerr=err, marker="o", capsize=3, label=m, color=f"C{i}")
+    for x, r in zip(xs, rows):
+        if r.get("collapsed"):
+            ax.plot([x], [0.02], marker="x", color="red", markersize=10)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xticks(xs, [("0" if v == 0 else f"{v:g}") for v in values])
+    ax.set(xlabel=param, ylabel="accuracy (95% interval)", ylim=(0, 1), title=title or f"Ablation over {param}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    save_figure(fig, path if path is not None else outputs_dir("figures", f"ablation_{param}"))
+    return fig
+
+
+def plot_eps_curves(curves, *, title: str = "Accuracy under PGD-20 as the radius grows", path=None):
+    """Robust accuracy against eps, one line per model (the sanity check: it must fall towards 0).
+
+    Args:
+        curves: {model name: [(eps, accuracy), ...]}.
+        title, path: the figure's title; where to save (default ``outputs/figures/eps_curves``).
+
+    Returns: the Figure.
+    """
+    if not isinstance(curves, Mapping) or not curves:
+        raise TypeError(f"curves must be a non-empty dict model -> [(eps, accuracy)], got {type(curves).__name__}")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, (name, pts) in enumerate(curves.items()):
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name, color=f"C{i}")
+    ax.set(xlabel="eps (Linf radius)", ylabel="accuracy under PGD-20", ylim=(0, 1), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    save_figure(fig, path if path is not None else outputs_dir("figures", "eps_curves"))
     return fig

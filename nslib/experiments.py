@@ -1,0 +1,493 @@
+"""The computations behind the numbered notebooks E1-E4, one documented function per step.
+
+The notebooks call these and draw the figures; each function returns plain dicts (JSON-ready where it
+says so) and the claim verdicts come from :func:`nslib.run.compare` (the kit's single verdict rule).
+
+- E1 (02, C1 and C4): :func:`sensitivity_study`, :func:`c1_c4_comparisons`
+- E2 (03, C2): :func:`intervention_study`, :func:`c2_comparisons`
+- E4 (04, C6): :func:`map_similarity`, :func:`pick_map_layer`
+- E3 (05, C3): :func:`evaluate_model`, :func:`ablation`, :func:`sanity_checks`, :func:`c3_comparisons`,
+  :func:`markdown_table`
+
+Usage::
+
+    models = {n: run.get_model("fmnist", "smallcnn", n, seed=0, epochs=2)[0] for n in run.MODELS}
+    study = sensitivity_study(models, infos, x, y, eps=0.1)
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import warnings
+from functools import partial
+
+import torch
+
+from nslib import attacks, evaluate, run
+from nslib.intervention import intervention_curve
+from nslib.models import default_layers
+from nslib.sensitivity import capture, neuron_sensitivity, top_k
+
+__all__ = ["get_models", "accuracy_on", "sensitivity_study", "spearman", "c1_c4_comparisons", "intervention_study",
+           "c2_comparisons", "pick_map_layer", "map_similarity", "evaluate_model", "transfer_accuracy",
+           "ablation", "sanity_checks", "c3_comparisons", "markdown_table", "in_range"]
+
+
+def get_models(dataset: str, arch: str, names, seeds, *, vanilla_epochs: int | None = None, progress: bool = True,
+               **train_args) -> dict:
+    """``{(name, seed): (model, info)}`` for every name and seed, trained or loaded via :func:`run.get_model`.
+
+    ``vanilla_epochs`` (default: ``epochs``) trains the vanilla model longer: a clean epoch costs one
+    forward-backward pass per image against ``attack_steps + 1`` or more for the adversarial methods, so
+    equal compute means more clean epochs; an undertrained vanilla model is not a vanilla baseline (it can
+    be oddly robust at small eps).
+    """
+    def args(n):
+        return {**train_args, "epochs": vanilla_epochs} if n == "vanilla" and vanilla_epochs else train_args
+    return {(n, s): run.get_model(dataset, arch, n, s, progress=progress, **args(n)) for s in seeds for n in names}
+
+
+@torch.no_grad()
+def accuracy_on(model, x_adv: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None = None,
+                batch_size: int = 500) -> dict:
+    """Accuracy on ``x_adv`` (counting only examples also correct on ``x`` when given) with its 95% Wilson
+    interval: ``{"accuracy", "low", "high", "n", "correct"}`` [, "robust" bool [N] on CPU]."""
+    dev = next(model.parameters()).device
+    with attacks.eval_mode(model):
+        ok = []
+        for i in range(0, len(x_adv), batch_size):
+            yb = y[i:i + batch_size].to(dev)
+            good = model(x_adv[i:i + batch_size].to(dev)).argmax(1) == yb
+            if x is not None:
+                good &= model(x[i:i + batch_size].to(dev)).argmax(1) == yb
+            ok.append(good.cpu())
+    ok = torch.cat(ok)
+    k, n = int(ok.sum()), len(ok)
+    low, high = evaluate.wilson_interval(k, n)
+    return {"accuracy": k / n, "low": low, "high": high, "n": n, "correct": k}
+
+
+def _layer_means(sigma: dict) -> dict:
+    return {layer: float(torch.nanmean(s.float())) for layer, s in sigma.items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# E1: neuron sensitivity per layer (C1, C4)
+
+def sensitivity_study(models: dict, infos: dict, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+                      steps: int = 20, source: str = "vanilla", layers=None, seed: int = 0) -> dict:
+    """Per-layer neuron sensitivity of several models on the same benign images.
+
+    For each model: PGD-``steps`` pairs at ``eps`` crafted against it (white-box; cached by
+    :func:`run.adversarial_pairs`), and the control pairs crafted against ``models[source]`` (held fixed,
+    transferred). Four variants of sigma: "abs" and "rel" (relative: divided by the mean |clean output|)
+    on white-box pairs, "abs_transfer" and "rel_transfer" on the control pairs.
+
+    Returns: {name: {"clean", "adv" (accuracy dicts of :func:`accuracy_on` on the white-box pairs),
+    "sigma": {variant: {layer: Tensor}}, "layer_mean": {variant: {layer: float}}, "mean": {variant:
+    float, the mean over layers of the per-layer mean, NaN (dead) neurons skipped}}}.
+    """
+    if source not in models:
+        raise ValueError(f"source must be one of the models ({', '.join(models)}), got {source!r}")
+    pairs = {n: run.adversarial_pairs(m, infos[n], x, y, eps=eps, steps=steps, seed=seed) for n, m in models.items()}
+    out = {}
+    for name, model in models.items():
+        sig = {}
+        for variant, x_adv in (("", pairs[name]), ("_transfer", pairs[source])):
+            sig["abs" + variant] = {k: v.cpu() for k, v in neuron_sensitivity(model, x, x_adv, layers=layers).items()}
+            rel, _ = neuron_sensitivity(model, x, x_adv, layers=layers, relative=True)
+            sig["rel" + variant] = {k: v.cpu() for k, v in rel.items()}
+        layer_mean = {v: _layer_means(s) for v, s in sig.items()}
+        out[name] = {"clean": accuracy_on(model, x, y), "adv": accuracy_on(model, pairs[name], y, x=x),
+                     "sigma": sig, "layer_mean": layer_mean,
+                     "mean": {v: statistics.fmean(lm.values()) for v, lm in layer_mean.items()}}
+    return out
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two equal-length sequences (average ranks for ties)."""
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(v):
+            j = i
+            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for t in range(i, j + 1):
+                r[order[t]] = (i + j) / 2
+            i = j + 1
+        return r
+    ra, rb = ranks(list(a)), ranks(list(b))
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    cov = sum((p - ma) * (q - mb) for p, q in zip(ra, rb))
+    den = math.sqrt(sum((p - ma) ** 2 for p in ra) * sum((q - mb) ** 2 for q in rb))
+    return cov / den if den > 0 else 0.0
+
+
+def c1_c4_comparisons(studies: dict, baselines=("pgd_at", "trades"), reference: str = "vanilla") -> dict:
+    """The comparisons of C1 and C4 from per-seed :func:`sensitivity_study` results ``{seed: study}``.
+
+    C4 ("adversarial training reduces neuron sensitivity"): for each baseline, the reference's mean
+    sensitivity is higher than the baseline's, on white-box pairs, absolute *and* relative (the relative
+    variant rules out mere rescaling); the transferred control is reported beside them, not judged.
+    C1 ("robustness is explained by sensitivity"): across all models, the Spearman correlation between
+    white-box robust accuracy and mean sensitivity is negative: compare(-rho, 0) per variant.
+
+    Returns {"C4": [...], "C4_control": [...], "C1": [...]} lists of :func:`run.compare` dicts.
+    """
+    seeds = sorted(studies)
+    out = {"C4": [], "C4_control": [], "C1": []}
+    for base in baselines:
+        for variant in ("abs", "rel"):
+            for key, suffix in (("C4", ""), ("C4_control", "_transfer")):
+                a = [studies[s][reference]["mean"][variant + suffix] for s in seeds]
+                b = [studies[s][base]["mean"][variant + suffix] for s in seeds]
+                pairs = "white-box pairs" if not suffix else f"pairs transferred from {run.LABELS[reference]}"
+                what = (f"{run.LABELS[reference]} > {run.LABELS.get(base, base)}, mean "
+                        f"{'relative' if variant == 'rel' else 'absolute'} sensitivity, {pairs}")
+                out[key].append(run.compare(a, b, what=what))
+    for variant in ("abs", "rel"):
+        rhos = []
+        for s in seeds:
+            names = list(studies[s])
+            rhos.append(spearman([studies[s][n]["adv"]["accuracy"] for n in names],
+                                 [studies[s][n]["mean"][variant] for n in names]))
+        out["C1"].append(run.compare([-r for r in rhos], [0.0] * len(rhos),
+                                     what=f"-Spearman(robust accuracy, mean {'relative' if variant == 'rel' else 'absolute'} "
+                                          f"sensitivity) > 0 across {len(studies[seeds[0]])} models"))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# E2: intervention (C2)
+
+def intervention_study(model, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, *, layers=None, ks=(0.1,),
+                       modes=("restore", "zero"), seeds=(0, 1, 2), split_seed: int = 0) -> dict:
+    """:func:`nslib.intervention.intervention_curve` for each layer and mode: ``{mode: [curve per layer]}``.
+
+    Neurons are chosen on half of the pairs and accuracy measured on the other half (``split_seed``), so
+    the measure never sees the pairs that chose the neurons.
+    """
+    layers = default_layers(model) if layers is None else list(layers)
+    return {mode: [intervention_curve(model, x, x_adv, y, layer, list(ks), seeds=seeds, mode=mode,
+                                      split_seed=split_seed) for layer in layers] for mode in modes}
+
+
+def _at_k(curve: dict, k, selection: str) -> float:
+    """Mean accuracy over seeds of ``selection`` at size ``k`` (a fraction resolved to the layer's width)."""
+    from nslib.sensitivity import resolve_k
+
+    kk = resolve_k(k, curve["width"], curve["layer"])
+    acc = [r["accuracy"] for r in curve["rows"] if r["selection"] == selection and r["k"] == kk]
+    return statistics.fmean(acc)
+
+
+def c2_comparisons(studies: dict, k, label: str) -> list[dict]:
+    """C2 from per-seed curves of one mode ``{seed: [curve per layer]}``; ``label`` names model and mode.
+
+    For the restore mode: at size ``k``, restoring the top-k
+    sensitive neurons recovers more accuracy than restoring k random ones, than the k least sensitive,
+    and (control) than random neurons with the same total sensitivity ("matched"); each value is the mean
+    over layers. The Wilson interval of the top-k accuracy is pooled over layers' measuring pairs."""
+    seeds = sorted(studies)
+    out = []
+    for other in ("random", "bottom", "matched"):
+        a, b, ia, ib = [], [], [], []
+        for s in seeds:
+            curves = studies[s]
+            a.append(statistics.fmean(_at_k(c, k, "top") for c in curves))
+            b.append(statistics.fmean(_at_k(c, k, other) for c in curves))
+            n = sum(c["n_eval"] for c in curves)
+            ia.append(evaluate.wilson_interval(round(a[-1] * n), n))
+            ib.append(evaluate.wilson_interval(round(b[-1] * n), n))
+        out.append(run.compare(a, b, intervals_a=ia, intervals_b=ib,
+                               what=f"{label}: top-{k} > {other}-{k} neurons patched, adversarial accuracy "
+                                    f"(mean over layers)"))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# E4: sensitive-neuron maps (C6)
+
+def pick_map_layer(model, x: torch.Tensor, min_size: int = 8) -> str:
+    """The deepest default layer whose output is a map of at least ``min_size`` x ``min_size``."""
+    layers = default_layers(model)
+    with torch.no_grad(), attacks.eval_mode(model), capture(model, layers, detach=True) as acts:
+        model(x[:2].to(next(model.parameters()).device))
+    good = [n for n in layers if acts[n].dim() == 4 and min(acts[n].shape[-2:]) >= min_size]
+    if not good:
+        raise ValueError(f"no default layer of {type(model).__name__} outputs maps of at least {min_size}x{min_size}")
+    return good[-1]
+
+
+@torch.no_grad()
+def map_similarity(model, x: torch.Tensor, x_adv: torch.Tensor, layer: str, *, k=0.1, choose_n: int | None = None) -> dict:
+    """How alike the activation maps of the most sensitive channels are on benign and adversarial inputs.
+
+    Channels are chosen by sigma on the first ``choose_n`` pairs (default half) and the maps compared on
+    the rest: cosine similarity of each image's benign and adversarial map of each chosen channel (a map
+    that is zero on both counts as 1, unchanged), averaged. Also for k random channels, as a reference.
+    Returns {"top": float, "random": float, "channels": [int], "n": int}.
+    """
+    n = len(x)
+    choose_n = n // 2 if choose_n is None else choose_n
+    sigma = neuron_sensitivity(model, x[:choose_n], x_adv[:choose_n], layers=[layer])[layer]
+    dev = next(model.parameters()).device
+    with attacks.eval_mode(model), capture(model, [layer], detach=True) as acts:
+        model(torch.cat([x[choose_n:], x_adv[choose_n:]]).to(dev))
+    a = acts[layer].float().flatten(2)  # [2M, C, P]
+    m = a.shape[0] // 2
+    clean, adv = a[:m], a[m:]
+    dot = (clean * adv).sum(2)
+    norms = clean.norm(dim=2) * adv.norm(dim=2)
+    both_zero = (clean.norm(dim=2) == 0) & (adv.norm(dim=2) == 0)
+    cos = torch.where(both_zero, torch.ones_like(dot), dot / norms.clamp_min(1e-12))  # [M, C]
+    top = top_k(sigma, k, layer=layer).cpu()
+    rand = top_k(sigma, k, which="random", seed=0, layer=layer).cpu()
+    return {"top": float(cos[:, top].mean()), "random": float(cos[:, rand].mean()),
+            "channels": top.tolist(), "n": m}
+
+
+# ----------------------------------------------------------------------------------------------------
+# E3: robustness (C3, C5) and the evaluation sanity checks
+
+def transfer_accuracy(model, x: torch.Tensor, y: torch.Tensor, x_adv_source: torch.Tensor) -> dict:
+    """Robust accuracy of ``model`` on adversarial examples crafted against another model (black-box)."""
+    return accuracy_on(model, x_adv_source, y, x=x)
+
+
+def evaluate_model(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, x_adv_pgd20: torch.Tensor,
+                   x_adv_transfer: torch.Tensor | None, n_long: int, long_steps: int, mim_steps: int,
+                   cw_steps: int, cw_search_steps: int, cw_n: int, aa_n: int, aa_version: str, aa_attacks=None,
+                   seed: int = 0, light: bool = False) -> dict:
+    """One model under the suite of E3: ``{"rows": {label: row}, "aa_warnings": [...]}``.
+
+    PGD-20 comes from the cached pairs ``x_adv_pgd20`` (all of x); PGD-``long_steps`` runs on the first
+    ``n_long`` images, C&W-L2 on the first ``cw_n`` (robust accuracy at the L2 radius
+    2 * eps * sqrt(pixels) / 10, plus the median smallest norm found), AutoAttack on the first ``aa_n``.
+    Every row has accuracy, low, high (95% Wilson), n and wall_s. Rows: clean, PGD-20, FGSM, MIM-<steps>,
+    PGD-<long>, C&W-L2, AutoAttack, transfer (when ``x_adv_transfer`` is given). ``light=True`` stops after
+    FGSM (for the vanilla model, which the attacks break anyway: only the transfer source and a reference).
+    """
+    rows = {"clean": accuracy_on(model, x, y), "PGD-20": accuracy_on(model, x_adv_pgd20, y, x=x)}
+
+    def put(r, **extra):
+        rows[r["attack"]] = {"accuracy": r["robust_accuracy"], "low": r["ci_low"], "high": r["ci_high"], "n": r["n"],
+                             "wall_s": r["wall_s"], **extra}
+
+    put(evaluate.run_suite(model, x, y, [{"attack": "fgsm", "eps": eps, "label": "FGSM"}], seed=seed)[0])
+    if light:
+        if x_adv_transfer is not None:
+            rows["transfer"] = transfer_accuracy(model, x, y, x_adv_transfer)
+        return {"rows": rows, "aa_warnings": []}
+    put(evaluate.run_suite(model, x, y, [{"attack": "mim", "eps": eps, "steps": mim_steps, "label": f"MIM-{mim_steps}"}],
+                           seed=seed)[0])
+    put(evaluate.run_suite(model, x[:n_long], y[:n_long], [{"attack": "pgd", "eps": eps, "steps": long_steps,
+                                                            "label": f"PGD-{long_steps}"}], seed=seed)[0])
+    radius = round(2 * eps * math.sqrt(x[0].numel()) / 10, 3)
+    r = evaluate.run_suite(model, x[:cw_n], y[:cw_n], [{"attack": "cw_l2", "steps": cw_steps, "radius": radius,
+                                                        "binary_search_steps": cw_search_steps, "label": "C&W-L2"}],
+                           seed=seed)[0]
+    put(r, radius=radius, median_l2=r["median_l2"])
+    aa = {"attack": "autoattack", "eps": eps, "version": aa_version, "label": "AutoAttack"}
+    if aa_version == "custom":
+        aa["attacks"] = list(aa_attacks)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = evaluate.run_suite(model, x[:aa_n], y[:aa_n], [aa], seed=seed)[0]
+    put(r, per_attack=r.get("per_attack", {}))
+    if x_adv_transfer is not None:
+        rows["transfer"] = transfer_accuracy(model, x, y, x_adv_transfer)
+    aa_warnings = [str(w.message) for w in caught if "AutoAttack" in str(w.message)]
+    return {"rows": rows, "aa_warnings": aa_warnings}
+
+
+def ablation(dataset: str, arch: str, name: str, values, param: str, x, y, *, eps: float, seed: int = 0,
+             zero_is: str | None = None, progress: bool = True, **train_args) -> list[dict]:
+    """Train ``name`` for each value of ``param`` (e.g. lam) and measure clean and PGD-20 accuracy.
+
+    ``zero_is`` names the model a value of 0 stands for (SNS with lam = 0 is its base method), which is
+    then loaded instead of trained. Returns one row per value: value, model, status, clean, PGD-20
+    (accuracy dicts), collapsed (bool).
+    """
+    rows = []
+    for v in values:
+        args = dict(train_args)
+        if v == 0 and zero_is is not None:
+            model, info = run.get_model(dataset, arch, zero_is, seed, progress=progress, **args)
+        else:
+            args[param] = v
+            model, info = run.get_model(dataset, arch, name, seed, progress=progress, **args)
+        x_adv = run.adversarial_pairs(model, info, x, y, eps=eps, steps=20, seed=seed)
+        rows.append({"value": v, "model": info["label"], "status": info["status"], "collapsed": info["collapsed"],
+                     "clean": accuracy_on(model, x, y), "PGD-20": accuracy_on(model, x_adv, y, x=x)})
+    return rows
+
+
+def sanity_checks(model, x: torch.Tensor, y: torch.Tensor, rows: dict, *, eps: float, scales=(0.5, 1, 2, 4, 8),
+                  steps: int = 20, aa_warnings=(), seed: int = 0, tolerance: float = 0.02) -> dict:
+    """The evaluation sanity checks for one robust model (a model that fails them is flagged).
+
+    - accuracy falls towards 0 as eps grows: PGD-``steps`` at eps * each scale on ``x``; non-increasing
+      (within ``tolerance``) and <= 0.05 at the largest radius (capped at 1);
+    - no black-box attack beats the white-box ones: transfer accuracy >= PGD-20 accuracy - tolerance,
+      and FGSM (one step) >= PGD-20 - tolerance;
+    - AutoAttack's own warnings are listed; any warning flags the model.
+
+    Returns {"eps_curve": [(eps, accuracy)], "checks": {name: bool}, "warnings": [...], "ok": bool}.
+    """
+    curve = []
+    for s in scales:
+        e = min(1.0, eps * s)
+        x_adv = attacks.pgd(model, x.to(next(model.parameters()).device), y.to(next(model.parameters()).device),
+                            eps=e, steps=steps, seed=seed).cpu()
+        curve.append((e, accuracy_on(model, x_adv, y, x=x)["accuracy"]))
+    accs = [a for _, a in curve]
+    checks = {
+        "accuracy non-increasing in eps": all(b <= a + tolerance for a, b in zip(accs, accs[1:])),
+        f"accuracy <= 0.05 at eps {curve[-1][0]:.3g}": accs[-1] <= 0.05,
+        "FGSM no stronger than PGD-20": rows["FGSM"]["accuracy"] >= rows["PGD-20"]["accuracy"] - tolerance,
+    }
+    if "transfer" in rows:
+        checks["transfer no stronger than PGD-20"] = rows["transfer"]["accuracy"] >= rows["PGD-20"]["accuracy"] - tolerance
+    checks["no AutoAttack warnings"] = not aa_warnings
+    return {"eps_curve": curve, "checks": checks, "warnings": list(aa_warnings), "ok": all(checks.values())}
+
+
+def c3_comparisons(evals: dict, seeds, pairs=(("sns_pgd_at", "pgd_at"), ("sns_trades", "trades")),
+                   judged=("AutoAttack", "transfer"), reported=("PGD-20",)) -> dict:
+    """C3 from ``evals[(name, seed)]["rows"]``: SNS above its base on AutoAttack and on transfer (judged)
+    and on PGD-20 (reported only). Returns {"judged": [...], "reported": [...]} of compare dicts."""
+    out = {"judged": [], "reported": []}
+    for sns, base in pairs:
+        for key, attack_names in (("judged", judged), ("reported", reported)):
+            for attack in attack_names:
+                ra = [evals[(sns, s)]["rows"][attack] for s in seeds]
+                rb = [evals[(base, s)]["rows"][attack] for s in seeds]
+                out[key].append(run.compare(
+                    [r["accuracy"] for r in ra], [r["accuracy"] for r in rb],
+                    intervals_a=[(r["low"], r["high"]) for r in ra], intervals_b=[(r["low"], r["high"]) for r in rb],
+                    what=f"{run.LABELS[sns]} > {run.LABELS[base]}, {attack} accuracy"))
+    return out
+
+
+def markdown_table(evals: dict, names, seeds, columns) -> str:
+    """Markdown table: one row per model, one column per attack: mean +- std over seeds (percent) and
+    the seed-averaged 95% interval."""
+    head = "| model | " + " | ".join(columns) + " |"
+    lines = [head, "|---|" + "---|" * len(columns)]
+    for n in names:
+        cells = []
+        for c in columns:
+            rs = [evals[(n, s)]["rows"].get(c) for s in seeds]
+            if any(r is None for r in rs):
+                cells.append("-")
+                continue
+            sp = run.spread([r["accuracy"] for r in rs])
+            lo = statistics.fmean(r["low"] for r in rs)
+            hi = statistics.fmean(r["high"] for r in rs)
+            std = f" +- {100 * sp['std']:.1f}" if sp["std"] is not None else ""
+            cells.append(f"{100 * sp['mean']:.1f}{std} [{100 * lo:.0f}, {100 * hi:.0f}]")
+        lines.append(f"| {run.LABELS.get(n, n)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def in_range(value: float, low: float, high: float) -> bool:
+    """``low <= value <= high``: what the checked notebook cells print (never the raw float)."""
+    return low <= value <= high
+
+
+# ----------------------------------------------------------------------------------------------------
+# tables and the ranges the checked cells test
+
+# Expected ranges of the checked cells, per profile: loose enough to hold on any CPU and seed, tight
+# enough to catch a broken run (a model at chance, an attack that does nothing). Quick-profile values
+# come from runs of 2,000 images x 2 epochs (PGD-AT ~0.5 clean / ~0.3 PGD; TRADES ~0.6 / ~0.45; the
+# vanilla model, 8 epochs, ~0.8 clean / ~0.13 under PGD-20 at eps 0.1: not fully trained, not 0).
+TRAIN_RANGES = {
+    "quick": {"vanilla_clean": (0.45, 0.95), "robust_clean": (0.25, 0.90), "robust_pgd": (0.10, 0.75)},
+    "full": {"vanilla_clean": (0.85, 1.0), "robust_clean": (0.70, 1.0), "robust_pgd": (0.40, 0.98)},
+}
+EVAL_RANGES = {
+    "quick": {"clean": (0.25, 0.90), "aa": (0.03, 0.70), "vanilla_pgd": (0.0, 0.3)},
+    "full": {"clean": (0.70, 1.0), "aa": (0.30, 0.98), "vanilla_pgd": (0.0, 0.05)},
+}
+
+
+def checkpoint_rows(trained: dict) -> list[dict]:
+    """Last vs best checkpoint per trained model: validation accuracies of both epochs (JSON-ready)."""
+    rows = []
+    for (name, seed), (_, info) in trained.items():
+        last, best = info["history"][-1], info["best"] or {}
+        rows.append({"name": name, "model": info["label"], "seed": seed, "status": info["status"],
+                     "epochs": last["epoch"], "best epoch": best.get("epoch"),
+                     "best val clean": best.get("val_clean", float("nan")), "best val PGD": best.get("val_pgd"),
+                     "last val clean": last["val_clean"], "last val PGD": last.get("val_pgd"),
+                     "train s": round(info["train_s"], 1), "key": info["key"]})
+    return rows
+
+
+def rows_markdown(rows: list[dict], columns) -> str:
+    """A markdown table of ``rows`` (dicts) restricted to ``columns``; floats with 3 decimals."""
+    def fmt(v):
+        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def sensitivity_markdown(study: dict) -> str:
+    """Per-layer mean sigma (absolute; relative in brackets) and white-box accuracy per model."""
+    names = list(study)
+    layers = list(study[names[0]]["layer_mean"]["abs"])
+    lines = ["| model | clean | PGD (own pairs) | " + " | ".join(layers) + " | mean |",
+             "|" + "---|" * (len(layers) + 4)]
+    for n in names:
+        r = study[n]
+        cells = [f"{r['layer_mean']['abs'][l]:.4f} ({r['layer_mean']['rel'][l]:.3f})" for l in layers]
+        lines.append(f"| {run.LABELS.get(n, n)} | {r['clean']['accuracy']:.3f} | {r['adv']['accuracy']:.3f} | "
+                     + " | ".join(cells) + f" | {r['mean']['abs']:.4f} ({r['mean']['rel']:.3f}) |")
+    return "\n".join(lines)
+
+
+def sensitivity_numbers(studies: dict) -> dict:
+    """The JSON-ready part of per-seed sensitivity studies (layer means, means, accuracies)."""
+    return {str(s): {n: {k: r[k] for k in ("clean", "adv", "layer_mean", "mean")} for n, r in st.items()}
+            for s, st in studies.items()}
+
+
+def curve_numbers(curves: dict) -> dict:
+    """The JSON-ready part of intervention curves: rows and accuracies per model/seed, mode and layer."""
+    return {f"{n}/{s}": {mode: [{k: c[k] for k in ("layer", "width", "n_eval", "clean_accuracy", "adv_accuracy", "rows")}
+                                for c in cs] for mode, cs in by_mode.items()}
+            for (n, s), by_mode in curves.items()}
+
+
+def mean_rows(evals: dict, name: str, seeds) -> dict:
+    """{attack: {"accuracy", "low", "high"}} averaged over seeds, for one model."""
+    attacks_ = evals[(name, seeds[0])]["rows"]
+    return {a: {key: statistics.fmean(evals[(name, s)]["rows"][a][key] for s in seeds)
+                for key in ("accuracy", "low", "high")} for a in attacks_}
+
+
+def ablation_markdown(rows: list[dict], param: str) -> str:
+    """Markdown table of :func:`ablation` rows."""
+    lines = [f"| {param} | model | status | clean | PGD-20 [95% interval] |", "|---|---|---|---|---|"]
+    for r in rows:
+        p = r["PGD-20"]
+        lines.append(f"| {r['value']:g} | {r['model']} | {r['status']}{' (COLLAPSED)' if r['collapsed'] else ''} | "
+                     f"{r['clean']['accuracy']:.3f} | {p['accuracy']:.3f} [{p['low']:.3f}, {p['high']:.3f}] |")
+    return "\n".join(lines)
+
+
+def sanity_markdown(sanity: dict) -> str:
+    """Markdown of :func:`sanity_checks` results per model: the eps sweep, each check, warnings, a flag."""
+    lines = []
+    for n, r in sanity.items():
+        flag = "passes every check" if r["ok"] else "**FLAGGED: fails a check below**"
+        lines.append(f"- **{run.LABELS.get(n, n)}**: {flag}. PGD-20 accuracy by eps: "
+                     + ", ".join(f"{e:.3g}: {a:.3f}" for e, a in r["eps_curve"]))
+        lines += [f"  - {name}: {'yes' if ok else 'NO'}" for name, ok in r["checks"].items()]
+        lines += [f"  - AutoAttack warning: {w}" for w in r["warnings"]]
+    return "\n".join(lines)
