@@ -15,7 +15,10 @@ What lives here and who uses it:
 - **Report** (:func:`write_report`): ``outputs/<profile>/REPORT.md``.
 
 Profiles: ``quick`` uses the values stored in each notebook's ``parameters`` cell (CPU, minutes); ``full``
-injects :data:`FULL` (a GPU). Usage::
+injects :data:`FULL` (a GPU). A long run goes in chunks: every finished notebook and every trained epoch is
+kept, so ``timeout 590 python -m nslib reproduce --profile full --resume`` repeated until it exits 0 (or
+``--only 01``, then ``--only 02,03,04``, then ``--only 05,06``, each with ``--resume``) completes it.
+Usage::
 
     model, info = get_model("fmnist", "smallcnn", "pgd_at", seed=0, epochs=2, n_train=2000)
     v = compare([0.41, 0.43, 0.40], [0.37, 0.38, 0.36])   # v["verdict"] == "holds"
@@ -78,8 +81,11 @@ CLAIMS = {
 # ----------------------------------------------------------------------------------------------------
 # the full profile (GPU). Injected by papermill over each notebook's parameters cell; keys a notebook does
 # not define are skipped for it. Layers: "all" (every notebook, every dataset) < dataset < (dataset, notebook).
-# Timing target: fmnist + mnist5k in <= 25 min on one H100, run in chunks (see README / --only); these
-# values are not measured here (the session that wrote them had no GPU): adjust epochs first if it is slow.
+# Timing target: fmnist + mnist5k in <= 25 min on one H100, run in chunks (module docstring). These values
+# are NOT measured (the session that wrote them had no GPU). Likely costliest: training 21 models per dataset
+# (5 x 3 seeds + ablations) and AutoAttack "standard" (Square: 5,000 queries per robust image) on 1,000
+# images x 12 robust models per dataset. If a run is slow, lower epochs first, then aa_version="custom" with
+# aa_attacks=["apgd-ce", "apgd-t"] for seeds beyond the first.
 FULL = {
     "all": {"profile": "full", "seeds": [0, 1, 2], "batch_size": 128, "lr": 0.05, "val_n_adv": 1000,
             "val_attack_steps": 10, "n_pairs": 1000, "ks": [0.02, 0.05, 0.1, 0.2, 0.5], "n_maps": 8,
@@ -452,7 +458,8 @@ def reproduce(profile: str = "quick", datasets=None, only=None, resume: bool = F
     """Run the numbered notebooks with papermill into ``outputs/<profile>/<dataset>/``; 0 on success.
 
     Each executed notebook is written next to a done-marker ``NN_name.done.json`` holding the hash of its
-    parameters and code; with ``resume=True`` a notebook whose marker matches is skipped. Trained models
+    parameters and code; with ``resume=True`` a notebook whose marker matches is skipped (except the
+    report notebook, rebuilt whenever a notebook before it ran). Trained models
     are reused through :func:`get_model`'s cache in any case (keyed by their parameters), and an
     interrupted training run resumes from its last epoch. Stops at the first notebook that raises and
     returns 1, naming the executed notebook that holds the traceback.
@@ -473,13 +480,15 @@ def reproduce(profile: str = "quick", datasets=None, only=None, resume: bool = F
         raise ValueError(f"profile must be one of {', '.join(PROFILE_DATASETS)}, got {profile!r}")
     plan = _plan(profile, datasets, only, overrides or {}, notebooks_dir)
     bar = tqdm(plan, desc=f"reproduce ({profile})", unit="notebook", disable=not progress)
+    ran = set()  # datasets where a notebook was executed in this call: their report is rebuilt
     for dataset, path, params in bar:
         out_dir = profile_dir(profile, dataset)
         out_nb = out_dir / path.name
         marker = out_nb.with_suffix(".done.json")
         key = params_key({"params": params, "source": _source_hash(path)})
         bar.set_postfix_str(f"{dataset}/{path.stem}")
-        if resume and marker.exists() and load_json(marker).get("key") == key and out_nb.exists():
+        stale_report = path.stem.endswith("_report") and dataset in ran
+        if resume and not stale_report and marker.exists() and load_json(marker).get("key") == key and out_nb.exists():
             log(f"skip {out_nb} (done with the same parameters)")
             continue
         if marker.exists():
@@ -500,6 +509,7 @@ def reproduce(profile: str = "quick", datasets=None, only=None, resume: bool = F
                 f"the executed notebook (if written): {out_nb}")
             return 1
         wall = time.perf_counter() - t0
+        ran.add(dataset)
         save_json(marker, {"notebook": path.name, "key": key, "params": params, "runtime_s": wall,
                            "provenance": provenance(device(), **params)})
         log(f"done {out_nb} in {wall:.0f} s")

@@ -162,7 +162,8 @@ def _write_nb(path, body: str, params: str = 'profile = "quick"  # profile\ndata
 
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
-    """Two throwaway notebooks; each appends its name to a log file, the second fails when steps < 0."""
+    """Three throwaway notebooks; each appends its number to a log file, the second fails when steps < 0,
+    the third is a report (rebuilt whenever a notebook before it ran)."""
     out = tmp_path / "outputs"
     monkeypatch.setenv("NSLIB_OUTPUTS", str(out))
     nbdir = tmp_path / "notebooks"
@@ -173,6 +174,7 @@ def tiny(tmp_path, monkeypatch):
               f"if steps < 0:\n    raise ValueError(f'steps must be >= 0, got {{steps}}')\n"
               f"open({str(log)!r}, 'a').write('02\\n')",
               params='profile = "quick"  # profile\ndataset = "fmnist"  # dataset\nsteps = 1  # PGD steps\n')
+    _write_nb(nbdir / "03_report.ipynb", f"open({str(log)!r}, 'a').write('03\\n')")
     return nbdir, out, log
 
 
@@ -189,21 +191,22 @@ def test_reproduce_fails_naming_the_notebook_then_resume_redoes_only_what_is_lef
     assert not (out / "quick" / "fmnist" / "02_second.done.json").exists()
     assert log.read_text().split() == ["01"]
 
-    # fixed: --resume skips 01 (same parameters and code) and runs only 02
+    # fixed: --resume skips 01 (same parameters and code) and runs only what is left
     messages.clear()
     rc = run.reproduce("quick", notebooks_dir=nbdir, resume=True, progress=False, log=messages.append)
     assert rc == 0
-    assert log.read_text().split() == ["01", "02"]
+    assert log.read_text().split() == ["01", "02", "03"]
     assert any("skip" in m and "01_first" in m for m in messages)
     marker = json.loads((out / "quick" / "fmnist" / "02_second.done.json").read_text())
     assert marker["params"] == {"profile": "quick", "dataset": "fmnist"}
 
-    # everything done: a resumed run executes nothing; changing a parameter reruns that notebook only
+    # everything done: a resumed run executes nothing; changing a parameter reruns that notebook and the
+    # report after it
     run.reproduce("quick", notebooks_dir=nbdir, resume=True, progress=False, log=messages.append)
-    assert log.read_text().split() == ["01", "02"]
+    assert log.read_text().split() == ["01", "02", "03"]
     run.reproduce("quick", notebooks_dir=nbdir, resume=True, overrides={"steps": 2}, progress=False,
                   log=messages.append)
-    assert log.read_text().split() == ["01", "02", "02"]
+    assert log.read_text().split() == ["01", "02", "03", "02", "03"]
 
 
 def test_reproduce_rejects_unknown_names_before_running(tiny, capsys):
