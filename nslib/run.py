@@ -102,6 +102,9 @@ FULL = {
     "cifar10": {"dataset": "cifar10", "arch": "resnet18", "epochs": 30, "vanilla_epochs": 30, "n_train": None, "val_size": 5000,
                 "attack_steps": 10, "eps_warmup_epochs": 0, "lr": 0.1, "n_eval": 1000},
     ("mnist5k", "05"): {"n_eval": 1000},  # the subset's whole test split
+    # 00's clean SmallCNN run: 15 epochs on all 55,000 images reached 92.3% test accuracy (goal 91.5%)
+    ("fmnist", "00"): {"epochs": 15, "min_test_acc": 0.915},
+    ("mnist5k", "00"): {"min_test_acc": 0.95},
 }
 
 
