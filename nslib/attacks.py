@@ -40,6 +40,7 @@ from torch import nn
 
 from nslib.checks import (check_choice, check_eps, check_images, check_labels, check_logits,
                           check_positive_int, model_device)
+from nslib.models import eval_mode  # noqa: F401  (re-exported: attacks.eval_mode is public)
 
 __all__ = ["fgsm", "pgd", "mim", "cw_l2", "autoattack", "margin", "NORMS", "LOSSES"]
 
@@ -52,16 +53,6 @@ KL_START_STD = 0.001  # TRADES's inner maximisation starts at x + 0.001 * N(0, 1
 # shared helpers
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module):
-    """Run the body with every module in eval mode; restore each module's own flag afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def _autocast(x: torch.Tensor, amp: bool):

@@ -25,7 +25,8 @@ from torch import nn
 from nslib.checks import (check_choice, check_images, check_labels, check_logits, check_positive_int,
                           model_device)
 from nslib.models import get_layer
-from nslib.sensitivity import _eval_mode, _Hooks, neuron_sensitivity, resolve_k, top_k
+from nslib.models import eval_mode as _eval_mode
+from nslib.sensitivity import _Hooks, neuron_sensitivity, resolve_k, top_k
 
 __all__ = ["intervene", "intervention_curve", "matched_choice"]
 

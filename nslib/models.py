@@ -13,6 +13,7 @@ Usage::
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections import OrderedDict
 
@@ -22,7 +23,7 @@ from torch import nn
 
 from nslib.data import DATASETS
 
-__all__ = ["build", "default_layers", "wrap", "layer_names", "get_layer", "SmallCNN", "VGG16", "ResNet18",
+__all__ = ["build", "default_layers", "wrap", "layer_names", "get_layer", "eval_mode", "SmallCNN", "VGG16", "ResNet18",
            "Wrapped", "ARCHS"]
 
 ARCHS = ("smallcnn", "vgg16", "resnet18")
@@ -278,3 +279,19 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
     near = difflib.get_close_matches(name, valid, n=5, cutoff=0.0)
     raise ValueError(f"unknown layer {name!r} in {type(model).__name__}; nearest valid names: "
                      f"{', '.join(near)}")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Run the body with every module in eval mode; restore each module's own train/eval flag afterwards.
+
+    Used by every analysis and attack entry point (batch norm on running statistics, dropout off),
+    so that a caller's model comes back in exactly the mode it was in, also when the body raises.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training

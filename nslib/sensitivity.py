@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from nslib.checks import check_images, check_logits, check_positive_int, check_choice, model_device
-from nslib.models import default_layers, get_layer
+from nslib.models import default_layers, eval_mode as _eval_mode, get_layer
 
 __all__ = ["capture", "Activations", "batch_sensitivity", "neuron_sensitivity", "top_k", "resolve_k",
            "layer_summary"]
@@ -193,16 +193,6 @@ def capture(model: nn.Module, layers, *, detach: bool = False):
         yield acts
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    """Put every module in eval mode; restore each module's own train/eval flag afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from nslib.checks import check_choice, check_images, check_positive_int, model_device
-from nslib.sensitivity import _eval_mode, capture, neuron_sensitivity, top_k
+from nslib.models import eval_mode as _eval_mode
+from nslib.sensitivity import capture, neuron_sensitivity, top_k
 from nslib.store import atomic_write_bytes, outputs_dir
 
 __all__ = ["save_figure", "plot_layer_sensitivity", "plot_intervention_curve", "plot_sensitive_neuron_maps",
