@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+; nslib itself supports 3.10
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDA_NAMES = {"torch": "pytorch"}  # conda-forge spells some packages differently
@@ -62,8 +65,6 @@ def test_paths_resolve_from_the_repository_root(tmp_path, monkeypatch):
 
 
 def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):
-    import pytest
-
     from nslib import store
 
     path = tmp_path / "r.json"
