@@ -130,7 +130,9 @@ def _linf_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     ``x`` + eps is rounded; where the rounding would put a bound outside the ball, it moves one ulp inwards,
     so any value in [lo, hi] is within eps of x also in exact arithmetic.
     """
-    e = _below(eps, x.dtype, x.device)
+    # The radius is rounded on the host: a 0-d CPU tensor mixes with x on any device, and no GPU value
+    # is read back (no synchronisation, so training loops can call this on every step).
+    e = _below(eps, x.dtype, "cpu")
     lo = (x - e).clamp_(min=0)
     hi = (x + e).clamp_(max=1)
     wide = torch.float64  # exact differences of float32 (and narrower) values
@@ -376,13 +378,7 @@ def _pgd_unchecked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
             with torch.no_grad():
                 p_clean = F.softmax(model(x).float(), 1)
         objective = _objective(loss, None if loss == "kl" else y, False, p_clean)
-        # _linf_box with the radius rounded on the host (its float() check would sync a device tensor)
-        e = _below(eps, x.dtype, "cpu")
-        lo, hi = (x - e).clamp_(min=0), (x + e).clamp_(max=1)
-        xw, ew = x.double(), e.double()
-        lo = torch.where(xw - lo.double() > ew, torch.nextafter(lo, x), lo)
-        hi = torch.where(hi.double() - xw > ew, torch.nextafter(hi, x), hi)
-        return _pgd_run(model, x, objective, eps=eps, alpha=alpha, steps=steps, norm="linf", lo_hi=(lo, hi),
+        return _pgd_run(model, x, objective, eps=eps, alpha=alpha, steps=steps, norm="linf", lo_hi=_linf_box(x, eps),
                         start="gauss" if loss == "kl" else "linf", gen=_restart_generator(x.device, base, 0),
                         amp=amp, check=None)
 
