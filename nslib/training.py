@@ -249,17 +249,13 @@ def training_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: tor
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
     """Clean accuracy of ``model`` in eval mode (its mode is restored), in fp32."""
-    was_training = model.training
-    model.eval()
-    try:
+    with models_mod.eval_mode(model):
         device = checks.model_device(model)
         correct = torch.zeros((), dtype=torch.long, device=device)
         for i in range(0, len(x), batch_size):
             xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
             correct += (model(xb).argmax(1) == yb).sum()
         return correct.item() / max(1, len(x))
-    finally:
-        model.train(was_training)
 
 
 def _robust_accuracy(model, x, y, eps, steps, batch_size=500) -> float:
@@ -270,11 +266,8 @@ def _robust_accuracy(model, x, y, eps, steps, batch_size=500) -> float:
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
         x_adv = pgd(model, xb, yb, eps=eps, steps=steps, seed=i)
-        with torch.no_grad():
-            was = model.training
-            model.eval()
+        with torch.no_grad(), models_mod.eval_mode(model):
             correct += int((model(x_adv).argmax(1) == yb).sum())
-            model.train(was)
     return correct / max(1, len(x))
 
 
@@ -283,19 +276,14 @@ def _dead_fraction(model, x, layers) -> float:
     """Share of hooked neurons whose output is zero on every example of ``x`` (eval mode)."""
     from nslib.sensitivity import capture
 
-    was = model.training
-    model.eval()
-    try:
-        with capture(model, layers) as acts:
-            model(x)
-            dead = total = 0
-            for name in layers:
-                a = acts[name].abs().float()
-                per = a.amax(dim=[0] + list(range(2, a.dim()))) if a.dim() > 2 else a.amax(0)
-                dead += int((per == 0).sum())
-                total += per.numel()
-    finally:
-        model.train(was)
+    with models_mod.eval_mode(model), capture(model, layers) as acts:
+        model(x)
+        dead = total = 0
+        for name in layers:
+            a = acts[name].abs().float()
+            per = a.amax(dim=[0] + list(range(2, a.dim()))) if a.dim() > 2 else a.amax(0)
+            dead += int((per == 0).sum())
+            total += per.numel()
     return dead / max(1, total)
 
 
@@ -434,14 +422,9 @@ def _layer_widths(model, layers, shape) -> dict[str, int]:
     from nslib.sensitivity import capture
 
     device = checks.model_device(model)
-    was = model.training
-    model.eval()
-    try:
-        with capture(model, layers, detach=True) as acts:
-            model(torch.zeros((2,) + tuple(shape), device=device))
-            return {name: acts[name].shape[1] for name in layers}
-    finally:
-        model.train(was)
+    with models_mod.eval_mode(model), capture(model, layers, detach=True) as acts:
+        model(torch.zeros((2,) + tuple(shape), device=device))
+        return {name: acts[name].shape[1] for name in layers}
 
 
 def train(model: nn.Module, data, *, method: str = "standard", epochs: int = 10, batch_size: int = 128,
