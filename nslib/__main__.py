@@ -10,12 +10,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     rep = sub.add_parser("reproduce", help="run the numbered notebooks with papermill into outputs/<profile>/")
-    rep.add_argument("--profile", choices=("quick", "full"), default="quick")
+    rep.add_argument("--profile", default="quick", help="one of nslib.config.PROFILES (quick, full)")
     rep.add_argument("--datasets", default=None, help="comma-separated dataset names, e.g. fmnist,mnist5k")
     rep.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 02,03")
     rep.add_argument("--resume", action="store_true", help="skip notebooks already done with the same parameters")
     rep.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                     help="override one notebook parameter (a Python literal); repeatable")
+                     help="override one knob of nslib.config (a Python literal), e.g. eps=0.2 or 'seeds=[0, 1, 2]'; repeatable")
 
     bench = sub.add_parser("bench", help="speed benchmarks against an anchor run in the same process")
     bench.add_argument("what", choices=("attacks", "sensitivity", "training"))

@@ -1,18 +1,20 @@
 """The computations behind the numbered notebooks E1-E4, one documented function per step.
 
 The notebooks call these and draw the figures; each function returns plain dicts (JSON-ready where it
-says so) and the claim verdicts come from :func:`nslib.run.compare` (the kit's single verdict rule).
+says so) and the claim verdicts come from :func:`nslib.verdicts.compare` (the kit's single verdict rule).
 
 - E1 (02, C1 and C4): :func:`sensitivity_study`, :func:`c1_c4_comparisons`
 - E2 (03, C2): :func:`intervention_study`, :func:`c2_comparisons`
 - E4 (04, C6): :func:`map_similarity`, :func:`pick_map_layer`
-- E3 (05, C3): :func:`evaluate_model`, :func:`ablation`, :func:`sanity_checks`, :func:`c3_comparisons`,
-  :func:`markdown_table`
+- E3 (05, C3): :func:`evaluate_model`, :func:`ablation`, :func:`sanity_checks`, :func:`c3_comparisons`
+
+Models and pairs come from :mod:`nslib.cache`; tables and the report are in :mod:`nslib.report`.
 
 Usage::
 
-    models = {n: run.get_model("fmnist", "smallcnn", n, seed=0, epochs=2)[0] for n in run.MODELS}
-    study = sensitivity_study(models, infos, x, y, eps=0.1)
+    trained = {n: nslib.cache.get_model("fmnist", "smallcnn", n, seed=0, epochs=2) for n in nslib.cache.MODELS}
+    study = sensitivity_study({n: m for n, (m, _) in trained.items()}, {n: i for n, (_, i) in trained.items()},
+                              x, y, eps=0.1)
 """
 from __future__ import annotations
 
@@ -23,28 +25,17 @@ from functools import partial
 
 import torch
 
-from nslib import attacks, evaluate, run
+from nslib import attacks, evaluate
+from nslib.cache import LABELS, adversarial_pairs, get_model
 from nslib.intervention import intervention_curve
 from nslib.models import default_layers
 from nslib.sensitivity import capture, neuron_sensitivity, top_k
+from nslib.verdicts import compare
 
-__all__ = ["get_models", "accuracy_on", "sensitivity_study", "spearman", "c1_c4_comparisons", "intervention_study",
+__all__ = ["accuracy_on", "sensitivity_study", "spearman", "c1_c4_comparisons", "intervention_study",
            "c2_comparisons", "pick_map_layer", "map_similarity", "evaluate_model", "transfer_accuracy",
-           "ablation", "sanity_checks", "c3_comparisons", "markdown_table", "in_range"]
-
-
-def get_models(dataset: str, arch: str, names, seeds, *, vanilla_epochs: int | None = None, progress: bool = True,
-               **train_args) -> dict:
-    """``{(name, seed): (model, info)}`` for every name and seed, trained or loaded via :func:`run.get_model`.
-
-    ``vanilla_epochs`` (default: ``epochs``) trains the vanilla model longer: a clean epoch costs one
-    forward-backward pass per image against ``attack_steps + 1`` or more for the adversarial methods, so
-    equal compute means more clean epochs; an undertrained vanilla model is not a vanilla baseline (it can
-    be oddly robust at small eps).
-    """
-    def args(n):
-        return {**train_args, "epochs": vanilla_epochs} if n == "vanilla" and vanilla_epochs else train_args
-    return {(n, s): run.get_model(dataset, arch, n, s, progress=progress, **args(n)) for s in seeds for n in names}
+           "ablation", "sanity_checks", "c3_comparisons", "in_range", "sensitivity_numbers", "curve_numbers",
+           "mean_rows"]
 
 
 @torch.no_grad()
@@ -79,7 +70,7 @@ def sensitivity_study(models: dict, infos: dict, x: torch.Tensor, y: torch.Tenso
     """Per-layer neuron sensitivity of several models on the same benign images.
 
     For each model: PGD-``steps`` pairs at ``eps`` crafted against it (white-box; cached by
-    :func:`run.adversarial_pairs`), and the control pairs crafted against ``models[source]`` (held fixed,
+    :func:`nslib.cache.adversarial_pairs`), and the control pairs crafted against ``models[source]`` (held fixed,
     transferred). Four variants of sigma: "abs" and "rel" (relative: divided by the mean |clean output|)
     on white-box pairs, "abs_transfer" and "rel_transfer" on the control pairs.
 
@@ -89,7 +80,7 @@ def sensitivity_study(models: dict, infos: dict, x: torch.Tensor, y: torch.Tenso
     """
     if source not in models:
         raise ValueError(f"source must be one of the models ({', '.join(models)}), got {source!r}")
-    pairs = {n: run.adversarial_pairs(m, infos[n], x, y, eps=eps, steps=steps, seed=seed) for n, m in models.items()}
+    pairs = {n: adversarial_pairs(m, infos[n], x, y, eps=eps, steps=steps, seed=seed) for n, m in models.items()}
     out = {}
     for name, model in models.items():
         sig = {}
@@ -134,7 +125,7 @@ def c1_c4_comparisons(studies: dict, baselines=("pgd_at", "trades"), reference: 
     C1 ("robustness is explained by sensitivity"): across all models, the Spearman correlation between
     white-box robust accuracy and mean sensitivity is negative: compare(-rho, 0) per variant.
 
-    Returns {"C4": [...], "C4_control": [...], "C1": [...]} lists of :func:`run.compare` dicts.
+    Returns {"C4": [...], "C4_control": [...], "C1": [...]} lists of :func:`nslib.verdicts.compare` dicts.
     """
     seeds = sorted(studies)
     out = {"C4": [], "C4_control": [], "C1": []}
@@ -143,17 +134,17 @@ def c1_c4_comparisons(studies: dict, baselines=("pgd_at", "trades"), reference: 
             for key, suffix in (("C4", ""), ("C4_control", "_transfer")):
                 a = [studies[s][reference]["mean"][variant + suffix] for s in seeds]
                 b = [studies[s][base]["mean"][variant + suffix] for s in seeds]
-                pairs = "white-box pairs" if not suffix else f"pairs transferred from {run.LABELS[reference]}"
-                what = (f"{run.LABELS[reference]} > {run.LABELS.get(base, base)}, mean "
+                pairs = "white-box pairs" if not suffix else f"pairs transferred from {LABELS[reference]}"
+                what = (f"{LABELS[reference]} > {LABELS.get(base, base)}, mean "
                         f"{'relative' if variant == 'rel' else 'absolute'} sensitivity, {pairs}")
-                out[key].append(run.compare(a, b, what=what))
+                out[key].append(compare(a, b, what=what))
     for variant in ("abs", "rel"):
         rhos = []
         for s in seeds:
             names = list(studies[s])
             rhos.append(spearman([studies[s][n]["adv"]["accuracy"] for n in names],
                                  [studies[s][n]["mean"][variant] for n in names]))
-        out["C1"].append(run.compare([-r for r in rhos], [0.0] * len(rhos),
+        out["C1"].append(compare([-r for r in rhos], [0.0] * len(rhos),
                                      what=f"-Spearman(robust accuracy, mean {'relative' if variant == 'rel' else 'absolute'} "
                                           f"sensitivity) > 0 across {len(studies[seeds[0]])} models"))
     return out
@@ -201,7 +192,7 @@ def c2_comparisons(studies: dict, k, label: str) -> list[dict]:
             n = sum(c["n_eval"] for c in curves)
             ia.append(evaluate.wilson_interval(round(a[-1] * n), n))
             ib.append(evaluate.wilson_interval(round(b[-1] * n), n))
-        out.append(run.compare(a, b, intervals_a=ia, intervals_b=ib,
+        out.append(compare(a, b, intervals_a=ia, intervals_b=ib,
                                what=f"{label}: top-{k} > {other}-{k} neurons patched, adversarial accuracy "
                                     f"(mean over layers)"))
     return out
@@ -315,11 +306,11 @@ def ablation(dataset: str, arch: str, name: str, values, param: str, x, y, *, ep
     for v in values:
         args = dict(train_args)
         if v == 0 and zero_is is not None:
-            model, info = run.get_model(dataset, arch, zero_is, seed, progress=progress, **args)
+            model, info = get_model(dataset, arch, zero_is, seed, progress=progress, **args)
         else:
             args[param] = v
-            model, info = run.get_model(dataset, arch, name, seed, progress=progress, **args)
-        x_adv = run.adversarial_pairs(model, info, x, y, eps=eps, steps=20, seed=seed)
+            model, info = get_model(dataset, arch, name, seed, progress=progress, **args)
+        x_adv = adversarial_pairs(model, info, x, y, eps=eps, steps=20, seed=seed)
         rows.append({"value": v, "model": info["label"], "status": info["status"], "collapsed": info["collapsed"],
                      "clean": accuracy_on(model, x, y), "PGD-20": accuracy_on(model, x_adv, y, x=x)})
     return rows
@@ -365,90 +356,16 @@ def c3_comparisons(evals: dict, seeds, pairs=(("sns_pgd_at", "pgd_at"), ("sns_tr
             for attack in attack_names:
                 ra = [evals[(sns, s)]["rows"][attack] for s in seeds]
                 rb = [evals[(base, s)]["rows"][attack] for s in seeds]
-                out[key].append(run.compare(
+                out[key].append(compare(
                     [r["accuracy"] for r in ra], [r["accuracy"] for r in rb],
                     intervals_a=[(r["low"], r["high"]) for r in ra], intervals_b=[(r["low"], r["high"]) for r in rb],
-                    what=f"{run.LABELS[sns]} > {run.LABELS[base]}, {attack} accuracy"))
+                    what=f"{LABELS[sns]} > {LABELS[base]}, {attack} accuracy"))
     return out
-
-
-def markdown_table(evals: dict, names, seeds, columns) -> str:
-    """Markdown table: one row per model, one column per attack: mean +- std over seeds (percent) and
-    the seed-averaged 95% interval."""
-    head = "| model | " + " | ".join(columns) + " |"
-    lines = [head, "|---|" + "---|" * len(columns)]
-    for n in names:
-        cells = []
-        for c in columns:
-            rs = [evals[(n, s)]["rows"].get(c) for s in seeds]
-            if any(r is None for r in rs):
-                cells.append("-")
-                continue
-            sp = run.spread([r["accuracy"] for r in rs])
-            lo = statistics.fmean(r["low"] for r in rs)
-            hi = statistics.fmean(r["high"] for r in rs)
-            std = f" +- {100 * sp['std']:.1f}" if sp["std"] is not None else ""
-            cells.append(f"{100 * sp['mean']:.1f}{std} [{100 * lo:.0f}, {100 * hi:.0f}]")
-        lines.append(f"| {run.LABELS.get(n, n)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def in_range(value: float, low: float, high: float) -> bool:
     """``low <= value <= high``: what the checked notebook cells print (never the raw float)."""
     return low <= value <= high
-
-
-# ----------------------------------------------------------------------------------------------------
-# tables and the ranges the checked cells test
-
-# Expected ranges of the checked cells, per profile: loose enough to hold on any CPU and seed, tight
-# enough to catch a broken run (a model at chance, an attack that does nothing). Quick-profile values
-# come from runs of 2,000 images x 2 epochs (PGD-AT ~0.5 clean / ~0.3 PGD; TRADES ~0.6 / ~0.45; the
-# vanilla model, 8 epochs, ~0.8 clean / ~0.13 under PGD-20 at eps 0.1: not fully trained, not 0).
-TRAIN_RANGES = {
-    "quick": {"vanilla_clean": (0.45, 0.95), "robust_clean": (0.25, 0.90), "robust_pgd": (0.10, 0.75)},
-    "full": {"vanilla_clean": (0.85, 1.0), "robust_clean": (0.70, 1.0), "robust_pgd": (0.40, 0.98)},
-}
-EVAL_RANGES = {
-    "quick": {"clean": (0.25, 0.90), "aa": (0.03, 0.70), "vanilla_pgd": (0.0, 0.3)},
-    "full": {"clean": (0.70, 1.0), "aa": (0.30, 0.98), "vanilla_pgd": (0.0, 0.05)},
-}
-
-
-def checkpoint_rows(trained: dict) -> list[dict]:
-    """Last vs best checkpoint per trained model: validation accuracies of both epochs (JSON-ready)."""
-    rows = []
-    for (name, seed), (_, info) in trained.items():
-        last, best = info["history"][-1], info["best"] or {}
-        rows.append({"name": name, "model": info["label"], "seed": seed, "status": info["status"],
-                     "epochs": last["epoch"], "best epoch": best.get("epoch"),
-                     "best val clean": best.get("val_clean", float("nan")), "best val PGD": best.get("val_pgd"),
-                     "last val clean": last["val_clean"], "last val PGD": last.get("val_pgd"),
-                     "train s": round(info["train_s"], 1), "key": info["key"]})
-    return rows
-
-
-def rows_markdown(rows: list[dict], columns) -> str:
-    """A markdown table of ``rows`` (dicts) restricted to ``columns``; floats with 3 decimals."""
-    def fmt(v):
-        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def sensitivity_markdown(study: dict) -> str:
-    """Per-layer mean sigma (absolute; relative in brackets) and white-box accuracy per model."""
-    names = list(study)
-    layers = list(study[names[0]]["layer_mean"]["abs"])
-    lines = ["| model | clean | PGD (own pairs) | " + " | ".join(layers) + " | mean |",
-             "|" + "---|" * (len(layers) + 4)]
-    for n in names:
-        r = study[n]
-        cells = [f"{r['layer_mean']['abs'][l]:.4f} ({r['layer_mean']['rel'][l]:.3f})" for l in layers]
-        lines.append(f"| {run.LABELS.get(n, n)} | {r['clean']['accuracy']:.3f} | {r['adv']['accuracy']:.3f} | "
-                     + " | ".join(cells) + f" | {r['mean']['abs']:.4f} ({r['mean']['rel']:.3f}) |")
-    return "\n".join(lines)
 
 
 def sensitivity_numbers(studies: dict) -> dict:
@@ -471,23 +388,3 @@ def mean_rows(evals: dict, name: str, seeds) -> dict:
                 for key in ("accuracy", "low", "high")} for a in attacks_}
 
 
-def ablation_markdown(rows: list[dict], param: str) -> str:
-    """Markdown table of :func:`ablation` rows."""
-    lines = [f"| {param} | model | status | clean | PGD-20 [95% interval] |", "|---|---|---|---|---|"]
-    for r in rows:
-        p = r["PGD-20"]
-        lines.append(f"| {r['value']:g} | {r['model']} | {r['status']}{' (COLLAPSED)' if r['collapsed'] else ''} | "
-                     f"{r['clean']['accuracy']:.3f} | {p['accuracy']:.3f} [{p['low']:.3f}, {p['high']:.3f}] |")
-    return "\n".join(lines)
-
-
-def sanity_markdown(sanity: dict) -> str:
-    """Markdown of :func:`sanity_checks` results per model: the eps sweep, each check, warnings, a flag."""
-    lines = []
-    for n, r in sanity.items():
-        flag = "passes every check" if r["ok"] else "**FLAGGED: fails a check below**"
-        lines.append(f"- **{run.LABELS.get(n, n)}**: {flag}. PGD-20 accuracy by eps: "
-                     + ", ".join(f"{e:.3g}: {a:.3f}" for e, a in r["eps_curve"]))
-        lines += [f"  - {name}: {'yes' if ok else 'NO'}" for name, ok in r["checks"].items()]
-        lines += [f"  - AutoAttack warning: {w}" for w in r["warnings"]]
-    return "\n".join(lines)

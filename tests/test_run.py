@@ -1,11 +1,14 @@
-"""nslib.run: the verdict rule on constructed numbers, the model-cache key, notebook parameters, and
-``reproduce`` on tiny throwaway notebooks (a failure names the executed notebook; --resume redoes only
-what is left)."""
+"""nslib.run: the orchestrator. Checks before any work, papermill runs of throwaway notebooks (a failure names
+the executed notebook; --resume redoes only what is left), the CLI's exit codes, and the layering of the
+package (nothing below the orchestrator imports it)."""
 from __future__ import annotations
 
-import argparse
 import ast
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -13,123 +16,71 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from nslib import run
 
-
-# ----------------------------------------------------------------------------------------------------
-# verdict rule
-
-def test_compare_holds_when_difference_beyond_two_std_and_intervals_disjoint():
-    c = run.compare([0.50, 0.52, 0.51], [0.40, 0.41, 0.39], intervals_a=[(0.47, 0.55)] * 3,
-                    intervals_b=[(0.36, 0.44)] * 3, what="A > B")
-    assert c["verdict"] == "holds"
-    assert c["diff"]["mean"] == pytest.approx(0.11)
-    assert c["overlap"] is False
-
-
-def test_compare_does_not_hold_when_it_goes_the_other_way():
-    c = run.compare([0.40, 0.41, 0.39], [0.50, 0.52, 0.51])
-    assert c["verdict"] == "does not hold"
-
-
-def test_compare_inconclusive_when_spread_too_large():
-    # mean difference 0.02, std of differences 0.03: 0.02 < 2 * 0.03
-    c = run.compare([0.52, 0.47, 0.52], [0.50, 0.48, 0.47])
-    assert c["verdict"] == "inconclusive"
-    assert "2 x std" in c["reason"]
-
-
-def test_compare_inconclusive_when_intervals_overlap_despite_consistent_difference():
-    c = run.compare([0.45, 0.45, 0.45], [0.44, 0.44, 0.44], intervals_a=[(0.40, 0.50)] * 3,
-                    intervals_b=[(0.39, 0.49)] * 3)
-    assert c["diff"]["std"] == pytest.approx(0.0)
-    assert c["verdict"] == "inconclusive"
-    assert "intervals overlap" in c["reason"]
-
-
-def test_compare_one_seed_is_inconclusive_and_says_why():
-    c = run.compare([0.9], [0.1], intervals_a=[(0.85, 0.95)], intervals_b=[(0.05, 0.15)])
-    assert c["verdict"] == "inconclusive"
-    assert "one seed" in c["reason"]
-    assert run.verdict_line("C3", [c]) == "C3: inconclusive (one seed: the spread over seeds is unknown)"
-
-
-def test_compare_rejects_unpaired_or_nan():
-    with pytest.raises(ValueError, match="paired"):
-        run.compare([0.1, 0.2], [0.1])
-    with pytest.raises(ValueError, match="NaN"):
-        run.compare([float("nan")], [0.1])
-
-
-def test_combine():
-    assert run.combine(["holds", "holds"]) == "holds"
-    assert run.combine(["holds", "inconclusive"]) == "inconclusive"
-    assert run.combine(["holds", "does not hold", "inconclusive"]) == "does not hold"
-    assert run.combine(["not testable offline", "holds"]) == "holds"
-    assert run.combine(["not testable offline"]) == "not testable offline"
-    with pytest.raises(ValueError):
-        run.combine(["maybe"])
+NSLIB = Path(run.__file__).parent
 
 
 # ----------------------------------------------------------------------------------------------------
-# model cache key
+# the package's layers
 
-def test_model_key_drops_arguments_that_do_not_apply():
-    base = dict(epochs=2, n_train=100)
-    _, k1 = run.model_key("fmnist", "smallcnn", "pgd_at", 0, lam=0.01, k=0.1, **base)
-    _, k2 = run.model_key("fmnist", "smallcnn", "pgd_at", 0, lam=0.1, k=0.3, **base)
-    assert k1 == k2  # the lambda ablation never retrains PGD-AT
-    _, s1 = run.model_key("fmnist", "smallcnn", "sns_pgd_at", 0, lam=0.01, **base)
-    _, s2 = run.model_key("fmnist", "smallcnn", "sns_pgd_at", 0, lam=0.1, **base)
-    assert s1 != s2
-    _, v1 = run.model_key("fmnist", "smallcnn", "vanilla", 0, attack_steps=3, **base)
-    _, v2 = run.model_key("fmnist", "smallcnn", "vanilla", 0, attack_steps=5, **base)
-    assert v1 == v2
-    _, e = run.model_key("fmnist", "smallcnn", "vanilla", 0, epochs=3, n_train=100)
-    assert e != v1
-    with pytest.raises(ValueError, match="name must be one of"):
-        run.model_key("fmnist", "smallcnn", "madry", 0)
+LAYERS = {  # module -> layer; a module may import only from its own layer or below
+    "store": 0, "checks": 0, "progress": 0, "data": 1, "models": 1, "fast": 2, "attacks": 2, "sensitivity": 2,
+    "intervention": 3, "evaluate": 3, "training": 3, "methods": 3, "verdicts": 4, "cache": 4, "experiments": 5,
+    "analyze": 5, "viz": 6, "report": 6, "config": 7, "bench": 7, "run": 8, "__main__": 9, "__init__": 0,
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nslib"):
+            if node.module == "nslib":
+                out |= {a.name for a in node.names if (NSLIB / f"{a.name}.py").exists()}
+            else:
+                out.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            out |= {a.name.split(".")[1] for a in node.names if a.name.startswith("nslib.")}
+    return out
+
+
+def test_import_graph_points_down_and_modules_stay_small():
+    modules = sorted(p for p in NSLIB.glob("*.py"))
+    for path in modules:
+        name = path.stem
+        assert name in LAYERS, f"nslib/{path.name} has no layer in this test: add it"
+        for dep in _imports(path):
+            assert LAYERS[dep] <= LAYERS[name], f"nslib.{name} (layer {LAYERS[name]}) imports nslib.{dep} " \
+                                                f"(layer {LAYERS[dep]}): an arrow up"
+        assert "run" not in _imports(path) or name == "__main__", f"nslib.{name} imports the orchestrator"
+
+
+MAX_MODULE_LINES = 450   # "read it on one screen" at module scale: about 400 lines
+MAX_FUNCTION_LINES = 80  # "a function on one screen"
+LONG_FUNCTIONS = {"report.write_report"}  # kept long for now: one section of REPORT.md after another
+
+
+def test_modules_and_functions_stay_small():
+    for path in NSLIB.glob("*.py"):
+        lines = path.read_text().splitlines()
+        assert len(lines) <= MAX_MODULE_LINES, f"nslib/{path.name} has {len(lines)} lines"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                name = f"{path.stem}.{node.name}"
+                assert n <= MAX_FUNCTION_LINES or name in LONG_FUNCTIONS, f"{name} has {n} lines"
 
 
 # ----------------------------------------------------------------------------------------------------
 # the shipped notebooks
 
-SHARED = ["profile", "dataset", "arch", "seeds", "epochs", "vanilla_epochs", "n_train", "batch_size", "lr",
-          "attack_steps", "eps_warmup_epochs", "val_size", "val_n_adv", "val_attack_steps", "lam", "k"]
+def test_notebooks_take_only_what_papermill_injects():
+    import papermill
 
-
-def _parameter_lines(path):
-    nb = nbformat.read(str(path), as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    return [line for line in cell.source.splitlines() if line and not line.startswith("#")]
-
-
-def test_notebook_parameters_parse_and_agree():
-    """Every parameter line parses for papermill (an '=' inside a comment silently hides a parameter from
-    injection) and the training parameters are the same literals in every notebook that trains models
-    (otherwise notebooks would not share the cached models)."""
-    paths = [p for p in run.notebooks() if p.name[:2] != "00"]
-    assert [p.name[:2] for p in paths] == ["01", "02", "03", "04", "05", "06"]
-    shared_values = {}
-    for path in paths:
-        lines = _parameter_lines(path)
-        params = run.notebook_parameters(path)
-        assert len(params) == len(lines), f"{path.name}: papermill parsed {sorted(params)} of {lines}"
-        for name, text in params.items():
-            ast.literal_eval(text)  # literals only
-        if path.name[:2] != "06":
-            for name in SHARED:
-                shared_values.setdefault(name, set()).add(params[name])
-    for name, values in shared_values.items():
-        assert len(values) == 1, f"notebooks disagree on {name}: {values}"
-
-
-def test_full_profile_names_only_parameters_that_exist():
-    declared = set()
     for path in run.notebooks():
-        declared |= set(run.notebook_parameters(path))
-    for dataset in ("fmnist", "mnist5k", "mnist", "cifar10"):
-        for number in ("01", "05"):
-            unknown = set(run.full_parameters(dataset, number)) - declared
-            assert not unknown, f"FULL names parameters no notebook has: {unknown}"
+        if path.name[:2] not in run.REPRODUCTION:
+            continue
+        params = papermill.inspect_notebook(str(path))
+        assert set(params) == {"profile", "dataset", "overrides"}, f"{path.name}: {sorted(params)}"
 
 
 def test_committed_notebooks_keep_only_checked_outputs():
@@ -147,14 +98,30 @@ def test_committed_notebooks_keep_only_checked_outputs():
                 assert "image/png" not in out.get("data", {}), f"{path.name} stores an image"
 
 
+def test_plan_covers_the_profile_and_checks_everything_first():
+    runs = run.plan("full")
+    assert [(d, p.name[:2]) for d, p, _ in runs][:2] == [("fmnist", "00"), ("fmnist", "01")]
+    assert {d for d, _, _ in runs} == {"fmnist", "mnist5k"}
+    assert all(params["overrides"] == {} for _, _, params in runs)
+    with pytest.raises(ValueError, match="got 'bogus'"):
+        run.plan("quick", ["fmnist", "bogus"])
+    with pytest.raises(ValueError, match="do not exist: 99"):
+        run.plan("quick", only=["99"])
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1, got -1"):
+        run.plan("quick", overrides={"epochs": -1})
+
+
 # ----------------------------------------------------------------------------------------------------
 # reproduce on throwaway notebooks
 
-def _write_nb(path, body: str, params: str = 'profile = "quick"  # profile\ndataset = "fmnist"  # dataset\n'):
+PARAMS = 'profile = "quick"  # profile\ndataset = "fmnist"  # dataset\noverrides = {}  # knobs\n'
+
+
+def _write_nb(path, body: str):
     nb = new_notebook()
     nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
                    "language_info": {"name": "python"}}
-    cell = new_code_cell(params)
+    cell = new_code_cell(PARAMS)
     cell.metadata["tags"] = ["parameters"]
     nb.cells = [cell, new_code_cell(body)]
     nbformat.write(nb, str(path))
@@ -162,8 +129,8 @@ def _write_nb(path, body: str, params: str = 'profile = "quick"  # profile\ndata
 
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
-    """Three throwaway notebooks; each appends its number to a log file, the second fails when steps < 0,
-    the third is a report (rebuilt whenever a notebook before it ran)."""
+    """Three throwaway notebooks; each appends its number to a log file, the second fails when the injected
+    n_eval is 1, the third is a report (rebuilt whenever a notebook before it ran)."""
     out = tmp_path / "outputs"
     monkeypatch.setenv("NSLIB_OUTPUTS", str(out))
     nbdir = tmp_path / "notebooks"
@@ -171,91 +138,65 @@ def tiny(tmp_path, monkeypatch):
     log = tmp_path / "runs.log"
     _write_nb(nbdir / "01_first.ipynb", f"open({str(log)!r}, 'a').write('01\\n')")
     _write_nb(nbdir / "02_second.ipynb",
-              f"if steps < 0:\n    raise ValueError(f'steps must be >= 0, got {{steps}}')\n"
-              f"open({str(log)!r}, 'a').write('02\\n')",
-              params='profile = "quick"  # profile\ndataset = "fmnist"  # dataset\nsteps = 1  # PGD steps\n')
-    _write_nb(nbdir / "03_report.ipynb", f"open({str(log)!r}, 'a').write('03\\n')")
+              "from nslib import progress\nfor _ in progress.bar(range(3), desc='inner'):\n    pass\n"
+              "if overrides.get('n_eval') == 1:\n    raise ValueError('n_eval of 1 is too small here')\n"
+              f"open({str(log)!r}, 'a').write('02\\n')")
+    _write_nb(nbdir / "06_report.ipynb", f"open({str(log)!r}, 'a').write('06\\n')")
     return nbdir, out, log
 
 
 @pytest.mark.slow
-def test_reproduce_fails_naming_the_notebook_then_resume_redoes_only_what_is_left(tiny):
+def test_reproduce_fails_naming_the_notebook_then_resume_redoes_only_what_is_left(tiny, capsys):
     nbdir, out, log = tiny
     messages = []
-    rc = run.reproduce("quick", notebooks_dir=nbdir, overrides={"steps": -1}, progress=False, log=messages.append)
+    rc = run.reproduce("quick", notebooks_dir=nbdir, overrides={"n_eval": 1}, progress=False, log=messages.append)
     assert rc == 1
     failed = out / "quick" / "fmnist" / "02_second.ipynb"
     assert str(failed) in messages[-1] and "ValueError" in messages[-1]
-    assert "steps must be >= 0" in failed.read_text()  # the traceback is in the executed notebook
+    assert "n_eval of 1 is too small" in failed.read_text()  # the traceback is in the executed notebook
     assert (out / "quick" / "fmnist" / "01_first.done.json").exists()
     assert not (out / "quick" / "fmnist" / "02_second.done.json").exists()
     assert log.read_text().split() == ["01"]
+    assert "without encryption" not in capsys.readouterr().err  # the kernel runs on IPC sockets
 
-    # fixed: --resume skips 01 (same parameters and code) and runs only what is left
     messages.clear()
     rc = run.reproduce("quick", notebooks_dir=nbdir, resume=True, progress=False, log=messages.append)
     assert rc == 0
-    assert log.read_text().split() == ["01", "02", "03"]
+    assert log.read_text().split() == ["01", "02", "06"]
     assert any("skip" in m and "01_first" in m for m in messages)
     marker = json.loads((out / "quick" / "fmnist" / "02_second.done.json").read_text())
-    assert marker["params"] == {"profile": "quick", "dataset": "fmnist"}
+    assert marker["settings"]["n_eval"] == 200 and marker["settings"]["notebook"] == "02"
 
-    # everything done: a resumed run executes nothing; changing a parameter reruns that notebook and the
-    # report after it
+    # everything done: a resumed run executes nothing; changing a knob reruns every notebook it may affect
     run.reproduce("quick", notebooks_dir=nbdir, resume=True, progress=False, log=messages.append)
-    assert log.read_text().split() == ["01", "02", "03"]
-    run.reproduce("quick", notebooks_dir=nbdir, resume=True, overrides={"steps": 2}, progress=False,
+    assert log.read_text().split() == ["01", "02", "06"]
+    run.reproduce("quick", notebooks_dir=nbdir, resume=True, overrides={"n_eval": 2}, progress=False,
                   log=messages.append)
-    assert log.read_text().split() == ["01", "02", "03", "02", "03"]
+    assert log.read_text().split() == ["01", "02", "06", "01", "02", "06"]
 
 
-def test_reproduce_rejects_unknown_names_before_running(tiny, capsys):
+def test_reproduce_rejects_bad_input_before_running(tiny):
     nbdir, out, log = tiny
-    with pytest.raises(ValueError, match="no selected notebook has: stepz"):
+    with pytest.raises(ValueError, match="unknown parameter 'stepz'"):
         run.reproduce("quick", notebooks_dir=nbdir, overrides={"stepz": 1}, progress=False)
     with pytest.raises(ValueError, match="do not exist: 07"):
         run.reproduce("quick", notebooks_dir=nbdir, only=["07"], progress=False)
     assert not log.exists()
 
 
-def test_main_exit_code_on_bad_arguments(capsys):
-    args = argparse.Namespace(profile="quick", datasets=None, only="99", resume=False, set=[])
-    assert run.main(args) == 2
-    assert "do not exist: 99" in capsys.readouterr().err
-
-
-def test_parse_overrides():
-    assert run._parse_overrides(["steps=3", "seeds=[0, 1]", "dataset=mnist5k", "aa_version='standard'"]) == \
-        {"steps": 3, "seeds": [0, 1], "dataset": "mnist5k", "aa_version": "standard"}
-    with pytest.raises(ValueError, match="NAME=VALUE"):
-        run._parse_overrides(["steps"])
-
-
-# ----------------------------------------------------------------------------------------------------
-# report
-
-def test_write_report_from_constructed_results(tmp_path, monkeypatch):
-    monkeypatch.setenv("NSLIB_OUTPUTS", str(tmp_path))
-    holds = run.compare([0.5, 0.52, 0.51], [0.4, 0.41, 0.39], what="SNS (PGD-AT) > PGD-AT, AutoAttack accuracy")
-    weak = run.compare([0.5], [0.4], what="Vanilla > PGD-AT, mean absolute sensitivity")
-    run.save_result("quick", "fmnist", "05_sns_robustness",
-                    {"claims": {"C3": {"verdict": run.combine([holds]), "comparisons": [holds], "summary": "s",
-                                       "figures": [str(tmp_path / "quick" / "fmnist" / "figures" / "x.png")]}},
-                     "sections": {"sanity (05)": "- **PGD-AT**: passes every check.", "baselines (05)": "| t |"},
-                     "runtime_s": 12.0}, {"profile": "quick", "dataset": "fmnist", "seeds": [0, 1, 2]})
-    run.save_result("quick", "fmnist", "02_neuron_sensitivity",
-                    {"claims": {"C4": {"verdict": run.combine([weak]), "comparisons": [weak]}}, "runtime_s": 3.0},
-                    {"profile": "quick", "dataset": "fmnist", "seeds": [0]})
-    path = run.write_report("quick")
-    text = path.read_text()
-    assert path == tmp_path / "quick" / "REPORT.md"
-    for claim in run.CLAIMS:
-        assert f"## {claim}:" in text
-    assert "| C3 | holds | not testable offline |" in text
-    assert "| C4 | inconclusive | not testable offline |" in text
-    assert "| C1 | not run |" in text
-    assert "C5" in text and "fmnist: **holds** (C3 on fmnist)" in text
-    assert "](fmnist/figures/x.png)" in text  # figure links relative to the report
-    assert "passes every check" in text and "not comparable" in text.lower()
-    assert "python -m nslib reproduce --profile full --datasets mnist,cifar10" in text
-    assert run.report_verdicts("quick")["C3"] == {"fmnist": "holds"}
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "seeds=[0,1"], "seeds must be a non-empty list"),
+    (["--set", "epochs=-1"], "epochs must be an integer >= 1, got -1"),
+    (["--set", "nonexistent=3"], "unknown parameter 'nonexistent'"),
+    (["--datasets", "fmnist,bogus"], "got 'bogus'"),
+    (["--profile", "fast"], "profile must be one of"),
+    (["--only", "99"], "do not exist: 99"),
+])
+def test_cli_fails_at_once_naming_the_parameter(argv, message, tmp_path):
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "nslib", "reproduce", *argv], capture_output=True, text=True,
+                          env={**__import__("os").environ, "NSLIB_OUTPUTS": str(tmp_path)}, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing started, nothing written
+    assert time.perf_counter() - t0 < 30  # interpreter start and imports; the checks themselves take ms

@@ -1,0 +1,159 @@
+"""The model and pair caches of the reproduction: train once, reuse everywhere.
+
+- **Models** (:func:`get_model`, :func:`get_models`): every trained model lives in
+  ``outputs/models/<dataset>/<name>/<key>/`` where ``key`` hashes every parameter that shaped it, so a notebook
+  trains what is missing, resumes what was interrupted, and never reuses a model trained with other parameters.
+- **Test images** (:func:`test_set`): a fixed, class-stratified subset, the same for every model.
+- **Adversarial pairs** (:func:`adversarial_pairs`): PGD pairs cached per model and attack parameters, so
+  02, 03, 04 and 05 analyse the very same pairs.
+
+Usage::
+
+    model, info = get_model("fmnist", "smallcnn", "pgd_at", seed=0, epochs=2, n_train=2000)
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import torch
+
+from nslib import data as data_mod, models as models_mod, training
+from nslib.store import outputs_dir, params_key, save_json, save_torch
+
+__all__ = ["MODELS", "LABELS", "device", "model_key", "get_model", "get_models", "test_set", "adversarial_pairs"]
+
+# name -> the arguments of nslib.training.train that define the method
+MODELS = {
+    "vanilla": {"method": "standard"},
+    "pgd_at": {"method": "pgd_at"},
+    "trades": {"method": "trades"},
+    "sns_pgd_at": {"method": "sns", "base": "pgd_at"},
+    "sns_trades": {"method": "sns", "base": "trades"},
+}
+LABELS = {"vanilla": "Vanilla", "pgd_at": "PGD-AT", "trades": "TRADES", "sns_pgd_at": "SNS (PGD-AT)",
+          "sns_trades": "SNS (TRADES)"}
+# train() arguments that only matter for some methods: left out of the cache key elsewhere, so that e.g.
+# the lambda ablation never retrains PGD-AT.
+_ATTACK_ARGS = ("eps", "alpha", "attack_steps", "eps_warmup_epochs", "val_n_adv", "val_attack_steps")
+_SNS_ARGS = ("lam", "k", "relative", "layers")
+_TRADES_ARGS = ("beta",)
+
+
+
+def device() -> torch.device:
+    """CUDA when available, else the CPU: where models are trained and evaluated."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_key(dataset: str, arch: str, name: str, seed: int, **train_args) -> tuple[dict, str]:
+    """(params, key): the parameters that define a trained model and their hash.
+
+    Arguments that do not apply to the method (attack settings for vanilla, lam/k for non-SNS, beta for
+    non-TRADES runs) are dropped, so they never split the cache.
+    """
+    if name not in MODELS:
+        raise ValueError(f"name must be one of {', '.join(MODELS)}, got {name!r}")
+    spec = MODELS[name]
+    args = dict(train_args)
+    if spec["method"] == "standard":
+        args = {k: v for k, v in args.items() if k not in _ATTACK_ARGS}
+    if spec["method"] != "sns":
+        args = {k: v for k, v in args.items() if k not in _SNS_ARGS}
+    if not (spec["method"] == "trades" or spec.get("base") == "trades"):
+        args = {k: v for k, v in args.items() if k not in _TRADES_ARGS}
+    params = {"dataset": dataset, "arch": arch, "name": name, "seed": int(seed), **spec, **args}
+    return params, params_key(params)
+
+
+def get_model(dataset: str, arch: str, name: str, seed: int = 0, *, checkpoint: str = "best",
+              progress: bool = True, **train_args):
+    """A trained model from the cache, training (or resuming) it first when needed: ``(model, info)``.
+
+    Args:
+        dataset, arch: as in :func:`nslib.models.build`.
+        name: one of :data:`MODELS` ("vanilla", "pgd_at", "trades", "sns_pgd_at", "sns_trades").
+        seed: training seed (initial weights, data order, attacks).
+        checkpoint: "best" (the epoch with the best validation robust accuracy, clean accuracy for
+            vanilla: early stopping against robust overfitting; what the analyses use) or "last".
+        progress: tqdm bars while training.
+        train_args: any other argument of :func:`nslib.training.train` (epochs, n_train, lam, k, ...).
+
+    Returns:
+        the model on :func:`device` in eval mode, and ``info``: name, label, key, dir, checkpoint (the
+        one loaded: "last" when no "best" exists), status ("done" or "collapsed"), collapsed (bool),
+        history (per-epoch records), best (the best epoch's record), params, train_s (seconds spent
+        training in this call; 0 when cached).
+
+    Usage: ``model, info = get_model("fmnist", "smallcnn", "sns_pgd_at", seed=0, lam=0.01, epochs=2)``
+    """
+    if checkpoint not in ("best", "last"):
+        raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    params, key = model_key(dataset, arch, name, seed, **train_args)
+    out = outputs_dir("models", dataset, name, key)
+    spec = MODELS[name]
+    torch.manual_seed(seed)
+    model = models_mod.build(arch, dataset)
+    t0 = time.perf_counter()
+    result = training.train(model, dataset, seed=seed, out_dir=out, progress=progress, **spec, **train_args)
+    train_s = time.perf_counter() - t0
+    save_json(out / "params.json", params)
+    which = checkpoint if (out / f"{checkpoint}.pt").exists() else "last"
+    model, _ = training.load_checkpoint(out / f"{which}.pt", device=device())
+    info = {"name": name, "label": LABELS[name], "key": key, "dir": str(out), "checkpoint": which,
+            "status": result["status"], "collapsed": result["status"] == "collapsed",
+            "history": result["history"], "best": result["best"], "params": params,
+            "train_s": train_s if train_s > 1.0 else 0.0}
+    return model, info
+
+
+def test_set(dataset: str, n: int | None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed, class-stratified subset of ``n`` test images (all when None or n >= the split's size).
+
+    The same call gives the same images everywhere, so every model is analysed on the same inputs.
+    """
+    x, y = data_mod.load(dataset, "test")
+    if n is None or n >= len(x):
+        return x, y
+    _, idx = data_mod.stratified_split(y, n, seed=seed)
+    return x[idx], y[idx]
+
+
+def adversarial_pairs(model, info: dict, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 20,
+                      seed: int = 0, batch_size: int = 500) -> torch.Tensor:
+    """PGD adversarial examples against ``model`` (Linf, random start), cached per model and parameters.
+
+    Cached in the model's folder under a key of (eps, steps, seed, a hash of x and y), so notebooks that
+    analyse the same model on the same images share the very same pairs. Returns x_adv like ``x`` on the
+    CPU.
+    """
+    from nslib import attacks
+
+    digest = hashlib.sha256(x.detach().cpu().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest()[:12]
+    key = params_key({"eps": eps, "steps": steps, "seed": seed, "data": digest, "checkpoint": info["checkpoint"]})
+    path = Path(info["dir"]) / "pairs" / f"pgd-{key}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    dev = next(model.parameters()).device
+    parts = []
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+        parts.append(attacks.pgd(model, xb, yb, eps=eps, steps=steps, seed=seed + i).cpu())
+    x_adv = torch.cat(parts)
+    save_torch(path, x_adv)
+    return x_adv
+
+
+def get_models(dataset: str, arch: str, names, seeds, *, vanilla_epochs: int | None = None, progress: bool = True,
+               **train_args) -> dict:
+    """``{(name, seed): (model, info)}`` for every name and seed, trained or loaded via :func:`get_model`.
+
+    ``vanilla_epochs`` (default: ``epochs``) trains the vanilla model longer: a clean epoch costs one
+    forward-backward pass per image against ``attack_steps + 1`` or more for the adversarial methods, so
+    equal compute means more clean epochs; an undertrained vanilla model is not a vanilla baseline (it can
+    be oddly robust at small eps).
+    """
+    def args(n):
+        return {**train_args, "epochs": vanilla_epochs} if n == "vanilla" and vanilla_epochs else train_args
+    return {(n, s): get_model(dataset, arch, n, s, progress=progress, **args(n)) for s in seeds for n in names}

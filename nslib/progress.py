@@ -1,0 +1,89 @@
+"""Progress bars that also tell the terminal running ``reproduce`` what a notebook's kernel is doing.
+
+Inside a notebook, tqdm draws its bars into the executed notebook, which the person watching
+``python -m nslib reproduce`` never sees. :class:`bar` is ``tqdm.auto.tqdm`` that, when the environment variable
+``NSLIB_PROGRESS_FILE`` names a file (the runner sets it for each kernel), also writes one line there about
+once a second: every open bar, outermost first, with its count and time left
+(``sns epochs 1/2 <00:40 | epoch 2 35/63 <00:08``). The runner reads that line into its own bar. Without the
+variable it is plain tqdm.
+
+Usage: ``for xb, yb in bar(batches, total=n, desc="epoch 1"): ...``
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from tqdm.auto import tqdm
+
+__all__ = ["bar", "status_line", "read_status"]
+
+_OPEN: list["bar"] = []  # open bars, outermost first
+_LAST_WRITE = [0.0]
+_INTERVAL_S = 1.0
+
+
+def _describe(b) -> str:
+    d = b.format_dict
+    text = f"{d.get('prefix') or 'working'} {d['n']}" + (f"/{d['total']}" if d.get("total") else "")
+    rate, total = d.get("rate"), d.get("total")
+    if not rate and d["n"] and d.get("elapsed"):
+        rate = d["n"] / d["elapsed"]
+    if rate and total:
+        text += " <" + tqdm.format_interval((total - d["n"]) / rate)
+    return text
+
+
+def status_line() -> str:
+    """The open bars of this process in one line, outermost first."""
+    return " | ".join(_describe(b) for b in _OPEN)
+
+
+def _write_status(force: bool = False) -> None:
+    path = os.environ.get("NSLIB_PROGRESS_FILE")
+    now = time.monotonic()
+    if not path or (not force and now - _LAST_WRITE[0] < _INTERVAL_S):
+        return
+    _LAST_WRITE[0] = now
+    try:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(status_line())
+        os.replace(tmp, path)
+    except OSError:  # the status line is a courtesy: never let it stop the work
+        pass
+
+
+def read_status(path) -> str:
+    """The last line a kernel wrote to ``path`` ('' when there is none yet)."""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+class bar(tqdm):  # noqa: N801 -- used like tqdm
+    """``tqdm.auto.tqdm`` that also reports to ``NSLIB_PROGRESS_FILE`` (see the module docstring)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.disable:  # a disabled bar has no counters to report
+            _OPEN.append(self)
+            _write_status(force=True)
+
+    def __iter__(self):
+        for item in super().__iter__():
+            yield item
+            _write_status()
+
+    def update(self, n=1):
+        out = super().update(n)
+        _write_status()
+        return out
+
+    def close(self):
+        if self in _OPEN:
+            _OPEN.remove(self)
+            _write_status(force=True)
+        super().close()

@@ -1,0 +1,98 @@
+"""nslib.config: one table of profiles, every knob checked, derived values computed once."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from nslib import config, training
+
+
+def test_every_profile_and_notebook_resolves_to_valid_settings():
+    for profile in config.PROFILES:
+        for dataset in ("fmnist", "mnist5k", "mnist", "cifar10"):
+            for nb in config.NOTEBOOKS:
+                cfg = config.settings(profile, dataset, nb)
+                assert 0 < cfg.eps <= 1
+                assert cfg.k_eval in cfg.ks
+
+
+def test_every_knob_has_a_check_and_a_quick_value():
+    assert set(config.PROFILES["quick"]["all"]) == set(config.CHECKS)
+    fields = {f for f in config.Settings.__dataclass_fields__} - {"profile", "dataset", "notebook"}
+    assert fields == set(config.CHECKS)
+    for profile, layers in config.PROFILES.items():  # no layer names a knob that does not exist
+        for layer, values in layers.items():
+            if layer != "datasets":
+                assert set(values) <= set(config.CHECKS), (profile, layer, set(values) - set(config.CHECKS))
+
+
+def test_layers_merge_in_order():
+    assert config.settings("quick", "fmnist", "00").n_train == 20000      # the notebook layer
+    assert config.settings("quick", "fmnist", "01").n_train == 2000
+    assert config.settings("quick", "mnist5k", "00").n_train is None      # (dataset, notebook) beats notebook
+    full00 = config.settings("full", "fmnist", "00")
+    assert (full00.epochs, full00.n_train, full00.min_test_acc) == (15, None, 0.915)
+    assert config.settings("full", "cifar10", "05").arch == "resnet18"
+    assert config.settings("quick", "fmnist", "05", {"n_eval": 7}).n_eval == 7   # overrides last
+
+
+def test_eps_and_alpha_are_derived_once():
+    cfg = config.settings("quick", "fmnist", "02")
+    assert cfg.eps == training.ATTACK_DEFAULTS["fmnist"]["eps"]
+    assert cfg.alpha == pytest.approx(2.5 * 0.1 / 3)  # a 3-step attack still reaches the ball's edge
+    assert "eps" not in cfg.train_args  # train()'s own default
+    big = config.settings("quick", "fmnist", "02", {"eps": 0.2})
+    assert big.eps == 0.2 and big.alpha == pytest.approx(2.5 * 0.2 / 3) and big.train_args["eps"] == 0.2
+    full = config.settings("full", "fmnist", "02")  # the dataset's own steps and eps: its own step size
+    assert full.alpha is None
+    assert config.settings("full", "fmnist", "02", {"eps": 0.2}).alpha == pytest.approx(2.5 * 0.2 / 10)
+
+
+def test_settings_are_frozen_and_json_ready():
+    cfg = config.settings("quick", "fmnist", "03")
+    with pytest.raises(AttributeError):
+        cfg.eps = 0.3
+    assert isinstance(cfg.seeds, tuple)
+    d = cfg.as_dict()
+    assert d["seeds"] == [0] and d["alpha"] == cfg.alpha and d["notebook"] == "03"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"seeds": "[0,1"}, r"seeds must be a non-empty list .* got '\[0,1' \(a string"),
+    ({"seeds": [0, 0]}, "distinct"),
+    ({"epochs": -1}, "epochs must be an integer >= 1, got -1"),
+    ({"epochs": True}, "epochs must be an integer"),
+    ({"nonexistent": 3}, "unknown parameter 'nonexistent'"),
+    ({"epoch": 3}, "did you mean epochs"),
+    ({"eps": 8}, r"eps must be a number in \(0, 1\]"),
+    ({"k": 0}, "k must be an int >= 1"),
+    ({"k": 1.5}, "k must be an int >= 1"),
+    ({"modes": ["restore", "shuffle"]}, r"modes\[1\] must be one of"),
+    ({"k_eval": 0.3}, "k_eval must be one of ks"),
+    ({"e2_models": ["madry"]}, r"e2_models\[0\] must be one of"),
+])
+def test_bad_overrides_fail_naming_the_knob(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config.settings("quick", "fmnist", "05", overrides)
+
+
+def test_bad_profile_dataset_and_notebook():
+    with pytest.raises(ValueError, match="profile must be one of quick, full, got 'fast'"):
+        config.settings("fast", "fmnist")
+    with pytest.raises(ValueError, match="datasets must be drawn from .* got 'bogus'"):
+        config.settings("quick", "bogus")
+    with pytest.raises(ValueError, match="notebook must be one of"):
+        config.settings("quick", "fmnist", "42")
+
+
+def test_parse_overrides_reads_literals_and_rejects_unknown_names_at_once():
+    assert config.parse_overrides(["epochs=3", "seeds=[0, 1]", "aa_version=standard", "eps = 0.2"]) == \
+        {"epochs": 3, "seeds": [0, 1], "aa_version": "standard", "eps": 0.2}
+    assert config.parse_overrides(["seeds=[0,1"]) == {"seeds": "[0,1"}  # a string: settings() rejects it
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        config.parse_overrides(["epochs"])
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="unknown parameter 'nonexistent'"):
+        config.parse_overrides(["nonexistent=3"])
+    assert time.perf_counter() - t0 < 1.0
