@@ -50,7 +50,7 @@ PROFILES: dict[str, dict] = {
             # the models (01-05)
             "arch": "smallcnn",          # "smallcnn" (28x28), "vgg16" or "resnet18"
             "seeds": [0],                # training seeds; verdicts need at least 2
-            "eps": None,                 # Linf radius of training and evaluation (None: the dataset's, PAPER.md)
+            "eps": None,                 # Linf radius of training and evaluation (None: the dataset's, docs/PAPER.md)
             "epochs": 2,                 # passes over the n_train images (adversarial and SNS models)
             "vanilla_epochs": 8,         # passes for the vanilla model: about the compute of 2 adversarial epochs
             "n_train": 2000,             # training images (None: all left after the validation hold-out)

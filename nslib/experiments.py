@@ -137,7 +137,7 @@ def c1_c4_comparisons(studies: dict, baselines=("pgd_at", "trades"), reference: 
                 pairs = "white-box pairs" if not suffix else f"pairs transferred from {LABELS[reference]}"
                 what = (f"{LABELS[reference]} > {LABELS.get(base, base)}, mean "
                         f"{'relative' if variant == 'rel' else 'absolute'} sensitivity, {pairs}")
-                out[key].append(compare(a, b, what=what))
+                out[key].append(compare(a, b, what=what, names=(LABELS[reference], LABELS.get(base, base))))
     for variant in ("abs", "rel"):
         rhos = []
         for s in seeds:
@@ -146,7 +146,8 @@ def c1_c4_comparisons(studies: dict, baselines=("pgd_at", "trades"), reference: 
                                  [studies[s][n]["mean"][variant] for n in names]))
         out["C1"].append(compare([-r for r in rhos], [0.0] * len(rhos),
                                      what=f"-Spearman(robust accuracy, mean {'relative' if variant == 'rel' else 'absolute'} "
-                                          f"sensitivity) > 0 across {len(studies[seeds[0]])} models"))
+                                          f"sensitivity) > 0 across {len(studies[seeds[0]])} models",
+                                 names=("-Spearman", "zero")))
     return out
 
 
@@ -194,7 +195,7 @@ def c2_comparisons(studies: dict, k, label: str) -> list[dict]:
             ib.append(evaluate.wilson_interval(round(b[-1] * n), n))
         out.append(compare(a, b, intervals_a=ia, intervals_b=ib,
                                what=f"{label}: top-{k} > {other}-{k} neurons patched, adversarial accuracy "
-                                    f"(mean over layers)"))
+                                    f"(mean over layers)", names=(f"top-{k}", f"{other}-{k}")))
     return out
 
 
@@ -359,7 +360,7 @@ def c3_comparisons(evals: dict, seeds, pairs=(("sns_pgd_at", "pgd_at"), ("sns_tr
                 out[key].append(compare(
                     [r["accuracy"] for r in ra], [r["accuracy"] for r in rb],
                     intervals_a=[(r["low"], r["high"]) for r in ra], intervals_b=[(r["low"], r["high"]) for r in rb],
-                    what=f"{LABELS[sns]} > {LABELS[base]}, {attack} accuracy"))
+                    what=f"{LABELS[sns]} > {LABELS[base]}, {attack} accuracy", names=(LABELS[sns], LABELS[base])))
     return out
 
 

@@ -33,7 +33,7 @@ CLAIMS = {
     "C2": "Sensitive neurons make the most non-trivial contributions to predictions in the adversarial setting.",
     "C3": "SNS (constraining sensitive neurons' behaviour between benign and adversarial inputs) improves robustness.",
     "C4": "Adversarial training improves robustness by reducing neuron sensitivities.",
-    "C5": "The findings hold across datasets (MNIST, CIFAR-10, ImageNet in the paper).",
+    "C5": "SNS's gain holds across datasets (MNIST, CIFAR-10, ImageNet in the paper): C3 on every dataset run.",
     "C6": "Visualising sensitive neurons interprets robustness (benign vs adversarial activation maps).",
 }
 
@@ -117,7 +117,7 @@ def checkpoint_rows(trained: dict) -> list[dict]:
                      "epochs": last["epoch"], "best epoch": best.get("epoch"),
                      "best val clean": best.get("val_clean", float("nan")), "best val PGD": best.get("val_pgd"),
                      "last val clean": last["val_clean"], "last val PGD": last.get("val_pgd"),
-                     "train s": round(info["train_s"], 1), "key": info["key"]})
+                     "train s": round(sum(h.get("time_s", 0.0) for h in info["history"]), 1), "key": info["key"]})
     return rows
 
 
@@ -149,7 +149,7 @@ def ablation_markdown(rows: list[dict], param: str) -> str:
     lines = [f"| {param} | model | status | clean | PGD-20 [95% interval] |", "|---|---|---|---|---|"]
     for r in rows:
         p = r["PGD-20"]
-        lines.append(f"| {r['value']:g} | {r['model']} | {r['status']}{' (COLLAPSED)' if r['collapsed'] else ''} | "
+        lines.append(f"| {r['value']:g} | {r['model']} | {r['status']} | "
                      f"{r['clean']['accuracy']:.3f} | {p['accuracy']:.3f} [{p['low']:.3f}, {p['high']:.3f}] |")
     return "\n".join(lines)
 
@@ -172,10 +172,10 @@ def sanity_markdown(sanity: dict) -> str:
 _PUBLISHED = """\
 | data, model | method | clean | PGD | AutoAttack | source |
 |---|---|---|---|---|---|
-| MNIST, eps 0.3, SmallCNN class | PGD-AT | 98.5-99.4 | 89-96 | 88.5-92.8 | literature (PAPER.md) |
-| MNIST, eps 0.3, SmallCNN | TRADES (beta 6) | 99.2-99.48 | | 92.8-94.0 | literature (PAPER.md) |
-| CIFAR-10, eps 8/255, ResNet-18 | PGD-AT (early stop) | 83.9 | 53.3 (PGD-10) | 48.4 | literature (PAPER.md) |
-| CIFAR-10, eps 8/255, ResNet-18 | TRADES | 81-82 | | 47-48.7 | literature (PAPER.md) |
+| MNIST, eps 0.3, SmallCNN class | PGD-AT | 98.5-99.4 | 89-96 | 88.5-92.8 | literature (docs/PAPER.md) |
+| MNIST, eps 0.3, SmallCNN | TRADES (beta 6) | 99.2-99.48 | | 92.8-94.0 | literature (docs/PAPER.md) |
+| CIFAR-10, eps 8/255, ResNet-18 | PGD-AT (early stop) | 83.9 | 53.3 (PGD-10) | 48.4 | literature (docs/PAPER.md) |
+| CIFAR-10, eps 8/255, ResNet-18 | TRADES | 81-82 | | 47-48.7 | literature (docs/PAPER.md) |
 """
 
 _ONLINE = ("not testable offline: full MNIST and CIFAR-10 need a download (torchvision), ImageNet is not "
@@ -183,43 +183,121 @@ _ONLINE = ("not testable offline: full MNIST and CIFAR-10 need a download (torch
            "`python -m nslib reproduce --profile full --datasets mnist,cifar10 --resume`")
 
 
-def _md_claim_rows(claim: str, results: dict) -> list[tuple[str, dict]]:
+def _claim_rows(claim: str, results: dict) -> list[tuple[str, dict]]:
+    """[(dataset, entry)] for every result file that judged ``claim``."""
     rows = []
     for dataset, nbs in results.items():
         for nb_name, rec in sorted(nbs.items()):
             entry = rec.get("claims", {}).get(claim)
             if entry:
-                rows.append((dataset, {**entry, "notebook": nb_name, "params": rec.get("params", {}),
-                                       "runtime_s": rec.get("runtime_s")}))
+                rows.append((dataset, {**entry, "notebook": nb_name, "params": rec.get("params", {})}))
     return rows
 
 
 def _claim_verdicts(results: dict) -> dict[str, dict[str, str]]:
-    """{claim: {dataset: verdict}}; C5 is derived from C3 per dataset."""
+    """{claim: {dataset: verdict}}; C5 is C3 combined over every dataset run (key "all")."""
     table: dict[str, dict[str, str]] = {}
     for claim in CLAIMS:
-        if claim == "C5":
-            continue
-        for dataset, entry in _md_claim_rows(claim, results):
-            table.setdefault(claim, {})
-            prev = table[claim].get(dataset)
+        for dataset, entry in _claim_rows(claim, results) if claim != "C5" else []:
+            prev = table.setdefault(claim, {}).get(dataset)
             table[claim][dataset] = combine([prev, entry["verdict"]]) if prev else entry["verdict"]
-    table["C5"] = dict(table.get("C3", {}))
+    c3 = list(table.get("C3", {}).values())
+    table["C5"] = {"all": combine(c3) if len(c3) > 1 else "needs two datasets"} if c3 else {}
     return table
 
 
 def report_verdicts(profile: str) -> dict[str, dict[str, str]]:
-    """{claim: {dataset: verdict}} from the result files of a profile (C5 is C3 per dataset)."""
+    """{claim: {dataset: verdict}} from the result files of a profile (C5: {"all": C3 over the datasets})."""
     table = _claim_verdicts(load_results(profile))
     return {claim: table.get(claim, {}) for claim in CLAIMS}
+
+
+def _headline(comparisons: list[dict]) -> str:
+    """The direction and size of a claim's main comparison (its first), in words."""
+    if not comparisons:
+        return ""
+    c = comparisons[0]
+    name_a, name_b = c.get("names") or ("A", "B")
+    std = f" +- {c['diff']['std']:.3f}" if c["diff"]["std"] is not None else ""
+    return f"{name_a} {c['a']['mean']:.3f} vs {name_b} {c['b']['mean']:.3f} ({c['diff']['mean']:+.3f}{std})"
+
+
+def _summary(results: dict, verdicts: dict, datasets: list[str]) -> list[str]:
+    lines = ["| claim | " + " | ".join(datasets) + " | MNIST, CIFAR-10, ImageNet |",
+             "|---|" + "---|" * len(datasets) + "---|"]
+    for claim in CLAIMS:
+        if claim == "C5":
+            v = verdicts.get("C5", {}).get("all", "not run")
+            lines.append(f"| C5 | {v} (C3 over {', '.join(datasets)})" + " |" * len(datasets)
+                         + " not testable offline |")
+            continue
+        entries = dict(_claim_rows(claim, results))
+        cells = [f"**{verdicts.get(claim, {}).get(d, 'not run')}**: {_headline(entries[d].get('comparisons', []))}"
+                 if d in entries else "not run" for d in datasets]
+        lines.append(f"| {claim} | " + " | ".join(cells) + " | not testable offline |")
+    seeds = {len(rec.get("params", {}).get("seeds", [])) for nbs in results.values() for rec in nbs.values()
+             if rec.get("params", {}).get("seeds")}
+    if seeds == {1}:
+        lines += ["", "**One seed**: the spread over seeds is unknown, so no comparison can be decided; the "
+                      "table shows each claim's main comparison (direction and size), not a verdict. Run with "
+                      "`--set \"seeds=[0, 1, 2]\"` (or the full profile) for verdicts."]
+    return lines
+
+
+def _claim_section(claim: str, text: str, results: dict, verdicts: dict, datasets: list[str], root: Path) -> list[str]:
+    lines = [f"## {claim}: {text}", ""]
+    if claim == "C5":
+        lines += ["C5 adds one thing to C3: whether SNS's gain holds on *every* dataset run (the same rule, "
+                  "combined over datasets). Per dataset:", ""]
+        lines += [f"- {d}: C3 **{verdicts.get('C3', {}).get(d, 'not run')}**" for d in datasets]
+        return lines + [f"- MNIST (full), CIFAR-10, ImageNet: **{_ONLINE}**", ""]
+    rows = _claim_rows(claim, results)
+    if not rows:
+        lines += ["Not run in this profile (no result file carries this claim).", ""]
+    for dataset, entry in rows:
+        lines += [f"### {dataset} ({entry['notebook']}): **{entry['verdict']}**", ""]
+        if entry.get("summary"):
+            lines += [entry["summary"], ""]
+        lines += [f"- {describe(c)}" for c in entry.get("comparisons", [])] + [""] * bool(entry.get("comparisons"))
+        for fig in entry.get("figures", []):
+            rel = os.path.relpath(fig, root) if os.path.isabs(fig) else fig
+            lines.append(f"![{Path(fig).stem}]({rel})")
+        params = ", ".join(f"{k}={v!r}" for k, v in sorted(entry["params"].items()))
+        lines += [""] * bool(entry.get("figures")) + [f"<sub>parameters: {params}</sub>", ""]
+    return lines + [f"MNIST (full), CIFAR-10, ImageNet: {_ONLINE}", ""]
+
+
+def _sections(results: dict, datasets: list[str], prefix, heading) -> list[str]:
+    lines = []
+    for d in datasets:
+        for nb_name, rec in sorted(results[d].items()):
+            for title, md in rec.get("sections", {}).items():
+                if prefix is None and not title.startswith(("baselines", "sanity", "check")) or \
+                        prefix is not None and title.startswith(prefix):
+                    lines += [heading(title, d, nb_name), "", md, ""]
+    return lines
+
+
+def _runtimes(profile: str, datasets: list[str]) -> list[str]:
+    """Wall time of each notebook, from the done-markers the runner writes (``NN_name.done.json``)."""
+    lines = ["| dataset | notebook | seconds | device |", "|---|---|---|---|"]
+    for d in datasets:
+        for marker in sorted(profile_dir(profile, d).glob("*.done.json")):
+            m = load_json(marker)
+            lines.append(f"| {d} | {m['notebook'].removesuffix('.ipynb')} | {m['runtime_s']:.0f} | "
+                         f"{m['provenance'].get('device_name')} |")
+    if len(lines) == 2:
+        lines.append("| - | notebooks run by hand or by nbval record no runtime | - | - |")
+    return lines
 
 
 def write_report(profile: str) -> Path:
     """Assemble ``outputs/<profile>/REPORT.md`` from the notebooks' result files (atomic write); its path.
 
-    One section per claim C1-C6 with the verdict per dataset, the comparisons behind it (means, spread over
-    seeds, intervals), its figures and the parameters that produced it; then the baselines beside the
-    published numbers, the evaluation sanity checks, and the notebooks' runtimes.
+    A summary (each claim's verdict with the direction and size of its main comparison), one section per
+    claim C1-C6 with the comparisons behind it (means, spread over seeds, intervals, the difference the run
+    could have detected), its figures and parameters; the baselines beside the published numbers; notebook
+    00's check; the evaluation sanity checks; the notebooks' runtimes.
     """
     results = load_results(profile)
     root = profile_dir(profile)
@@ -230,78 +308,25 @@ def write_report(profile: str) -> Path:
              f"Written {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')} by nslib "
              f"{prov['nslib_version']} (torch {prov['torch_version']}, {prov['device_name']}). Paper: Zhang, Liu "
              f"et al., *Interpreting and Improving Adversarial Robustness of DNNs with Neuron Sensitivity*, "
-             f"IEEE TIP 2021. The paper's own tables are not available offline: these verdicts test its claims "
-             f"on the datasets available here, not its numbers.", "",
-             "## Verdict rule", "", RULE, "",
-             "## Summary", "",
-             "| claim | " + " | ".join(datasets) + " | MNIST, CIFAR-10, ImageNet |",
-             "|---|" + "---|" * len(datasets) + "---|"]
-    for claim in CLAIMS:
-        cells = [verdicts.get(claim, {}).get(d, "not run") for d in datasets]
-        lines.append(f"| {claim} | " + " | ".join(cells) + " | not testable offline |")
-    lines += [""]
+             f"IEEE TIP 2021; the claims and definitions this kit tests are in `docs/PAPER.md`. The paper's own "
+             f"tables are not available offline: these verdicts test its claims on the datasets available here, "
+             f"not its numbers.", "", "## Verdict rule", "", RULE, "", "## Summary", "",
+             *_summary(results, verdicts, datasets), ""]
     for claim, text in CLAIMS.items():
-        lines += [f"## {claim}: {text}", ""]
-        if claim == "C5":
-            lines += ["Judged as C3 on each dataset tested here (same rule); the paper's datasets are "
-                      "elsewhere:", ""]
-            for d in datasets:
-                lines.append(f"- {d}: **{verdicts.get('C5', {}).get(d, 'not run')}** (C3 on {d})")
-            lines += [f"- MNIST (full), CIFAR-10, ImageNet: **{_ONLINE}**", ""]
-            continue
-        rows = _md_claim_rows(claim, results)
-        if not rows:
-            lines += ["Not run in this profile (no result file carries this claim).", ""]
-        for dataset, entry in rows:
-            lines += [f"### {dataset} ({entry['notebook']}): **{entry['verdict']}**", ""]
-            if entry.get("summary"):
-                lines += [entry["summary"], ""]
-            for c in entry.get("comparisons", []):
-                lines.append(f"- {describe(c)}")
-            if entry.get("comparisons"):
-                lines.append("")
-            for fig in entry.get("figures", []):
-                rel = os.path.relpath(fig, root) if os.path.isabs(fig) else fig
-                lines.append(f"![{Path(fig).stem}]({rel})")
-            if entry.get("figures"):
-                lines.append("")
-            params = ", ".join(f"{k}={v!r}" for k, v in sorted(entry["params"].items()))
-            lines += [f"<sub>parameters: {params}</sub>", ""]
-        lines += [f"MNIST (full), CIFAR-10, ImageNet: {_ONLINE}", ""]
+        lines += _claim_section(claim, text, results, verdicts, datasets, root)
     lines += ["## Baselines beside the published numbers", "",
               "Not comparable: the published numbers come from MNIST and CIFAR-10 with full training budgets; "
               "ours from Fashion-MNIST and a 5,000-image MNIST subset, and in the quick profile from a few "
               "epochs on a few thousand images. They are context for whether our baselines behave like "
               "adversarially trained models, not targets.", "", "Published (not from this paper):", "",
-              _PUBLISHED]
-    for d in datasets:
-        for nb_name, rec in sorted(results[d].items()):
-            for title, md in rec.get("sections", {}).items():
-                if title.startswith("baselines"):
-                    lines += [f"Ours, {d} ({nb_name}):", "", md, ""]
-    lines += ["## Evaluation sanity", ""]
-    found = False
-    for d in datasets:
-        for nb_name, rec in sorted(results[d].items()):
-            for title, md in rec.get("sections", {}).items():
-                if title.startswith("sanity"):
-                    lines += [f"### {d} ({nb_name})", "", md, ""]
-                    found = True
-    if not found:
-        lines += ["Not run (05_sns_robustness writes it).", ""]
-    lines += ["## Other sections", ""]
-    for d in datasets:
-        for nb_name, rec in sorted(results[d].items()):
-            for title, md in rec.get("sections", {}).items():
-                if not title.startswith(("baselines", "sanity")):
-                    lines += [f"### {title} ({d}, {nb_name})", "", md, ""]
-    lines += ["## Runtimes", "", "| dataset | notebook | seconds | device |", "|---|---|---|---|"]
-    for d in datasets:
-        for nb_name, rec in sorted(results[d].items()):
-            rt = rec.get("runtime_s")
-            lines.append(f"| {d} | {nb_name} | {rt:.0f} | {rec['provenance'].get('device_name')} |"
-                         if rt is not None else f"| {d} | {nb_name} | - | |")
-    text = "\n".join(lines) + "\n"
+              _PUBLISHED, *_sections(results, datasets, "baselines", lambda t, d, nb: f"Ours, {d} ({nb}):")]
+    lines += ["## Notebook 00: data and a clean model", "",
+              *(_sections(results, datasets, "check (00)", lambda t, d, nb: f"### {d}") or ["Not run.", ""])]
+    lines += ["## Evaluation sanity", "",
+              *(_sections(results, datasets, "sanity", lambda t, d, nb: f"### {d} ({nb})")
+                or ["Not run (05_sns_robustness writes it).", ""])]
+    lines += ["## Other sections", "", *_sections(results, datasets, None, lambda t, d, nb: f"### {t} ({d}, {nb})")]
+    lines += ["## Runtimes", "", *_runtimes(profile, datasets)]
     path = root / "REPORT.md"
-    atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path

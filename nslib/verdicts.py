@@ -42,7 +42,7 @@ def _mean_interval(intervals):
     return (statistics.fmean(lo for lo, _ in intervals), statistics.fmean(hi for _, hi in intervals))
 
 
-def compare(a, b, *, intervals_a=None, intervals_b=None, what: str = "A > B") -> dict:
+def compare(a, b, *, intervals_a=None, intervals_b=None, what: str = "A > B", names=("A", "B")) -> dict:
     """Judge "a is higher than b" by the verdict rule (:data:`RULE`).
 
     Args:
@@ -51,11 +51,13 @@ def compare(a, b, *, intervals_a=None, intervals_b=None, what: str = "A > B") ->
         intervals_a, intervals_b: per-seed (low, high) 95% intervals of a and b, or None where the
             quantity has none (sensitivities).
         what: a short description, e.g. "SNS (PGD-AT) > PGD-AT, AutoAttack accuracy".
+        names: what a and b are, for the words of :func:`describe` (e.g. ("SNS (PGD-AT)", "PGD-AT")).
 
     Returns:
         a dict: what, verdict (one of "holds", "does not hold", "inconclusive"), reason, n_seeds,
         a (spread of a), b (spread of b), diff (spread of a - b), interval_a, interval_b (seed-averaged
-        intervals or None), overlap (bool or None).
+        intervals or None), overlap (bool or None), names, and detectable: the smallest |mean difference|
+        this comparison could have called with its spread and intervals (None with one seed).
 
     Usage: ``compare([0.41, 0.43, 0.40], [0.37, 0.38, 0.36], what="SNS > PGD-AT")["verdict"]``
     """
@@ -70,13 +72,15 @@ def compare(a, b, *, intervals_a=None, intervals_b=None, what: str = "A > B") ->
     ia, ib = _mean_interval(intervals_a), _mean_interval(intervals_b)
     overlap = None if ia is None or ib is None else not (ia[0] > ib[1] or ib[0] > ia[1])
     iv_text = "" if overlap is None else ("; intervals overlap" if overlap else "; intervals disjoint")
-    out = {"what": what, "n_seeds": len(a), "a": spread(a), "b": spread(b), "diff": d, "interval_a": ia,
-           "interval_b": ib, "overlap": overlap}
+    out = {"what": what, "names": list(names), "n_seeds": len(a), "a": spread(a), "b": spread(b), "diff": d,
+           "interval_a": ia, "interval_b": ib, "overlap": overlap, "detectable": None}
     if len(a) < 2:
-        direction = "higher" if d["mean"] > 0 else ("lower" if d["mean"] < 0 else "equal")
-        out.update(verdict="inconclusive",
-                   reason=f"one seed, spread over seeds unknown (A {direction} by {d['mean']:+.4f}{iv_text})")
+        out.update(verdict="inconclusive", reason=f"one seed: the spread over seeds is unknown{iv_text}")
         return out
+    # The smallest difference the rule could call here: beyond 2 std, and (with intervals) beyond the two
+    # half-widths, which is when intervals centred that far apart stop overlapping.
+    half = 0.0 if ia is None or ib is None else (ia[1] - ia[0]) / 2 + (ib[1] - ib[0]) / 2
+    out["detectable"] = max(2 * d["std"], half)
     separated = abs(d["mean"]) > 2 * d["std"]
     if separated and not overlap:
         out["verdict"] = "holds" if d["mean"] > 0 else "does not hold"
@@ -86,7 +90,7 @@ def compare(a, b, *, intervals_a=None, intervals_b=None, what: str = "A > B") ->
         why = [] if separated else [f"|mean difference| {abs(d['mean']):.4f} <= 2 x std {d['std']:.4f}"]
         if overlap:
             why.append("intervals overlap")
-        out["reason"] = "; ".join(why)
+        out["reason"] = "; ".join(why) + f"; this run could detect differences above {out['detectable']:.4f}"
     return out
 
 
@@ -124,12 +128,13 @@ def verdict_line(claim: str, comparisons) -> str:
 
 
 def describe(c: dict) -> str:
-    """One line for a comparison from :func:`compare`: what, verdict, numbers."""
+    """One line for a comparison from :func:`compare`: what, verdict, the two values by name, the difference."""
     d = c["diff"]
+    name_a, name_b = c.get("names") or ("A", "B")
     spread_text = f" +- {d['std']:.4f}" if d["std"] is not None else ""
     ivs = ""
     if c["interval_a"] is not None:
         ivs = (f"; 95% intervals [{c['interval_a'][0]:.3f}, {c['interval_a'][1]:.3f}] vs "
                f"[{c['interval_b'][0]:.3f}, {c['interval_b'][1]:.3f}]")
-    return (f"{c['what']}: {c['verdict']} -- A {c['a']['mean']:.4f}, B {c['b']['mean']:.4f}, difference "
-            f"{d['mean']:+.4f}{spread_text} over {c['n_seeds']} seed(s){ivs} ({c['reason']})")
+    return (f"{c['what']}: {c['verdict']} -- {name_a} {c['a']['mean']:.4f} vs {name_b} {c['b']['mean']:.4f}, "
+            f"difference {d['mean']:+.4f}{spread_text} over {c['n_seeds']} seed(s){ivs} ({c['reason']})")

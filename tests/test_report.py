@@ -9,8 +9,9 @@ from nslib import report, verdicts
 
 def test_write_report_from_constructed_results(tmp_path, monkeypatch):
     monkeypatch.setenv("NSLIB_OUTPUTS", str(tmp_path))
-    holds = verdicts.compare([0.5, 0.52, 0.51], [0.4, 0.41, 0.39], what="SNS (PGD-AT) > PGD-AT, AutoAttack accuracy")
-    weak = verdicts.compare([0.5], [0.4], what="Vanilla > PGD-AT, mean absolute sensitivity")
+    holds = verdicts.compare([0.5, 0.52, 0.51], [0.4, 0.41, 0.39], what="SNS (PGD-AT) > PGD-AT, AutoAttack accuracy",
+                             names=("SNS (PGD-AT)", "PGD-AT"))
+    weak = verdicts.compare([0.5], [0.4], what="Vanilla > PGD-AT, mean absolute sensitivity", names=("Vanilla", "PGD-AT"))
     report.save_result("quick", "fmnist", "05_sns_robustness",
                     {"claims": {"C3": {"verdict": verdicts.combine([holds]), "comparisons": [holds], "summary": "s",
                                        "figures": [str(tmp_path / "quick" / "fmnist" / "figures" / "x.png")]}},
@@ -24,11 +25,43 @@ def test_write_report_from_constructed_results(tmp_path, monkeypatch):
     assert path == tmp_path / "quick" / "REPORT.md"
     for claim in report.CLAIMS:
         assert f"## {claim}:" in text
-    assert "| C3 | holds | not testable offline |" in text
-    assert "| C4 | inconclusive | not testable offline |" in text
+    # the summary gives each verdict with the direction and size of the claim's main comparison
+    assert "| C3 | **holds**: SNS (PGD-AT) 0.510 vs PGD-AT 0.400 (+0.110 +- 0.010) | not testable offline |" in text
+    assert "| C4 | **inconclusive**: Vanilla 0.500 vs PGD-AT 0.400 (+0.100) | not testable offline |" in text
     assert "| C1 | not run |" in text
-    assert "C5" in text and "fmnist: **holds** (C3 on fmnist)" in text
+    assert "| C5 | needs two datasets (C3 over fmnist)" in text  # C5 is C3 over every dataset, not a copy
+    assert "- fmnist: C3 **holds**" in text
+    assert "docs/PAPER.md" in text and "PAPER.md)" not in text.replace("docs/PAPER.md", "")
+    assert "A 0." not in text and "(COLLAPSED)" not in text
     assert "](fmnist/figures/x.png)" in text  # figure links relative to the report
     assert "passes every check" in text and "not comparable" in text.lower()
     assert "python -m nslib reproduce --profile full --datasets mnist,cifar10" in text
     assert report.report_verdicts("quick")["C3"] == {"fmnist": "holds"}
+    assert report.report_verdicts("quick")["C5"] == {"all": "needs two datasets"}
+
+
+def test_report_says_one_seed_once_and_reads_runtimes_from_the_markers(tmp_path, monkeypatch):
+    monkeypatch.setenv("NSLIB_OUTPUTS", str(tmp_path))
+    one = verdicts.compare([0.5], [0.4], what="SNS > PGD-AT", names=("SNS", "PGD-AT"))
+    for d in ("fmnist", "mnist5k"):
+        report.save_result("quick", d, "05_sns_robustness", {"claims": {"C3": {"verdict": "inconclusive",
+                           "comparisons": [one]}}}, {"seeds": [0]})
+    report.save_result("quick", "fmnist", "00_data_and_models", {"sections": {"check (00)": "goal 0.85: met"}}, {})
+    from nslib.store import save_json
+    save_json(tmp_path / "quick" / "fmnist" / "06_report.done.json",
+              {"notebook": "06_report.ipynb", "runtime_s": 4.2, "provenance": {"device_name": "cpu"}})
+    text = report.write_report("quick").read_text()
+    assert text.count("**One seed**") == 1
+    assert "| C5 | inconclusive (C3 over fmnist, mnist5k)" in text
+    assert "### fmnist\n\ngoal 0.85: met" in text
+    assert "| fmnist | 06_report | 4 | cpu |" in text
+
+
+def test_describe_and_detectable_difference():
+    c = verdicts.compare([0.50, 0.47, 0.52], [0.48, 0.48, 0.47], names=("SNS", "PGD-AT"),
+                         intervals_a=[(0.45, 0.55)] * 3, intervals_b=[(0.43, 0.53)] * 3)
+    assert c["verdict"] == "inconclusive"
+    # 2 x std of the differences (0.02, -0.01, 0.05) = 0.06; the two half-widths add to 0.10
+    assert c["detectable"] == __import__("pytest").approx(0.10)
+    line = verdicts.describe(c)
+    assert "SNS 0.4967 vs PGD-AT 0.4767" in line and "could detect differences above 0.1000" in line
