@@ -23,8 +23,11 @@ setup: $(STAMP)
 reproduce: setup
 	$(BIN)/python -m nslib reproduce --profile $(PROFILE)
 
+# The tests write to outputs/test, so they never overwrite what `make reproduce` wrote; the notebooks run
+# verbose, one line per cell, so the terminal says which notebook it is on.
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests --nbval-lax notebooks
+	NSLIB_OUTPUTS=$(CURDIR)/outputs/test $(BIN)/python -m pytest -q -p no:cacheprovider tests
+	NSLIB_OUTPUTS=$(CURDIR)/outputs/test $(BIN)/python -m pytest -v -p no:cacheprovider --nbval-lax notebooks
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests

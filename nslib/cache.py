@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from nslib import data as data_mod, models as models_mod, training
+from nslib.progress import stage
 from nslib.store import outputs_dir, params_key, save_json, save_torch
 
 __all__ = ["MODELS", "LABELS", "device", "model_key", "get_model", "get_models", "test_set", "adversarial_pairs"]
@@ -96,7 +97,8 @@ def get_model(dataset: str, arch: str, name: str, seed: int = 0, *, checkpoint: 
     torch.manual_seed(seed)
     model = models_mod.build(arch, dataset)
     t0 = time.perf_counter()
-    result = training.train(model, dataset, seed=seed, out_dir=out, progress=progress, **spec, **train_args)
+    with stage(f"{LABELS[name]} seed {seed}"):
+        result = training.train(model, dataset, seed=seed, out_dir=out, progress=progress, **spec, **train_args)
     train_s = time.perf_counter() - t0
     save_json(out / "params.json", params)
     which = checkpoint if (out / f"{checkpoint}.pt").exists() else "last"

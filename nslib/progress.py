@@ -11,14 +11,15 @@ Usage: ``for xb, yb in bar(batches, total=n, desc="epoch 1"): ...``
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
 from tqdm.auto import tqdm
 
-__all__ = ["bar", "status_line", "read_status"]
+__all__ = ["bar", "stage", "status_line", "read_status"]
 
-_OPEN: list["bar"] = []  # open bars, outermost first
+_OPEN: list = []  # open bars and stage names, outermost first
 _LAST_WRITE = [0.0]
 _INTERVAL_S = 1.0
 
@@ -35,8 +36,24 @@ def _describe(b) -> str:
 
 
 def status_line() -> str:
-    """The open bars of this process in one line, outermost first."""
-    return " | ".join(_describe(b) for b in _OPEN)
+    """The open bars and stages of this process in one line, outermost first."""
+    return " | ".join(b if isinstance(b, str) else _describe(b) for b in _OPEN)
+
+
+def _forget(item) -> None:
+    _OPEN[:] = [b for b in _OPEN if b is not item]  # by identity: tqdm's == compares counters
+    _write_status(force=True)
+
+
+@contextlib.contextmanager
+def stage(text: str):
+    """Name what the bars inside belong to (``with stage("PGD-AT seed 0"): train(...)``)."""
+    _OPEN.append(text)
+    _write_status(force=True)
+    try:
+        yield
+    finally:
+        _forget(text)
 
 
 def _write_status(force: bool = False) -> None:
@@ -73,9 +90,15 @@ class bar(tqdm):  # noqa: N801 -- used like tqdm
             _write_status(force=True)
 
     def __iter__(self):
-        for item in super().__iter__():
-            yield item
-            _write_status()
+        if self.disable:
+            yield from self.iterable
+            return
+        try:  # tqdm's own loop updates the counter lazily; the status line wants it current
+            for item in self.iterable:
+                yield item
+                self.update(1)
+        finally:
+            self.close()
 
     def update(self, n=1):
         out = super().update(n)
@@ -83,7 +106,6 @@ class bar(tqdm):  # noqa: N801 -- used like tqdm
         return out
 
     def close(self):
-        if self in _OPEN:
-            _OPEN.remove(self)
-            _write_status(force=True)
+        if any(b is self for b in _OPEN):
+            _forget(self)
         super().close()

@@ -111,11 +111,13 @@ def _run_one(path, out_nb, params, bar) -> BaseException | None:
     outcome: dict = {}
     worker = threading.Thread(target=_execute, args=(path, out_nb, params, status_file, outcome), daemon=True)
     worker.start()
-    label = f"{params['dataset']}/{path.stem}"
+    label, shown = f"{params['dataset']}/{path.stem}", None
     while worker.is_alive():
         worker.join(timeout=0.5)
-        inner = read_status(status_file)
-        bar.set_postfix_str(f"{label}: {inner}" if inner else label, refresh=True)
+        text = f"{label}: {read_status(status_file)}".rstrip(": ")
+        if text != shown:  # redraw only on news (a log file would otherwise fill with identical lines)
+            bar.set_postfix_str(text, refresh=True)
+            shown = text
     return outcome.get("error")
 
 
