@@ -6,13 +6,14 @@ what was received.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
 from torch import nn
 
-__all__ = ["check_images", "check_labels", "check_logits", "check_eps", "check_positive_int",
-           "check_choice", "model_device"]
+__all__ = ["check_images", "check_labels", "check_logits", "check_eps", "check_positive_int", "check_number",
+           "check_bool", "check_k", "check_choice", "model_device"]
 
 
 def check_images(x, name: str = "x") -> torch.Tensor:
@@ -87,6 +88,30 @@ def check_positive_int(v, name: str, minimum: int = 1) -> int:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
     return int(v)
+
+
+def check_number(v, name: str, minimum: float = 0.0) -> float:
+    """A finite real number >= ``minimum`` (not a bool)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v >= minimum or math.isinf(v):
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {v!r}")
+    return float(v)
+
+
+def check_bool(v, name: str) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"{name} must be True or False, got {v!r}")
+    return v
+
+
+def check_k(k, name: str = "k"):
+    """Neurons per layer: an int count >= 1 or a float fraction in (0, 1] (the width is checked later)."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Real):
+        raise TypeError(f"{name} must be an int (a count) or a float in (0, 1] (a fraction), got {type(k).__name__}")
+    if isinstance(k, numbers.Integral) and k < 1:
+        raise ValueError(f"{name} must select at least one neuron (an int >= 1 or a fraction in (0, 1]), got {k!r}")
+    if not isinstance(k, numbers.Integral) and not 0.0 < k <= 1.0:
+        raise ValueError(f"{name} as a fraction must be in (0, 1], got {k!r}")
+    return k
 
 
 def check_choice(v, name: str, choices) -> str:
