@@ -36,8 +36,9 @@ def check_images(x, name: str = "x") -> torch.Tensor:
     return x
 
 
-def check_labels(y, n: int, num_classes: int | None = None, name: str = "y") -> torch.Tensor:
-    """``y`` must be an integer tensor [n] with values in [0, num_classes)."""
+def check_labels(y, n: int, num_classes: int | None = None, name: str = "y", *, why: str = "") -> torch.Tensor:
+    """``y`` must be an integer tensor [n] with values in [0, num_classes); ``why`` says where num_classes
+    comes from (e.g. "the model returns 10 logits") in the error."""
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of class indices [N], got {type(y).__name__}")
     if y.dim() != 1 or y.shape[0] != n:
@@ -47,19 +48,26 @@ def check_labels(y, n: int, num_classes: int | None = None, name: str = "y") -> 
     if num_classes is not None and n > 0:
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi >= num_classes:
-            raise ValueError(f"{name} must hold class indices in [0, {num_classes - 1}], "
+            source = f" ({why})" if why else ""
+            raise ValueError(f"{name} must hold class indices in [0, {num_classes - 1}]{source}, "
                              f"got values from {lo} to {hi}")
     return y
+
+
+def _describe(v) -> str:
+    return f"Tensor {list(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
 
 
 def check_logits(out, n: int, name: str = "model") -> torch.Tensor:
     """A model's output must be a logits tensor [n, classes], not a tuple, a dict or probabilities."""
     if isinstance(out, (tuple, list)):
         raise TypeError(f"{name} must return a logits tensor [N, classes], got a {type(out).__name__} of "
-                        f"{len(out)} items; wrap the model so that forward returns the logits alone")
+                        f"{len(out)} items ({', '.join(map(_describe, out))}); wrap the model so that forward "
+                        f"returns the logits alone")
     if isinstance(out, dict):
-        raise TypeError(f"{name} must return a logits tensor [N, classes], got a dict with keys "
-                        f"{sorted(map(str, out))}; wrap the model so that forward returns the logits")
+        items = ", ".join(f"{k!r} ({_describe(v)})" for k, v in out.items())
+        raise TypeError(f"{name} must return a logits tensor [N, classes], got a dict with keys {items}; "
+                        f"wrap the model so that forward returns the logits")
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"{name} must return a logits tensor [N, classes], got {type(out).__name__}")
     if out.dim() != 2 or out.shape[0] != n:

@@ -389,18 +389,18 @@ def _with_attack_defaults(cfg: TrainConfig, dataset: str | None) -> TrainConfig:
     return replace(cfg, eps=eps, alpha=alpha, attack_steps=steps)
 
 
-def _resolve_data(data, val_size, n_train, seed):
-    """(x_train, y_train, x_val, y_val, dataset name or None); checks the images and labels once."""
-    if isinstance(data, str):
-        name = data
-        x, y = data_mod.load(name, "train")
-        val_size = VAL_SIZES.get(name, 5000) if val_size is None else val_size
-    else:
-        name = None
-        x, y = data
-        val_size = max(1, len(x) // 10) if val_size is None else val_size
+def _load_data(data):
+    """(x, y, dataset name or None), the images and the labels' shape checked once."""
+    x, y = data_mod.load(data, "train") if isinstance(data, str) else data
     checks.check_images(x, "data x")
     checks.check_labels(y, len(x), None, "data y")
+    return x, y, data if isinstance(data, str) else None
+
+
+def _split(x, y, name, val_size, n_train, seed):
+    """(x_train, y_train, x_val, y_val): a stratified validation hold-out, then a stratified subset."""
+    if val_size is None:
+        val_size = VAL_SIZES.get(name, 5000) if name is not None else max(1, len(x) // 10)
     if val_size >= len(x):
         raise ValueError(f"val_size must be smaller than the {len(x)} training images, got {val_size}")
     keep, hold = data_mod.stratified_split(y, val_size, seed=seed)
@@ -413,27 +413,25 @@ def _resolve_data(data, val_size, n_train, seed):
         if n_train < len(x):
             _, sub = data_mod.stratified_split(y, n_train, seed=seed + 1)
             x, y = x[sub], y[sub]
-    return x, y, x_val, y_val, name
-
-
-def _check_model_params(model: nn.Module, layers: list[str], k, shape) -> None:
-    """SNS layers and k against the model: unknown names and k above a layer's width are errors."""
-    for name in layers:
-        models_mod.get_layer(model, name)  # unknown name: error listing the nearest valid ones
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"layers must not repeat a layer, got {layers}")
-    for name, width in _layer_widths(model, layers, shape).items():
-        _resolve_k(k, width, name)
+    return x, y, x_val, y_val
 
 
 @torch.no_grad()
-def _layer_widths(model, layers, shape) -> dict[str, int]:
+def _probe(model: nn.Module, shape, layers: list[str], k) -> int:
+    """The number of classes, from one eval-mode pass of 2 zero images, before any step.
+
+    The model must return logits [N, classes]; the hooked layers must exist, be distinct and be at
+    least k neurons wide.
+    """
     from nslib.sensitivity import capture
 
-    device = checks.model_device(model)
-    with models_mod.eval_mode(model), capture(model, layers, detach=True) as acts:
-        model(torch.zeros((2,) + tuple(shape), device=device))
-        return {name: acts[name].shape[1] for name in layers}
+    hooks = capture(model, layers, detach=True) if layers else contextlib.nullcontext()
+    with models_mod.eval_mode(model), hooks as acts:  # unknown or repeated layers: errors naming them
+        out = model(torch.zeros((2,) + tuple(shape), device=checks.model_device(model)))
+        checks.check_logits(out, 2, "model")
+        for name in layers:
+            _resolve_k(k, acts[name].shape[1], name)
+    return out.shape[1]
 
 
 @dataclass
@@ -464,11 +462,12 @@ class _Run:
 def _prepare(model, data, cfg: TrainConfig, out_dir, device) -> _Run:
     """Data loaded, split and checked; layers checked against the model; model, data and optimizer on the device."""
     method = METHODS[cfg.method]
-    x_tr, y_tr, x_val, y_val, name = _resolve_data(data, cfg.val_size, cfg.n_train, cfg.seed)
+    x, y, name = _load_data(data)
     layers = list(cfg.layers) if cfg.layers is not None else (
         models_mod.default_layers(model) if method.hooks else [])
-    if method.hooks:
-        _check_model_params(model, layers, cfg.k, x_tr.shape[1:])
+    classes = _probe(model, x.shape[1:], layers if method.hooks else [], cfg.k)
+    checks.check_labels(y, len(x), classes, "data y", why=f"the model returns {classes} logits")
+    x_tr, y_tr, x_val, y_val = _split(x, y, name, cfg.val_size, cfg.n_train, cfg.seed)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
     cfg = replace(cfg, val_size=len(x_val), n_train=len(x_tr), layers=layers, channels_last=channels_last)
@@ -609,8 +608,10 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     holds the last weights, in eval mode.
 
     Raises: ValueError/TypeError naming the bad parameter, before any work starts (the checks that
-    need the data or the model, such as values outside [0, 1], a layer name or a k above a layer's
-    width, run right after loading the data and before the first step).
+    need the data or the model run right after loading the data and before the first step: images
+    outside [0, 1], labels outside [0, classes) with classes the width of the model's output, a model
+    that returns anything but logits [N, classes] (a tuple, a dict), an unknown layer name, a k above
+    a layer's width).
     Usage: ``train(build("smallcnn", "fmnist"), "fmnist", method="sns", base="pgd_at", lam=0.01)``
     """
     from tqdm.auto import tqdm

@@ -398,3 +398,52 @@ def test_images_outside_unit_range_are_rejected(batch):
         training.train(tiny(), (x, y), method="pgd_at", progress=False)
     with pytest.raises(TypeError, match="data must be a dataset name"):
         training.train(tiny(), x, progress=False)
+
+
+@pytest.mark.parametrize("bad", [10, -1])
+def test_labels_outside_the_models_classes_fail_before_training(bad, batch, tmp_path):
+    x, y = batch
+    y = y.clone()
+    y[5] = bad
+    model = tiny()
+    before = state_of(model)
+    lo, hi = min(bad, 0), max(bad, 9)
+    with pytest.raises(ValueError, match=rf"data y must hold class indices in \[0, 9\] \(the model returns 10 "
+                                         rf"logits\), got values from {lo} to {hi}"):
+        training.train(model, (x, y), method="pgd_at", eps=EPS, out_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    assert_same_state(state_of(model), before)
+    # the classes come from the model: a 5-way head cannot learn the dataset's 10 classes
+    five = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 5))
+    with pytest.raises(ValueError, match=r"in \[0, 4\] \(the model returns 5 logits\), got values from 0 to 9"):
+        training.train(five, "mnist5k", progress=False)
+
+
+class Aux(Tiny):
+    """Returns logits with an auxiliary output, as some research code does."""
+
+    def __init__(self, as_dict: bool):
+        super().__init__()
+        self.as_dict = as_dict
+
+    def forward(self, x):
+        logits = super().forward(x)
+        return {"logits": logits, "features": x.flatten(1)} if self.as_dict else (logits, x.flatten(1))
+
+
+@pytest.mark.parametrize("as_dict,match", [
+    (False, r"model must return a logits tensor \[N, classes\], got a tuple of 2 items "
+            r"\(Tensor \[2, 10\], Tensor \[2, 784\]\)"),
+    (True, r"model must return a logits tensor \[N, classes\], got a dict with keys 'logits' "
+           r"\(Tensor \[2, 10\]\), 'features' \(Tensor \[2, 784\]\)"),
+])
+def test_a_model_returning_a_tuple_or_dict_fails_before_training(as_dict, match, batch, tmp_path):
+    torch.manual_seed(0)
+    model = Aux(as_dict)
+    before = state_of(model)
+    for method in ("standard", "sns"):
+        with pytest.raises(TypeError, match=match):
+            training.train(model, batch, method=method, eps=EPS, layers=LAYERS, out_dir=tmp_path / "run",
+                           progress=False)
+    assert not (tmp_path / "run").exists()
+    assert_same_state(state_of(model), before)
