@@ -88,31 +88,61 @@ def assert_same_state(a: dict, b: dict):
 # ----------------------------------------------------------------------------------------------
 # every method learns
 
-def method_loss(model, x, y, method, seed=0):
+def method_loss(model, x, y, method, seed=0, eps=EPS):
     """The method's own loss on (x, y), attack regenerated against ``model`` (eval mode: no dropout)."""
     model.eval()
     x_adv = None
     if method != "standard":
-        x_adv = attacks.pgd(model, x, y, eps=EPS, steps=5, loss="kl" if method == "trades" else "ce", seed=seed)
+        x_adv = attacks.pgd(model, x, y, eps=eps, steps=5, loss="kl" if method == "trades" else "ce", seed=seed)
     with torch.no_grad():
         loss, _, _ = training.training_loss(model, x, y, x_adv, method=method, layers=LAYERS, lam=0.01)
     return float(loss)
 
 
+# At eps 0.15 a clean-trained network is far less robust than an adversarially trained one after
+# three epochs; at 0.1 the two overlap at this budget. alpha 2.5 * eps / steps: the dataset's default
+# step (0.01, meant for 40 steps) would let the 2-step training attack move only 0.02.
+LEARN_EPS = 0.15
+LEARN = dict(epochs=3, n_train=1000, lam=0.01, eps=LEARN_EPS, alpha=2.5 * LEARN_EPS / 2, val_n_adv=100)
+
+
+def val_robust(model, eps=LEARN_EPS, n_val=100, n_adv=100, seed=0):
+    """Robust accuracy on train()'s validation images, recomputed: PGD with the validation attack's
+    settings (val_attack_steps=2, seed 0), counting examples classified correctly after the attack."""
+    x, y = data.load("mnist5k", "train")
+    _, hold = data.stratified_split(y, n_val, seed=seed)  # the hold-out train() makes
+    x, y = x[hold][:n_adv], y[hold][:n_adv]
+    model.eval()
+    x_adv = attacks.pgd(model, x, y, eps=eps, steps=2, seed=0)
+    with torch.no_grad():
+        return int((model(x_adv).argmax(1) == y).sum()) / len(y)
+
+
+@pytest.fixture(scope="module")
+def vanilla_val_robust():
+    model = tiny()
+    training.train(model, "mnist5k", method="standard", **fast(**LEARN))
+    return val_robust(model)
+
+
 @pytest.mark.parametrize("method", training.METHODS)
-def test_each_method_runs_and_reduces_its_loss(method, batch):
+def test_each_method_runs_and_reduces_its_loss(method, batch, vanilla_val_robust):
     x, y = batch
     model = tiny()
-    before = method_loss(model, x, y, method)
-    result = training.train(model, "mnist5k", method=method, **fast(epochs=3, lam=0.01))
-    after = method_loss(model, x, y, method)
+    before = method_loss(model, x, y, method, eps=LEARN_EPS)
+    result = training.train(model, "mnist5k", method=method, **fast(**LEARN))
+    after = method_loss(model, x, y, method, eps=LEARN_EPS)
     hist = result["history"]
     assert result["status"] == "done" and len(hist) == 3
-    assert after < 0.9 * before, (before, after)  # measured: TRADES 2.31 -> 1.98, the others -35% or more
-    assert hist[-1]["train_loss"] < 0.75 * hist[0]["train_loss"]
-    assert hist[-1]["val_clean"] > 0.5  # chance is 0.1
+    assert after < 0.8 * before, (before, after)  # measured: -47% (TRADES) to -88% (standard)
+    assert hist[-1]["train_loss"] < 0.75 * hist[0]["train_loss"]  # measured: -36% (SNS) to -70%
+    assert hist[-1]["val_clean"] > 0.6  # chance is 0.1; measured 0.71 (SNS) to 0.83
     if method != "standard":
-        assert 0.0 <= hist[-1]["val_pgd"] <= 1.0 and hist[-1]["eps"] == EPS
+        assert hist[-1]["eps"] == LEARN_EPS
+        # the recorded number is what it claims, and training against the attack bought robustness:
+        # measured 0.53 (SNS) to 0.61 (TRADES), the clean-trained network 0.37
+        assert hist[-1]["val_pgd"] == pytest.approx(val_robust(model), abs=1e-9)
+        assert hist[-1]["val_pgd"] > vanilla_val_robust + 0.1, (hist[-1]["val_pgd"], vanilla_val_robust)
     if method == "sns":
         assert hist[-1]["penalty"] > 0 and 0.0 <= hist[-1]["dead_fraction"] < 0.5
 
