@@ -15,9 +15,10 @@ Design decisions, the same in every method:
   (dropout, attack random starts) is stored in every checkpoint, so a resumed run ends with exactly the
   weights of an uninterrupted one.
 - **Validation**: a stratified split held out from the training data (5,000 images for fmnist/mnist/
-  cifar10, 500 for mnist5k); each epoch records clean accuracy and, for adversarial methods, PGD
-  accuracy on it. Two checkpoints are kept: ``last.pt`` and ``best.pt`` (best validation robust
-  accuracy for adversarial methods, clean accuracy for standard training).
+  cifar10, 500 for mnist5k); each epoch records clean accuracy and, for adversarial methods, robust
+  accuracy against PGD on it (``val_pgd``: the share classified correctly both clean and attacked, the
+  definition of :func:`nslib.evaluate.robust_accuracy`). Two checkpoints are kept: ``last.pt`` and
+  ``best.pt`` (best validation robust accuracy for adversarial methods, clean accuracy otherwise).
 - **Collapse** (SNS, any method with hooks): the absolute penalty is minimised by shrinking activations
   to zero. After each epoch a run whose validation clean accuracy is within 5 points of chance, or more
   than half of whose hooked neurons are dead (zero on every one of 256 validation images), is stopped
@@ -254,16 +255,12 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
 
 
 def _robust_accuracy(model, x, y, eps, steps, batch_size=500) -> float:
+    """Share of ``x`` classified correctly both clean and after PGD: :func:`nslib.evaluate.robust_accuracy`."""
     from nslib.attacks import pgd
+    from nslib.evaluate import robust_accuracy
 
-    device = checks.model_device(model)
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-        x_adv = pgd(model, xb, yb, eps=eps, steps=steps, seed=i)
-        with torch.no_grad(), models_mod.eval_mode(model):
-            correct += int((model(x_adv).argmax(1) == yb).sum())
-    return correct / max(1, len(x))
+    attack = partial(pgd, eps=eps, steps=steps, seed=0)
+    return robust_accuracy(model, x, y, attack, batch_size=batch_size).robust_accuracy
 
 
 @torch.no_grad()
@@ -603,9 +600,9 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
 
     Returns: ``{"status": "done"|"collapsed", "history": [per-epoch records], "best": record or None,
     "out_dir": str | None, "params": dict}``. Each record holds epoch, lr, eps, train_loss, train_acc,
-    val_clean, val_pgd (adversarial methods), penalty and dead_fraction (SNS), train_s (the step loop)
-    and time_s (the whole epoch). ``params`` is the resolved config with dataset and spec. The model
-    holds the last weights, in eval mode.
+    val_clean, val_pgd (adversarial methods: clean and attacked both correct), penalty and
+    dead_fraction (SNS), train_s (the step loop) and time_s (the whole epoch). ``params`` is the
+    resolved config with dataset and spec. The model holds the last weights, in eval mode.
 
     Raises: ValueError/TypeError naming the bad parameter, before any work starts (the checks that
     need the data or the model run right after loading the data and before the first step: images

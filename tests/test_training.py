@@ -108,14 +108,14 @@ LEARN = dict(epochs=3, n_train=1000, lam=0.01, eps=LEARN_EPS, alpha=2.5 * LEARN_
 
 def val_robust(model, eps=LEARN_EPS, n_val=100, n_adv=100, seed=0):
     """Robust accuracy on train()'s validation images, recomputed: PGD with the validation attack's
-    settings (val_attack_steps=2, seed 0), counting examples classified correctly after the attack."""
+    settings (val_attack_steps=2, seed 0), counting examples classified correctly clean and attacked."""
     x, y = data.load("mnist5k", "train")
     _, hold = data.stratified_split(y, n_val, seed=seed)  # the hold-out train() makes
     x, y = x[hold][:n_adv], y[hold][:n_adv]
     model.eval()
     x_adv = attacks.pgd(model, x, y, eps=eps, steps=2, seed=0)
     with torch.no_grad():
-        return int((model(x_adv).argmax(1) == y).sum()) / len(y)
+        return int(((model(x).argmax(1) == y) & (model(x_adv).argmax(1) == y)).sum()) / len(y)
 
 
 @pytest.fixture(scope="module")
@@ -290,6 +290,48 @@ def test_top_k_sensitivity_of_sns_is_lower_than_lam_zero():
         sigma = neuron_sensitivity(model, x_test, x_adv, layers=LAYERS)
         top[lam] = sum(float(s[top_k(s, 0.25)].mean()) for s in sigma.values())
     assert top[3.0] < 0.8 * top[0.0], top  # measured: 0.38 vs 0.62
+
+
+class CentreOnly(nn.Module):
+    """Class 1 on the image that is 0.5 everywhere, class 0 on any other; its input gradient is zero.
+
+    The all-0.5 image labelled 0 is misclassified clean and classified correctly after PGD (the
+    random start moves it off the centre and the zero gradient never brings it back): adversarially
+    correct, yet not robust.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(()))  # a parameter for SGD; a shared shift has no gradient
+
+    def forward(self, x):
+        centre = ((x - 0.5).abs().flatten(1).amax(1) == 0).float()  # [N]
+        return 10 * torch.stack([1 - centre, centre], 1) + 0 * x.flatten(1).sum(1, keepdim=True) + self.shift
+
+
+def test_validation_robust_accuracy_counts_clean_and_adversarial_correct_as_evaluate_does():
+    torch.manual_seed(0)
+    x = torch.rand(60, 1, 8, 8) * 0.4  # off the centre: class 0
+    x[:20] = 0.5  # the centre: predicted 1
+    y = torch.zeros(60, dtype=torch.long)
+    y[40:] = 1  # off-centre images labelled 1: wrong clean and attacked
+    res = training.train(CentreOnly(), (x, y), method="pgd_at", eps=0.1, epochs=1, batch_size=20, val_size=30,
+                         val_n_adv=30, attack_steps=1, val_attack_steps=3, progress=False, device="cpu")
+    _, hold = data.stratified_split(y, 30, seed=0)  # the validation images
+    centre = (hold < 20).sum().item()
+    off_centre_0 = ((hold >= 20) & (hold < 40)).sum().item()
+    assert centre > 0 and off_centre_0 > 0
+    # clean and attacked correct: only the off-centre class-0 images; attacked correct alone would add
+    # the centre images
+    record = res["history"][-1]
+    assert record["val_pgd"] == pytest.approx(off_centre_0 / 30)
+    assert record["val_clean"] == pytest.approx(off_centre_0 / 30)
+    from functools import partial
+
+    from nslib.evaluate import robust_accuracy
+    ref = robust_accuracy(CentreOnly(), x[hold], y[hold], partial(attacks.pgd, eps=0.1, steps=3))
+    assert ref.robust_accuracy == pytest.approx(record["val_pgd"])
+    assert res["best"]["metric"] == record["val_pgd"]
 
 
 # ----------------------------------------------------------------------------------------------
