@@ -6,13 +6,14 @@ what was received.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
 from torch import nn
 
-__all__ = ["check_images", "check_labels", "check_logits", "check_eps", "check_positive_int",
-           "check_choice", "model_device"]
+__all__ = ["check_images", "check_labels", "check_logits", "check_eps", "check_positive_int", "check_number",
+           "check_bool", "check_k", "check_choice", "model_device"]
 
 
 def check_images(x, name: str = "x") -> torch.Tensor:
@@ -35,8 +36,9 @@ def check_images(x, name: str = "x") -> torch.Tensor:
     return x
 
 
-def check_labels(y, n: int, num_classes: int | None = None, name: str = "y") -> torch.Tensor:
-    """``y`` must be an integer tensor [n] with values in [0, num_classes)."""
+def check_labels(y, n: int, num_classes: int | None = None, name: str = "y", *, why: str = "") -> torch.Tensor:
+    """``y`` must be an integer tensor [n] with values in [0, num_classes); ``why`` says where num_classes
+    comes from (e.g. "the model returns 10 logits") in the error."""
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of class indices [N], got {type(y).__name__}")
     if y.dim() != 1 or y.shape[0] != n:
@@ -46,19 +48,26 @@ def check_labels(y, n: int, num_classes: int | None = None, name: str = "y") -> 
     if num_classes is not None and n > 0:
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi >= num_classes:
-            raise ValueError(f"{name} must hold class indices in [0, {num_classes - 1}], "
+            source = f" ({why})" if why else ""
+            raise ValueError(f"{name} must hold class indices in [0, {num_classes - 1}]{source}, "
                              f"got values from {lo} to {hi}")
     return y
+
+
+def _describe(v) -> str:
+    return f"Tensor {list(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
 
 
 def check_logits(out, n: int, name: str = "model") -> torch.Tensor:
     """A model's output must be a logits tensor [n, classes], not a tuple, a dict or probabilities."""
     if isinstance(out, (tuple, list)):
         raise TypeError(f"{name} must return a logits tensor [N, classes], got a {type(out).__name__} of "
-                        f"{len(out)} items; wrap the model so that forward returns the logits alone")
+                        f"{len(out)} items ({', '.join(map(_describe, out))}); wrap the model so that forward "
+                        f"returns the logits alone")
     if isinstance(out, dict):
-        raise TypeError(f"{name} must return a logits tensor [N, classes], got a dict with keys "
-                        f"{sorted(map(str, out))}; wrap the model so that forward returns the logits")
+        items = ", ".join(f"{k!r} ({_describe(v)})" for k, v in out.items())
+        raise TypeError(f"{name} must return a logits tensor [N, classes], got a dict with keys {items}; "
+                        f"wrap the model so that forward returns the logits")
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"{name} must return a logits tensor [N, classes], got {type(out).__name__}")
     if out.dim() != 2 or out.shape[0] != n:
@@ -87,6 +96,30 @@ def check_positive_int(v, name: str, minimum: int = 1) -> int:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
     return int(v)
+
+
+def check_number(v, name: str, minimum: float = 0.0) -> float:
+    """A finite real number >= ``minimum`` (not a bool)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v >= minimum or math.isinf(v):
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {v!r}")
+    return float(v)
+
+
+def check_bool(v, name: str) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"{name} must be True or False, got {v!r}")
+    return v
+
+
+def check_k(k, name: str = "k"):
+    """Neurons per layer: an int count >= 1 or a float fraction in (0, 1] (the width is checked later)."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Real):
+        raise TypeError(f"{name} must be an int (a count) or a float in (0, 1] (a fraction), got {type(k).__name__}")
+    if isinstance(k, numbers.Integral) and k < 1:
+        raise ValueError(f"{name} must select at least one neuron (an int >= 1 or a fraction in (0, 1]), got {k!r}")
+    if not isinstance(k, numbers.Integral) and not 0.0 < k <= 1.0:
+        raise ValueError(f"{name} as a fraction must be in (0, 1], got {k!r}")
+    return k
 
 
 def check_choice(v, name: str, choices) -> str:

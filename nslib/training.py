@@ -1,14 +1,9 @@
 """Training: standard, PGD-AT, TRADES and SNS, with checkpoints, resume and a JSON history.
 
-One function, :func:`train`, runs every method; the method only changes the per-batch loss
-(:func:`training_loss`):
-
-| method | loss on a batch (x, y) | paper |
-|---|---|---|
-| standard | CE(f(x), y) | |
-| pgd_at | CE(f(x'), y), x' = PGD (CE, random start) | Madry et al., 2018, arXiv:1706.06083 |
-| trades | CE(f(x), y) + beta * KL(p(x) || p(x')), x' = PGD on the KL | Zhang et al., 2019, arXiv:1901.08573 |
-| sns | loss of ``base`` + lam * sum_l mean_{top-k of l} sigma_batch | Zhang, Liu et al., 2021, arXiv:1909.06978 |
+One function, :func:`train`, runs every method; a method is a per-batch loss and one row of
+:data:`METHODS` (:mod:`nslib.methods` has the table, the forward passes and how to add a method).
+Every hyperparameter is a field of :class:`TrainConfig`; :func:`identity` names the ones that define
+a trained model.
 
 Design decisions, the same in every method:
 
@@ -16,25 +11,18 @@ Design decisions, the same in every method:
   per-call input checks, which synchronise with the host; the data were checked once, up front). The
   model is in eval mode while they run (batch norm uses its running statistics, dropout is off) and
   back in train mode for the update.
-- **Batch norm and the clean branch**: clean and adversarial examples go through the network in two
-  separate forward passes in train mode, clean first, as in the TRADES reference code. Each pass
-  normalises with its own batch statistics, and both update the running statistics. PGD-AT makes only
-  the adversarial pass; SNS on PGD-AT adds the clean pass, which its penalty needs, so with ``lam=0``
-  its loss (and, on a network without batch norm, its whole run) equals PGD-AT's.
-- **Dropout** draws the same masks in the clean and the adversarial pass of a batch (the random state
-  is replayed), so the SNS penalty and the TRADES KL measure the effect of the perturbation, not of two
-  different dropout draws; the adversarial pass draws what it would draw alone.
 - **Data order** of epoch e is a permutation drawn from ``seed`` and e alone, and the global RNG state
   (dropout, attack random starts) is stored in every checkpoint, so a resumed run ends with exactly the
   weights of an uninterrupted one.
 - **Validation**: a stratified split held out from the training data (5,000 images for fmnist/mnist/
-  cifar10, 500 for mnist5k); each epoch records clean accuracy and, for adversarial methods, PGD
-  accuracy on it. Two checkpoints are kept: ``last.pt`` and ``best.pt`` (best validation robust
-  accuracy for adversarial methods, clean accuracy for standard training).
-- **Collapse** (SNS only): the absolute penalty is minimised by shrinking activations to zero. After
-  each epoch an SNS run whose validation clean accuracy is within 5 points of chance, or more than
-  half of whose hooked neurons are dead (zero on every one of 256 validation images), is stopped and
-  recorded with ``status="collapsed"``: it is a failure, never a result (``best`` is then None).
+  cifar10, 500 for mnist5k); each epoch records clean accuracy and, for adversarial methods, robust
+  accuracy against PGD on it (``val_pgd``: the share classified correctly both clean and attacked, the
+  definition of :func:`nslib.evaluate.robust_accuracy`). Two checkpoints are kept: ``last.pt`` and
+  ``best.pt`` (best validation robust accuracy for adversarial methods, clean accuracy otherwise).
+- **Collapse** (SNS, any method with hooks): the absolute penalty is minimised by shrinking activations
+  to zero. After each epoch a run whose validation clean accuracy is within 5 points of chance, or more
+  than half of whose hooked neurons are dead (zero on every one of 256 validation images), is stopped
+  and recorded with ``status="collapsed"``: it is a failure, never a result (``best`` is then None).
 - **Speed on CUDA**: bf16 autocast, channels_last, data resident on the device, no host
   synchronisation inside the step loop (losses are accumulated on the device and read once per
   epoch); ``compile=True`` runs the update passes through torch.compile (not the attack, and not the
@@ -53,22 +41,23 @@ import math
 import numbers
 import time
 import warnings
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nslib import checks, data as data_mod, models as models_mod
+from nslib.methods import METHODS, Method, _resolve_k, attack_of, bases, sns_penalty, sns_terms
 from nslib.store import load_json, provenance, save_json, save_torch
 
-__all__ = ["train", "training_loss", "sns_penalty", "sns_terms", "load_checkpoint", "read_history",
-           "evaluate_accuracy", "METHODS", "ATTACK_DEFAULTS", "VAL_SIZES"]
+__all__ = ["train", "TrainConfig", "identity", "training_loss", "sns_penalty", "sns_terms", "load_checkpoint",
+           "read_history", "evaluate_accuracy", "METHODS", "Method", "ATTACK_DEFAULTS", "VAL_SIZES"]
 
-METHODS = ("standard", "pgd_at", "trades", "sns")
-SNS_BASES = ("standard", "pgd_at", "trades")
 SCHEDULES = ("cosine", "piecewise", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
 # Linf radius, PGD steps and step size used for training, per dataset (PAPER.md, "Attack settings").
 ATTACK_DEFAULTS = {
     "mnist": {"eps": 0.3, "steps": 40, "alpha": 0.01},
@@ -79,168 +68,175 @@ ATTACK_DEFAULTS = {
 VAL_SIZES = {"fmnist": 5000, "mnist": 5000, "cifar10": 5000, "mnist5k": 500}
 COLLAPSE_DEAD_FRACTION = 0.5  # "most hooked neurons dead"
 COLLAPSE_CHANCE_MARGIN = 0.05  # clean accuracy below chance + 5 points
+# the fields that define a trained model for every method (identity adds the method's own params)
+SHARED = ("method", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "seed", "val_size",
+          "n_train", "precision")
 
 
 # ----------------------------------------------------------------------------------------------
-# SNS penalty
+# the configuration
 
-def _resolve_k(k, width: int, layer: str) -> int:
-    """k as :func:`nslib.sensitivity.top_k` reads it (int count, or float fraction), at least one neuron."""
-    from nslib.sensitivity import resolve_k
-
-    kk = resolve_k(k, width, layer)  # TypeError/ValueError naming k and the layer
-    if kk < 1:
-        raise ValueError(f"k must select at least one neuron (an int >= 1 or a fraction in (0, 1]), got {k!r}")
-    return kk
-
-
-def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype == torch.float64 else t.float()
-
-
-def _penalty(clean: dict, adv: dict, layers: list[str], k, relative: bool) -> torch.Tensor:
-    """sum_l mean_{top-k of l} sigma_batch from the recorded outputs of both passes (keeps the graph)."""
-    from nslib.sensitivity import batch_sensitivity
-
-    penalty = None
-    for name in layers:
-        a, b = _at_least_fp32(clean[name]), _at_least_fp32(adv[name])  # [N, C, ...]; fp32 under bf16 autocast
-        sigma = batch_sensitivity(a, b)  # [C]: mean |diff| over positions, then over pairs
-        if relative:
-            # Ratio of means per neuron, as the sensitivity module's relative variant. The denominator
-            # is floored at 1% of the layer's mean |clean output|: a neuron silent on this batch then
-            # gives a large but finite value and gradient (the analysis marks it NaN instead). The
-            # floor scales with the activations, so the ratio stays invariant to rescaling them.
-            scale = a.abs().reshape(a.shape[0], a.shape[1], -1).mean(2).mean(0)  # [C]
-            sigma = sigma / torch.maximum(scale, 1e-2 * scale.mean().detach() + 1e-12)
-        top = torch.topk(sigma.detach(), _resolve_k(k, sigma.numel(), name)).indices  # re-selected per batch
-        term = sigma[top].mean()
-        penalty = term if penalty is None else penalty + term
-    return penalty
-
-
-def _rng_state(device: torch.device):
-    # Host-side generator state (CUDA: seed and offset), read without synchronising the device.
-    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
-
-
-def _set_rng_state(device: torch.device, state) -> None:
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state, device)
-    else:
-        torch.set_rng_state(state)
-
-
-def _paired_passes(net, x, x_adv, acts=None, layers=()):
-    """Clean then adversarial forward pass with the same dropout masks; the layers' outputs of each."""
-    device = x.device
-    state = _rng_state(device)
-    logits_clean = net(x)
-    clean = {name: acts[name] for name in layers}
-    _set_rng_state(device, state)  # the adversarial pass draws what it would draw alone
-    logits_adv = net(x_adv)
-    adv = {name: acts[name] for name in layers}
-    return logits_clean, logits_adv, clean, adv
-
-
-def sns_terms(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, *, layers: list[str] | None = None,
-              k: int | float = 0.1, relative: bool = False):
-    """The SNS penalty with the logits of both forward passes: ``(penalty, logits_clean, logits_adv)``.
-
-    Runs ``model`` on x and on x_adv (two passes, in the model's current mode, the same dropout masks
-    in both), records the outputs of ``layers`` (default: :func:`nslib.models.default_layers`) and
-    returns
-
-        penalty = sum_l mean_{m in TopK_l} sigma_batch(F_l^m)
-
-    where sigma_batch is the neuron sensitivity on this batch
-    (:func:`nslib.sensitivity.batch_sensitivity`: a conv neuron is a channel, mean of |difference| over
-    positions, then over the batch), differentiable through both branches, and TopK_l are the k most
-    sensitive neurons of layer l chosen from the detached values (k an int, or a fraction of the
-    layer's width, as :func:`nslib.sensitivity.top_k` reads it). ``relative=True`` divides each
-    neuron's sigma by its mean |clean output| (floored at 1% of the layer's mean), which shrinking the
-    activations cannot game. The logits let a training loop reuse the passes. No input checks (see
-    :func:`sns_penalty`).
-
-    Shapes: x, x_adv [N, C, H, W] in [0, 1]; penalty a 0-d fp32 tensor; logits [N, classes].
-    """
-    from nslib.sensitivity import capture
-
-    layers = list(layers) if layers is not None else models_mod.default_layers(model)
-    with capture(model, layers, detach=False) as acts:
-        logits_clean, logits_adv, clean, adv = _paired_passes(model, x, x_adv, acts, layers)
-    return _penalty(clean, adv, layers, k, relative), logits_clean, logits_adv
-
-
-def sns_penalty(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, *, layers: list[str] | None = None,
-                k: int | float = 0.1, relative: bool = False) -> torch.Tensor:
-    """The SNS penalty alone (see :func:`sns_terms`), a scalar to add to your own loss.
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every hyperparameter of :func:`train`, each default given here once; checked when built.
 
     Args:
-        model: the network, in the mode you train it in (train mode: two passes with batch statistics).
-        x, x_adv: clean and adversarial images [N, C, H, W] in [0, 1], same shape.
-        layers: dotted layer names (default :func:`nslib.models.default_layers`).
-        k: neurons per layer: an int count >= 1 or a fraction in (0, 1] of the layer's width.
-        relative: the scale-invariant variant (sigma divided by the neuron's mean |clean output|).
+        method: a key of :data:`METHODS` ("standard", "pgd_at", "trades", "sns").
+        epochs, batch_size, lr (SGD, momentum, weight_decay), schedule: "cosine" (per step),
+            "piecewise" (x0.1 at 50% and 75% of the run) or "constant".
+        seed: seeds the initial RNG, the validation split, the data order and the attacks (the
+            model's initial weights are the caller's: seed before building it).
+        val_size: images held out (stratified) for validation; None: 5,000 (500 for mnist5k, 10% of
+            tensors). n_train: train on a stratified subset of this size (quick runs); None: all.
+        val_n_adv: validation images attacked each epoch (PGD with ``val_attack_steps`` steps at the
+            full eps, random start, fp32).
+        eps, alpha, attack_steps: the training attack (Linf PGD with random start); None: the
+            dataset's ``ATTACK_DEFAULTS`` (PAPER.md), alpha 2.5 * eps / steps on tensors.
+            eps_warmup_epochs: eps (and alpha with it) ramp up linearly, per step, over these first
+            epochs.
+        beta: TRADES trade-off (>= 0).
+        base, lam, k, layers, relative: SNS: the base method whose loss it adds to, the penalty
+            weight (>= 0), the top-k (int >= 1 or fraction in (0, 1], as ``sensitivity.top_k``),
+            the hooked layers (None: ``default_layers(model)``) and the relative (scale-invariant)
+            penalty. Sweep lam on a log grid from 0.001: large values of the absolute penalty
+            collapse the network (see the module docstring).
+        precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16".
+        channels_last: None: True on CUDA. compile: run the update passes through torch.compile
+            (standard, PGD-AT, TRADES; SNS warns and runs its hooked passes eagerly).
 
-    Raises: TypeError/ValueError for bad images, an unknown layer (nearest valid names listed) or a bad k.
-
-    Usage::
-
-        x_adv = nslib.attacks.pgd(model, x, y, eps=0.1)
-        loss = F.cross_entropy(model(x_adv), y) + lam * sns_penalty(model, x, x_adv, k=0.1)
+    Raises: ValueError/TypeError naming the field, what was expected and what was received; only
+    the fields the method reads are checked (:func:`identity`, plus channels_last and compile).
+    Usage: ``cfg = TrainConfig(method="sns", lam=0.01); dataclasses.replace(cfg, lam=0.1)``
     """
-    checks.check_images(x, "x")
-    checks.check_images(x_adv, "x_adv")
-    if x.shape != x_adv.shape:
-        raise ValueError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
-    return sns_terms(model, x, x_adv, layers=layers, k=k, relative=relative)[0]
+
+    method: str = "standard"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    seed: int = 0
+    val_size: int | None = None
+    n_train: int | None = None
+    val_n_adv: int = 1000
+    eps: float | None = None
+    alpha: float | None = None
+    attack_steps: int | None = None
+    eps_warmup_epochs: int = 0
+    val_attack_steps: int = 10
+    beta: float = 6.0
+    base: str = "pgd_at"
+    lam: float = 0.01
+    k: int | float = 0.1
+    layers: list[str] | None = None
+    relative: bool = False
+    precision: str = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+
+    def __post_init__(self):
+        checks.check_choice(self.method, "method", tuple(METHODS))
+        if METHODS[self.method].uses_base:
+            checks.check_choice(self.base, "base", bases())  # before its params are read
+        for name in [*_identity_names(self), "channels_last", "compile"]:
+            if name in _FIELD_CHECKS:  # method and base: checked above
+                _FIELD_CHECKS[name](getattr(self, name), name)
 
 
-def training_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None = None, *,
-                  method: str = "pgd_at", base: str = "pgd_at", beta: float = 6.0, lam: float = 0.01,
-                  k: int | float = 0.1, layers: list[str] | None = None, relative: bool = False,
-                  _acts=None):
+def _identity_names(cfg: TrainConfig) -> list[str]:
+    method = METHODS[cfg.method]
+    names = list(SHARED) + list(method.params)
+    if method.uses_base:
+        names += [p for p in METHODS[cfg.base].params if p not in names]
+    return names
+
+
+def identity(cfg: TrainConfig) -> dict:
+    """The fields that define a model trained with ``cfg``: the shared ones and the method's own params.
+
+    SNS adds its base's params (TRADES: beta). A field outside it (lam for PGD-AT) cannot change the
+    trained weights, so resuming and model caches key on this dict and nothing else.
+    Usage: ``identity(TrainConfig(method="pgd_at"))`` has eps and attack_steps but no lam.
+    """
+    return {name: getattr(cfg, name) for name in _identity_names(cfg)}
+
+
+def _optional(check):
+    return lambda v, name: None if v is None else check(v, name)
+
+
+def _check_layers(v, name):
+    if v is not None and (isinstance(v, str) or not v):
+        raise ValueError(f"{name} must be a non-empty list of dotted layer names, got {v!r}")
+
+
+_FIELD_CHECKS = {  # field -> check(value, name); a field the method does not read is not checked
+    "epochs": checks.check_positive_int, "batch_size": checks.check_positive_int,
+    "val_attack_steps": checks.check_positive_int,
+    "seed": partial(checks.check_positive_int, minimum=0),
+    "eps_warmup_epochs": partial(checks.check_positive_int, minimum=0),
+    "val_n_adv": partial(checks.check_positive_int, minimum=0),
+    "val_size": _optional(checks.check_positive_int), "n_train": _optional(checks.check_positive_int),
+    "attack_steps": _optional(checks.check_positive_int),
+    "lr": checks.check_number, "momentum": checks.check_number, "weight_decay": checks.check_number,
+    "beta": checks.check_number, "lam": checks.check_number, "alpha": _optional(checks.check_number),
+    "eps": _optional(partial(checks.check_eps, allow_zero=False)),
+    "schedule": partial(checks.check_choice, choices=SCHEDULES),
+    "precision": partial(checks.check_choice, choices=PRECISIONS),
+    "k": checks.check_k, "layers": _check_layers,
+    "relative": checks.check_bool, "compile": checks.check_bool, "channels_last": _optional(checks.check_bool),
+}
+
+
+def _config(config: TrainConfig | None, overrides: dict, **defaults) -> TrainConfig:
+    """``config`` (or the defaults) with ``overrides`` replaced; unknown names are a TypeError."""
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"unknown training parameters {unknown}; the parameters are TrainConfig's fields: "
+                        f"{', '.join(sorted(names))}")
+    if config is None:
+        return TrainConfig(**{**defaults, **overrides})
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig or None, got {type(config).__name__}")
+    return replace(config, **overrides) if overrides else config
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype ``precision`` means on ``device`` (None: fp32, no autocast); "auto" is decided here."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def training_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None = None,
+                  config: TrainConfig | None = None, *, _acts=None, **overrides):
     """The loss :func:`train` minimises on one batch, given its adversarial examples.
 
     Args:
         model: the network, run in its current mode (train mode in :func:`train`).
         x, y: the clean batch and its labels. x_adv: its adversarial examples (PGD with CE for
             PGD-AT and SNS on PGD-AT or standard, PGD on the KL for TRADES); ignored by "standard".
-        method, base, beta, lam, k, layers, relative: as in :func:`train`.
+        config, overrides: a :class:`TrainConfig` and/or its fields as keywords (method, base, beta,
+            lam, k, layers, relative); without a config the method defaults to "pgd_at".
 
     Returns: ``(loss, logits, penalty)``: the fp32 scalar loss; the logits the training accuracy is
     read from (adversarial for PGD-AT, clean otherwise); the SNS penalty (None for other methods).
-    No input checks (the training loop checked its data once).
+    No input checks on the tensors (the training loop checked its data once).
 
     Shapes: x, x_adv [N, C, H, W] in [0, 1]; y [N] int64; logits [N, classes].
     Usage: ``loss, _, _ = training_loss(model, x, y, pgd(model, x, y, eps=0.1), method="pgd_at")``
     """
-    kind = base if method == "sns" else method
-    if method == "standard":
-        logits = model(x)
-        return F.cross_entropy(logits.float(), y), logits, None
-    pen = None
-    if method == "sns":
-        if _acts is None:
-            pen, logits_c, logits_a = sns_terms(model, x, x_adv, layers=layers, k=k, relative=relative)
-        else:  # the training loop's hooks, registered once per epoch
-            logits_c, logits_a, clean, adv = _paired_passes(model, x, x_adv, _acts, layers)
-            pen = _penalty(clean, adv, layers, k, relative)
-    elif kind == "trades":
-        logits_c, logits_a, _, _ = _paired_passes(model, x, x_adv)
-    else:  # pgd_at: the adversarial pass only
-        logits_c, logits_a = None, model(x_adv)
-    if kind == "standard":
-        loss, logits = F.cross_entropy(logits_c.float(), y), logits_c
-    elif kind == "pgd_at":
-        loss, logits = F.cross_entropy(logits_a.float(), y), logits_a
-    else:  # trades: KL(p(x) || p(x')), batch mean, as the reference
-        kl = F.kl_div(F.log_softmax(logits_a.float(), 1), F.softmax(logits_c.float(), 1), reduction="batchmean")
-        loss, logits = F.cross_entropy(logits_c.float(), y) + beta * kl, logits_c
-    if pen is not None:
-        loss = loss + lam * pen
-    return loss, logits, pen
+    from nslib.sensitivity import capture
+
+    cfg = _config(config, overrides, method="pgd_at")
+    method = METHODS[cfg.method]
+    if not method.hooks or _acts is not None:  # _acts: the training loop's hooks, registered once per epoch
+        return method.loss(model, x, y, x_adv, cfg, _acts)
+    layers = list(cfg.layers) if cfg.layers is not None else models_mod.default_layers(model)
+    with capture(model, layers, detach=False) as acts:
+        return method.loss(model, x, y, x_adv, replace(cfg, layers=layers), acts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,16 +255,12 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
 
 
 def _robust_accuracy(model, x, y, eps, steps, batch_size=500) -> float:
+    """Share of ``x`` classified correctly both clean and after PGD: :func:`nslib.evaluate.robust_accuracy`."""
     from nslib.attacks import pgd
+    from nslib.evaluate import robust_accuracy
 
-    device = checks.model_device(model)
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-        x_adv = pgd(model, xb, yb, eps=eps, steps=steps, seed=i)
-        with torch.no_grad(), models_mod.eval_mode(model):
-            correct += int((model(x_adv).argmax(1) == yb).sum())
-    return correct / max(1, len(x))
+    attack = partial(pgd, eps=eps, steps=steps, seed=0)
+    return robust_accuracy(model, x, y, attack, batch_size=batch_size).robust_accuracy
 
 
 @torch.no_grad()
@@ -290,19 +282,37 @@ def _dead_fraction(model, x, layers) -> float:
 # ----------------------------------------------------------------------------------------------
 # checkpoints
 
-def load_checkpoint(path: str | Path, model: nn.Module | None = None, device: str | torch.device = "cpu"):
+class _Mismatch(ValueError):
+    pass
+
+
+def load_checkpoint(path: str | Path, model: nn.Module | None = None, device: str | torch.device = "cpu", *,
+                    optimizer: torch.optim.Optimizer | None = None, rng: bool = False, expect: dict | None = None):
     """Load a checkpoint written by :func:`train`: ``(model, info)``.
 
     The model is rebuilt from the stored architecture and dataset (or the weights are loaded into
-    ``model``); ``info`` tells what trained it: ``params`` (every argument of ``train``), ``epoch``,
-    ``seed``, ``status``, ``history``, ``best``, ``metric`` (validation accuracies of this checkpoint) and
-    ``provenance`` (nslib and torch versions, device, time).
+    ``model``); ``info`` tells what trained it: ``params`` (the resolved :class:`TrainConfig` with
+    dataset and spec), ``epoch``, ``seed``, ``status``, ``history``, ``best``, ``metric`` (validation
+    accuracies of this checkpoint) and ``provenance`` (nslib and torch versions, device, time).
     The model is returned in eval mode.
+
+    To continue training (what :func:`train` does on resume): ``optimizer`` also restores the
+    optimizer's state (``last.pt``; ``best.pt`` holds none); ``rng=True`` restores the global random
+    state (CPU, and CUDA on a CUDA ``device``); ``expect`` is a dict of params the stored ones must
+    equal, checked before anything is loaded (a ValueError lists every difference).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     ckpt = torch.load(path, map_location=device, weights_only=False)
+    stored = ckpt.get("params") or {}
+    diff = {key: (stored.get(key), v) for key, v in (expect or {}).items() if stored.get(key) != v}
+    if diff:
+        raise _Mismatch(f"{path} was trained with other parameters "
+                        f"({', '.join(f'{key}: stored {a!r}, asked {b!r}' for key, (a, b) in diff.items())})")
+    if optimizer is not None and ckpt.get("optimizer") is None:
+        raise ValueError(f"{path} holds no optimizer state (best.pt never does); load last.pt, "
+                         f"or pass optimizer=None")
     if model is None:
         spec = ckpt.get("spec")
         if not spec:
@@ -311,16 +321,40 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, device: st
         model = models_mod.build(spec["arch"], spec["dataset"])
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
+    if optimizer is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if rng:
+        torch.set_rng_state(ckpt["rng"]["cpu"].cpu())
+        if torch.device(device).type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
     info = {key: ckpt.get(key) for key in ("params", "seed", "epoch", "status", "history", "best", "metric",
                                            "provenance", "spec")}
     return model, info
 
 
-# ----------------------------------------------------------------------------------------------
-# train
+def _write_checkpoints(run: _Run, record: dict, is_best: bool) -> None:
+    state = {key: v.detach().to("cpu", copy=True) for key, v in run.model.state_dict().items()}
+    cuda = run.device.type == "cuda"
+    rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(run.device) if cuda else None}
+    prov = provenance(run.device, **{key: v for key, v in run.params.items() if key != "spec"})
+    metric = {"val_clean": record["val_clean"], "val_pgd": record.get("val_pgd")}
+    ckpt = {"model": state, "optimizer": run.optimizer.state_dict(), "params": run.params,
+            "spec": run.params["spec"], "seed": run.cfg.seed, "epoch": record["epoch"], "status": run.status,
+            "history": run.history, "best": run.best, "rng": rng, "metric": metric, "provenance": prov}
+    if is_best:  # best first: an interruption between the two writes leaves last.pt one epoch behind
+        save_torch(run.out / "best.pt", {**ckpt, "optimizer": None})
+    save_torch(run.out / "last.pt", ckpt)
+    save_json(run.out / "history.json", {"provenance": prov, "status": run.status, "best": run.best,
+                                         "history": run.history})
+
+
+def read_history(out_dir: str | Path) -> dict:
+    """The ``history.json`` of a run folder written by :func:`train`."""
+    return load_json(Path(out_dir) / "history.json")
+
 
 # ----------------------------------------------------------------------------------------------
-# train
+# train: the steps
 
 def _lr_at(schedule: str, lr: float, progress: float) -> float:
     """Learning rate at ``progress`` in [0, 1] of the whole run."""
@@ -331,328 +365,280 @@ def _lr_at(schedule: str, lr: float, progress: float) -> float:
     return lr
 
 
-def _resolve_data(data, val_size, n_train, seed):
-    """(x_train, y_train, x_val, y_val, dataset name or None); checks the images and labels once."""
-    if isinstance(data, str):
-        name = data
-        x, y = data_mod.load(name, "train")
-        val_size = VAL_SIZES.get(name, 5000) if val_size is None else val_size
-    else:
-        name = None
-        x, y = data
-        val_size = max(1, len(x) // 10) if val_size is None else val_size
+def _check_data_arg(data) -> None:
+    if not isinstance(data, str) and not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise TypeError(f"data must be a dataset name ({', '.join(data_mod.DATASETS)}) or a tuple (x, y), "
+                        f"got {type(data).__name__}")
+    if isinstance(data, str) and data not in data_mod.DATASETS:
+        raise ValueError(f"data must be one of {', '.join(data_mod.DATASETS)} or a tuple (x, y), got {data!r}")
+
+
+def _with_attack_defaults(cfg: TrainConfig, dataset: str | None) -> TrainConfig:
+    """eps, attack_steps and alpha filled from the dataset's ``ATTACK_DEFAULTS`` where None."""
+    defaults = ATTACK_DEFAULTS.get(dataset, {})
+    eps = defaults.get("eps") if cfg.eps is None else cfg.eps
+    steps = defaults.get("steps", 10) if cfg.attack_steps is None else cfg.attack_steps
+    alpha = cfg.alpha
+    if alpha is None and isinstance(eps, numbers.Real) and isinstance(steps, numbers.Integral) and steps > 0:
+        alpha = defaults.get("alpha", 2.5 * eps / steps)
+    if eps is None and "eps" in identity(cfg):
+        raise ValueError(f"eps must be given for method {cfg.method!r} on tensors (no dataset default)")
+    return replace(cfg, eps=eps, alpha=alpha, attack_steps=steps)
+
+
+def _load_data(data):
+    """(x, y, dataset name or None), the images and the labels' shape checked once."""
+    x, y = data_mod.load(data, "train") if isinstance(data, str) else data
     checks.check_images(x, "data x")
     checks.check_labels(y, len(x), None, "data y")
-    checks.check_positive_int(val_size, "val_size")
+    return x, y, data if isinstance(data, str) else None
+
+
+def _split(x, y, name, val_size, n_train, seed):
+    """(x_train, y_train, x_val, y_val): a stratified validation hold-out, then a stratified subset."""
+    if val_size is None:
+        val_size = VAL_SIZES.get(name, 5000) if name is not None else max(1, len(x) // 10)
     if val_size >= len(x):
         raise ValueError(f"val_size must be smaller than the {len(x)} training images, got {val_size}")
     keep, hold = data_mod.stratified_split(y, val_size, seed=seed)
     x_val, y_val = x[hold], y[hold]
     x, y = x[keep], y[keep]
     if n_train is not None:
-        if isinstance(n_train, bool) or not isinstance(n_train, numbers.Integral) or not 0 < n_train <= len(x):
+        if not n_train <= len(x):
             raise ValueError(f"n_train must be an integer in [1, {len(x)}] (training data after the validation "
                              f"hold-out), got {n_train!r}")
         if n_train < len(x):
             _, sub = data_mod.stratified_split(y, n_train, seed=seed + 1)
             x, y = x[sub], y[sub]
-    return x, y, x_val, y_val, name
-
-
-def _number(v, name: str, minimum: float = 0.0) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v >= minimum or math.isinf(v):
-        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {v!r}")
-    return float(v)
-
-
-def _check_scalars(p: dict) -> None:
-    """Checks that need neither the data nor the model: run before anything is loaded."""
-    checks.check_choice(p["method"], "method", METHODS)
-    checks.check_choice(p["schedule"], "schedule", SCHEDULES)
-    checks.check_positive_int(p["epochs"], "epochs")
-    checks.check_positive_int(p["batch_size"], "batch_size")
-    checks.check_choice(p["precision"], "precision", ("auto", "fp32", "bf16"))
-    for key in ("lr", "momentum", "weight_decay"):
-        _number(p[key], key)
-    checks.check_positive_int(p["seed"], "seed", minimum=0)
-    checks.check_positive_int(p["eps_warmup_epochs"], "eps_warmup_epochs", minimum=0)
-    checks.check_positive_int(p["val_n_adv"], "val_n_adv", minimum=0)
-    data = p["data"]
-    if not isinstance(data, str) and not (isinstance(data, (tuple, list)) and len(data) == 2):
-        raise TypeError(f"data must be a dataset name ({', '.join(data_mod.DATASETS)}) or a tuple (x, y), "
-                        f"got {type(data).__name__}")
-    if isinstance(data, str) and data not in data_mod.DATASETS:
-        raise ValueError(f"data must be one of {', '.join(data_mod.DATASETS)} or a tuple (x, y), got {data!r}")
-    if p["method"] != "standard":
-        if p["eps"] is None:
-            raise ValueError("eps must be given for adversarial training on tensors (no dataset default)")
-        checks.check_eps(p["eps"], "eps", allow_zero=False)
-        checks.check_positive_int(p["attack_steps"], "attack_steps")
-        checks.check_positive_int(p["val_attack_steps"], "val_attack_steps")
-        _number(p["alpha"], "alpha")
-    kind = p["base"] if p["method"] == "sns" else p["method"]
-    if p["method"] == "sns":
-        checks.check_choice(p["base"], "base", SNS_BASES)
-        _number(p["lam"], "lam")
-        k = p["k"]
-        if isinstance(k, bool) or not isinstance(k, numbers.Real):
-            raise TypeError(f"k must be an int (a count) or a float in (0, 1] (a fraction), got {type(k).__name__}")
-        if isinstance(k, numbers.Integral) and k < 1:
-            raise ValueError(f"k must select at least one neuron (an int >= 1 or a fraction in (0, 1]), got {k!r}")
-        if not isinstance(k, numbers.Integral) and not 0.0 < k <= 1.0:
-            raise ValueError(f"k as a fraction must be in (0, 1], got {k!r}")
-        if p["layers"] is not None and (isinstance(p["layers"], str) or not p["layers"]):
-            raise ValueError(f"layers must be a non-empty list of dotted layer names, got {p['layers']!r}")
-    if kind == "trades":
-        _number(p["beta"], "beta")
-
-
-def _check_model_params(model: nn.Module, layers: list[str], k, shape) -> None:
-    """SNS layers and k against the model: unknown names and k above a layer's width are errors."""
-    for name in layers:
-        models_mod.get_layer(model, name)  # unknown name: error listing the nearest valid ones
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"layers must not repeat a layer, got {layers}")
-    for name, width in _layer_widths(model, layers, shape).items():
-        _resolve_k(k, width, name)
+    return x, y, x_val, y_val
 
 
 @torch.no_grad()
-def _layer_widths(model, layers, shape) -> dict[str, int]:
+def _probe(model: nn.Module, shape, layers: list[str], k) -> int:
+    """The number of classes, from one eval-mode pass of 2 zero images, before any step.
+
+    The model must return logits [N, classes]; the hooked layers must exist, be distinct and be at
+    least k neurons wide.
+    """
     from nslib.sensitivity import capture
 
-    device = checks.model_device(model)
-    with models_mod.eval_mode(model), capture(model, layers, detach=True) as acts:
-        model(torch.zeros((2,) + tuple(shape), device=device))
-        return {name: acts[name].shape[1] for name in layers}
+    hooks = capture(model, layers, detach=True) if layers else contextlib.nullcontext()
+    with models_mod.eval_mode(model), hooks as acts:  # unknown or repeated layers: errors naming them
+        out = model(torch.zeros((2,) + tuple(shape), device=checks.model_device(model)))
+        checks.check_logits(out, 2, "model")
+        for name in layers:
+            _resolve_k(k, acts[name].shape[1], name)
+    return out.shape[1]
 
 
-def train(model: nn.Module, data, *, method: str = "standard", epochs: int = 10, batch_size: int = 128,
-          lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 5e-4, schedule: str = "cosine",
-          seed: int = 0, out_dir: str | Path | None = None, resume: bool = True,
-          val_size: int | None = None, n_train: int | None = None, val_n_adv: int = 1000,
-          eps: float | None = None, alpha: float | None = None, attack_steps: int | None = None,
-          eps_warmup_epochs: int = 0, val_attack_steps: int = 10, beta: float = 6.0,
-          base: str = "pgd_at", lam: float = 0.01, k: int | float = 0.1, layers: list[str] | None = None,
-          relative: bool = False, precision: str = "auto", channels_last: bool | None = None,
-          compile: bool = False, device: str | torch.device | None = None, progress: bool = True,
-          callback: Callable | None = None) -> dict:
-    """Train ``model`` in place with ``method`` ("standard", "pgd_at", "trades", "sns").
+@dataclass
+class _Run:
+    """The state of one training run, shared by its steps."""
+
+    model: nn.Module
+    cfg: TrainConfig  # resolved: eps, n_train, val_size, layers, channels_last filled in
+    params: dict  # what checkpoints store: the config, the dataset and the model's spec
+    device: torch.device
+    out: Path | None
+    optimizer: torch.optim.Optimizer
+    data: tuple  # x_train, y_train (on the device), x_val, y_val
+    num_classes: int  # chance level for the collapse check
+    attack: str | None
+    amp: torch.dtype | None
+    net: nn.Module | None = None  # the model, compiled when asked
+    history: list = field(default_factory=list)
+    best: dict | None = None
+    status: str = "running"
+    start_epoch: int = 0
+
+    def result(self) -> dict:
+        return {"status": self.status, "history": self.history, "best": self.best,
+                "out_dir": str(self.out) if self.out is not None else None, "params": self.params}
+
+
+def _prepare(model, data, cfg: TrainConfig, out_dir, device) -> _Run:
+    """Data loaded, split and checked; layers checked against the model; model, data and optimizer on the device."""
+    method = METHODS[cfg.method]
+    x, y, name = _load_data(data)
+    layers = list(cfg.layers) if cfg.layers is not None else (
+        models_mod.default_layers(model) if method.hooks else [])
+    classes = _probe(model, x.shape[1:], layers if method.hooks else [], cfg.k)
+    checks.check_labels(y, len(x), classes, "data y", why=f"the model returns {classes} logits")
+    x_tr, y_tr, x_val, y_val = _split(x, y, name, cfg.val_size, cfg.n_train, cfg.seed)
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
+    cfg = replace(cfg, val_size=len(x_val), n_train=len(x_tr), layers=layers, channels_last=channels_last)
+    params = {**asdict(cfg), "dataset": name, "spec": getattr(model, "nslib_spec", None)}
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    num_classes = max(int(y_tr.max()), int(y_val.max())) + 1
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    torch.manual_seed(cfg.seed)
+    return _Run(model, cfg, params, device, Path(out_dir) if out_dir is not None else None, optimizer,
+                (x_tr.to(device), y_tr.to(device), x_val, y_val), num_classes, attack_of(cfg),
+                _autocast_dtype(cfg.precision, device))
+
+
+def _resume(run: _Run) -> None:
+    """Weights, optimizer, RNG and history from ``last.pt``; refused when its :func:`identity` differs."""
+    expect = {**identity(run.cfg), "dataset": run.params["dataset"], "spec": run.params["spec"]}
+    try:
+        _, info = load_checkpoint(run.out / "last.pt", run.model, run.device, optimizer=run.optimizer, rng=True,
+                                  expect=expect)
+    except _Mismatch as err:
+        raise ValueError(f"{err}; use another out_dir, or resume=False to start over") from None
+    run.history, run.start_epoch, run.status, run.best = info["history"], info["epoch"], info["status"], info["best"]
+
+
+def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict:
+    """One pass over the training data: the epoch's record before validation."""
+    from tqdm.auto import tqdm
+
+    from nslib import attacks
+    from nslib.sensitivity import capture
+
+    cfg, method, model, device = run.cfg, METHODS[run.cfg.method], run.model, run.device
+    x_tr, y_tr = run.data[:2]
+    t0 = time.perf_counter()
+    model.train()
+    sum_loss, sum_pen = torch.zeros((), device=device), torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen, has_pen, eps_now = 0, False, cfg.eps
+    n_batches = math.ceil(len(x_tr) / cfg.batch_size)
+    augment = bool(run.params["dataset"] and data_mod.DATASETS[run.params["dataset"]].augment)
+    batch_iter = data_mod.batches(x_tr, y_tr, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch,
+                                  augment=augment)
+    autocast = torch.autocast(device.type, dtype=run.amp) if run.amp is not None else contextlib.nullcontext()
+    # hooks (SNS) stay registered for the epoch (registered once, not per step)
+    with capture(model, cfg.layers, detach=False) if method.hooks else contextlib.nullcontext() as acts:
+        for i, (xb, yb) in enumerate(tqdm(batch_iter, total=n_batches, leave=False, disable=not progress,
+                                          desc=f"epoch {epoch + 1}")):
+            for group in run.optimizer.param_groups:
+                group["lr"] = _lr_at(cfg.schedule, cfg.lr, (epoch * n_batches + i) / (cfg.epochs * n_batches))
+            if cfg.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            x_adv = None
+            if run.attack is not None:
+                if cfg.eps_warmup_epochs > 0:
+                    eps_now = cfg.eps * min(1.0, (epoch + (i + 1) / n_batches) / cfg.eps_warmup_epochs)
+                # eval mode inside (and restored); no input checks, no host synchronisation
+                x_adv = attacks._pgd_unchecked(model, xb, yb, eps=eps_now, alpha=cfg.alpha * eps_now / cfg.eps,
+                                               steps=cfg.attack_steps, loss=run.attack, amp=run.amp is not None)
+            model.train()
+            with autocast:
+                loss, logits, pen = method.loss(run.net, xb, yb, x_adv, cfg, acts)
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            run.optimizer.step()
+            sum_loss += loss.detach().float() * len(xb)
+            if pen is not None:
+                sum_pen += pen.detach().float() * len(xb)
+                has_pen = True
+            correct += (logits.detach().argmax(1) == yb).sum()
+            seen += len(xb)
+    record = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"],
+              "eps": eps_now if run.attack is not None else None, "train_loss": sum_loss.item() / seen,
+              "train_acc": correct.item() / seen, "train_s": time.perf_counter() - t0}
+    if has_pen:
+        record["penalty"] = sum_pen.item() / seen
+    return record
+
+
+def _end_of_epoch(run: _Run, record: dict) -> None:
+    """Validation, the collapse check, the best epoch and the checkpoints (the epoch's host syncs are here)."""
+    cfg, model, (_, _, x_val, y_val) = run.cfg, run.model, run.data
+    t0 = time.perf_counter()
+    model.eval()
+    record["val_clean"] = evaluate_accuracy(model, x_val, y_val)
+    if run.attack is not None:
+        n_adv = min(cfg.val_n_adv, len(x_val))
+        record["val_pgd"] = (_robust_accuracy(model, x_val[:n_adv], y_val[:n_adv], cfg.eps, cfg.val_attack_steps)
+                             if n_adv else None)
+    if METHODS[cfg.method].hooks:
+        record["dead_fraction"] = _dead_fraction(model, x_val[:256].to(run.device), cfg.layers)
+        if (record["val_clean"] < 1.0 / run.num_classes + COLLAPSE_CHANCE_MARGIN
+                or record["dead_fraction"] > COLLAPSE_DEAD_FRACTION):
+            run.status = "collapsed"
+    record["time_s"] = record["train_s"] + time.perf_counter() - t0
+    run.history.append(record)
+    metric = record["val_pgd"] if record.get("val_pgd") is not None else record["val_clean"]
+    is_best = run.status != "collapsed" and (run.best is None or metric > run.best["metric"])
+    if is_best:
+        run.best = {"epoch": record["epoch"], "metric": metric, "val_clean": record["val_clean"],
+                    "val_pgd": record.get("val_pgd")}
+    if run.status == "collapsed":
+        run.best = None  # a collapsed run is a failure, never a result: no best checkpoint either
+        if run.out is not None:
+            (run.out / "best.pt").unlink(missing_ok=True)
+    elif record["epoch"] == cfg.epochs:
+        run.status = "done"
+    if run.out is not None:
+        _write_checkpoints(run, record, is_best)
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+
+def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir: str | Path | None = None,
+          resume: bool = True, device: str | torch.device | None = None, progress: bool = True,
+          callback: Callable | None = None, **overrides) -> dict:
+    """Train ``model`` in place with the method of ``config`` (a key of :data:`METHODS`).
 
     Args:
         model: a classifier taking [0, 1] images (``nslib.models.build`` or ``wrap``).
         data: a dataset name ("fmnist", "mnist5k", "mnist", "cifar10") or a tuple (x, y) of tensors
             (x float [N, C, H, W] in [0, 1], y int64 [N]).
-        epochs, batch_size, lr (SGD, momentum, weight_decay), schedule: "cosine" (per step),
-            "piecewise" (x0.1 at 50% and 75% of the run) or "constant".
-        seed: seeds the initial RNG, the validation split, the data order and the attacks (the
-            model's initial weights are the caller's: seed before building it).
+        config: a :class:`TrainConfig` (None: its defaults). overrides: any of its fields as keywords
+            (``method="pgd_at", epochs=10``), replacing the config's.
         out_dir: folder for ``last.pt``, ``best.pt`` and ``history.json`` (None: nothing written).
-        resume: continue from ``out_dir/last.pt`` when it exists. A checkpoint made with other
-            parameters is an error (nothing is overwritten).
-        val_size: images held out (stratified) for validation; default 5,000 (500 for mnist5k, 10%
-            of tensors). n_train: train on a stratified subset of this size (quick runs).
-        val_n_adv: validation images attacked each epoch (PGD with ``val_attack_steps`` steps at the
-            full eps, random start, fp32).
-        eps, alpha, attack_steps: the training attack (Linf PGD with random start); defaults per
-            dataset from ``ATTACK_DEFAULTS`` (PAPER.md), alpha 2.5 * eps / steps on tensors.
-            eps_warmup_epochs: eps (and alpha with it) ramp up linearly, per step, over these first
-            epochs.
-        beta: TRADES trade-off.
-        base, lam, k, layers, relative: SNS: the base method whose loss it adds to, the penalty
-            weight (>= 0), the top-k (int >= 1 or fraction in (0, 1], as ``sensitivity.top_k``),
-            the hooked layers (default ``default_layers(model)``) and the relative (scale-invariant)
-            penalty. Sweep lam on a log grid from 0.001: large values of the absolute penalty
-            collapse the network (see the module docstring).
-        precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16".
-        channels_last: default True on CUDA. compile: run the update passes through torch.compile
-            (standard, PGD-AT, TRADES; SNS warns and runs its hooked passes eagerly).
+        resume: continue from ``out_dir/last.pt`` when it exists. A checkpoint whose :func:`identity`
+            (or dataset, or model spec) differs is an error (nothing is overwritten).
         device: where to train (default CUDA when available); the model is moved there.
         progress: tqdm bars. callback: called as ``callback(epoch, record)`` after each epoch's
             checkpoint is written; an exception it raises stops training (used to test resume).
 
     Returns: ``{"status": "done"|"collapsed", "history": [per-epoch records], "best": record or None,
     "out_dir": str | None, "params": dict}``. Each record holds epoch, lr, eps, train_loss, train_acc,
-    val_clean, val_pgd (adversarial methods), penalty and dead_fraction (SNS), train_s (the step loop)
-    and time_s (the whole epoch). The model holds the last weights, in eval mode.
+    val_clean, val_pgd (adversarial methods: clean and attacked both correct), penalty and
+    dead_fraction (SNS), train_s (the step loop) and time_s (the whole epoch). ``params`` is the
+    resolved config with dataset and spec. The model holds the last weights, in eval mode.
 
     Raises: ValueError/TypeError naming the bad parameter, before any work starts (the checks that
-    need the data or the model, such as values outside [0, 1], a layer name or a k above a layer's
-    width, run right after loading the data and before the first step).
+    need the data or the model run right after loading the data and before the first step: images
+    outside [0, 1], labels outside [0, classes) with classes the width of the model's output, a model
+    that returns anything but logits [N, classes] (a tuple, a dict), an unknown layer name, a k above
+    a layer's width).
     Usage: ``train(build("smallcnn", "fmnist"), "fmnist", method="sns", base="pgd_at", lam=0.01)``
     """
     from tqdm.auto import tqdm
 
-    from nslib import attacks
-    from nslib.sensitivity import capture
-
+    cfg = _config(config, overrides)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    dataset = data if isinstance(data, str) else None
-    defaults = ATTACK_DEFAULTS.get(dataset, {})
-    eps = defaults.get("eps") if eps is None else eps
-    attack_steps = defaults.get("steps", 10) if attack_steps is None else attack_steps
-    if alpha is None and isinstance(eps, numbers.Real) and isinstance(attack_steps, numbers.Integral) \
-            and attack_steps > 0:
-        alpha = defaults.get("alpha", 2.5 * eps / attack_steps)
-    _check_scalars(dict(method=method, schedule=schedule, epochs=epochs, batch_size=batch_size,
-                        precision=precision, lr=lr, momentum=momentum, weight_decay=weight_decay, seed=seed,
-                        eps_warmup_epochs=eps_warmup_epochs, val_n_adv=val_n_adv, data=data, eps=eps,
-                        attack_steps=attack_steps, val_attack_steps=val_attack_steps, alpha=alpha, base=base,
-                        lam=lam, k=k, layers=layers, beta=beta))
-    x_tr, y_tr, x_val, y_val, name = _resolve_data(data, val_size, n_train, seed)
-    layers = list(layers) if layers is not None else (models_mod.default_layers(model) if method == "sns" else [])
-    if method == "sns":
-        _check_model_params(model, layers, k, x_tr.shape[1:])
-    params = dict(method=method, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                  weight_decay=weight_decay, schedule=schedule, seed=seed, val_size=len(x_val),
-                  n_train=len(x_tr), val_n_adv=val_n_adv, eps=eps, alpha=alpha, attack_steps=attack_steps,
-                  eps_warmup_epochs=eps_warmup_epochs, val_attack_steps=val_attack_steps, beta=beta,
-                  base=base, lam=lam, k=k, layers=layers, relative=relative, precision=precision,
-                  dataset=name, spec=getattr(model, "nslib_spec", None))
-
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    channels_last = device.type == "cuda" if channels_last is None else channels_last
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    x_tr, y_tr = x_tr.to(device), y_tr.to(device)  # resident for the whole run
-    adversarial = method != "standard"
-    kind = base if method == "sns" else method
-    n_batches = math.ceil(len(x_tr) / batch_size)
-    total_steps = epochs * n_batches
-    num_classes = max(int(y_tr.max()), int(y_val.max())) + 1  # chance level for the collapse check
-
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    torch.manual_seed(seed)
-    history, start_epoch, best, status = [], 0, None, "running"
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None and resume and (out / "last.pt").exists():
-        ckpt = torch.load(out / "last.pt", map_location=device, weights_only=False)
-        diff = {key: (ckpt["params"].get(key), params[key]) for key in params
-                if ckpt["params"].get(key) != params[key]}
-        if diff:
-            raise ValueError(f"{out / 'last.pt'} was trained with other parameters "
-                             f"({', '.join(f'{key}: stored {a!r}, asked {b!r}' for key, (a, b) in diff.items())}); "
-                             f"use another out_dir, or resume=False to start over")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"]["cpu"])
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
-        history, start_epoch, status = ckpt["history"], ckpt["epoch"], ckpt["status"]
-        best = ckpt.get("best")
-        if status in ("done", "collapsed") or start_epoch >= epochs:
+    _check_data_arg(data)
+    cfg = _with_attack_defaults(cfg, data if isinstance(data, str) else None)
+    run = _prepare(model, data, cfg, out_dir, device)
+    if run.out is not None and resume and (run.out / "last.pt").exists():
+        _resume(run)
+        if run.status in ("done", "collapsed") or run.start_epoch >= cfg.epochs:
             model.eval()
-            return {"status": status, "history": history, "best": best, "out_dir": str(out), "params": params}
-
-    if compile and method == "sns":
-        warnings.warn("compile=True: the SNS passes run eagerly (compiled graphs do not replay the hooks that "
-                      "record the layers' outputs)", UserWarning, stacklevel=2)
-    net = torch.compile(model) if compile and method != "sns" else model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-    attack_loss = "kl" if kind == "trades" else "ce"
-
-    epoch_bar = tqdm(range(start_epoch, epochs), desc=f"{method} epochs", disable=not progress,
-                     initial=start_epoch, total=epochs)
-    for epoch in epoch_bar:
-        t0 = time.perf_counter()
-        model.train()
-        sum_loss = torch.zeros((), device=device)
-        sum_pen = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
-        eps_now = eps
-        batch_iter = data_mod.batches(x_tr, y_tr, batch_size, shuffle=True, seed=seed * 100_003 + epoch,
-                                      augment=bool(name and data_mod.DATASETS[name].augment))
-        # SNS: the hooks stay registered for the epoch (registered once, not per step)
-        hooks = capture(model, layers, detach=False) if method == "sns" else contextlib.nullcontext()
-        with hooks as acts:
-            for i, (xb, yb) in enumerate(tqdm(batch_iter, total=n_batches, leave=False, disable=not progress,
-                                              desc=f"epoch {epoch + 1}")):
-                step = epoch * n_batches + i
-                for group in optimizer.param_groups:
-                    group["lr"] = _lr_at(schedule, lr, step / total_steps)
-                if channels_last:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                x_adv = None
-                if adversarial:
-                    if eps_warmup_epochs > 0:
-                        eps_now = eps * min(1.0, (epoch + (i + 1) / n_batches) / eps_warmup_epochs)
-                    # eval mode inside (and restored); no input checks, no host synchronisation
-                    x_adv = attacks._pgd_unchecked(model, xb, yb, eps=eps_now, alpha=alpha * eps_now / eps,
-                                                   steps=attack_steps, loss=attack_loss, amp=use_bf16)
-                model.train()
-                with autocast:
-                    loss, logits, pen = training_loss(net, xb, yb, x_adv, method=method, base=base, beta=beta,
-                                                      lam=lam, k=k, layers=layers, relative=relative, _acts=acts)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                sum_loss += loss.detach().float() * len(xb)
-                if pen is not None:
-                    sum_pen += pen.detach().float() * len(xb)
-                correct += (logits.detach().argmax(1) == yb).sum()
-                seen += len(xb)
-        # ---- end of epoch: validation, collapse check, checkpoint (host syncs happen only here)
-        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "eps": eps_now if adversarial else None,
-                  "train_loss": sum_loss.item() / seen, "train_acc": correct.item() / seen,
-                  "train_s": time.perf_counter() - t0}
-        model.eval()
-        record["val_clean"] = evaluate_accuracy(model, x_val, y_val)
-        if method == "sns":
-            record["penalty"] = sum_pen.item() / seen
-        if adversarial:
-            n_adv = min(val_n_adv, len(x_val))
-            record["val_pgd"] = (_robust_accuracy(model, x_val[:n_adv], y_val[:n_adv], eps, val_attack_steps)
-                                 if n_adv else None)
-        if method == "sns":
-            record["dead_fraction"] = _dead_fraction(model, x_val[:256].to(device), layers)
-            if (record["val_clean"] < 1.0 / num_classes + COLLAPSE_CHANCE_MARGIN
-                    or record["dead_fraction"] > COLLAPSE_DEAD_FRACTION):
-                status = "collapsed"
-        record["time_s"] = time.perf_counter() - t0
-        history.append(record)
-        metric = record["val_pgd"] if adversarial and record.get("val_pgd") is not None else record["val_clean"]
-        is_best = status != "collapsed" and (best is None or metric > best["metric"])
-        if is_best:
-            best = {"epoch": epoch + 1, "metric": metric, "val_clean": record["val_clean"],
-                    "val_pgd": record.get("val_pgd")}
-        if status == "collapsed":
-            best = None  # a collapsed run is a failure, never a result: no best checkpoint either
-            if out is not None:
-                (out / "best.pt").unlink(missing_ok=True)
-        elif epoch + 1 == epochs:
-            status = "done"
-        if out is not None:
-            _write_checkpoints(out, model, optimizer, params, history, epoch + 1, status, best, record, is_best,
-                               device)
-        epoch_bar.set_postfix({key: f"{record[key]:.3f}" for key in ("train_loss", "val_clean", "val_pgd")
-                               if record.get(key) is not None})
+            return run.result()
+    hooks = METHODS[cfg.method].hooks
+    if cfg.compile and hooks:
+        warnings.warn(f"compile=True: the {cfg.method} passes run eagerly (compiled graphs do not replay the "
+                      f"hooks that record the layers' outputs)", UserWarning, stacklevel=2)
+    run.net = torch.compile(model) if cfg.compile and not hooks else model
+    bar = tqdm(range(run.start_epoch, cfg.epochs), desc=f"{cfg.method} epochs", disable=not progress,
+               initial=run.start_epoch, total=cfg.epochs)
+    for epoch in bar:
+        record = _train_epoch(run, epoch, progress)
+        _end_of_epoch(run, record)
+        bar.set_postfix({key: f"{record[key]:.3f}" for key in ("train_loss", "val_clean", "val_pgd")
+                         if record.get(key) is not None})
         if callback is not None:
             callback(epoch + 1, record)
-        if status == "collapsed":
+        if run.status == "collapsed":
             break
     model.eval()
-    return {"status": status, "history": history, "best": best, "out_dir": str(out) if out else None,
-            "params": params}
-
-
-def _write_checkpoints(out, model, optimizer, params, history, epoch, status, best, record, is_best, device):
-    state = {key: v.detach().to("cpu", copy=True) for key, v in model.state_dict().items()}
-    rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-    prov = provenance(device, **{key: v for key, v in params.items() if key != "spec"})
-    metric = {"val_clean": record["val_clean"], "val_pgd": record.get("val_pgd")}
-    ckpt = {"model": state, "optimizer": optimizer.state_dict(), "params": params, "spec": params["spec"],
-            "seed": params["seed"], "epoch": epoch, "status": status, "history": history, "best": best,
-            "rng": rng, "metric": metric, "provenance": prov}
-    if is_best:  # best first: an interruption between the two writes leaves last.pt one epoch behind
-        save_torch(out / "best.pt", {**ckpt, "optimizer": None})
-    save_torch(out / "last.pt", ckpt)
-    save_json(out / "history.json", {"provenance": prov, "status": status, "best": best, "history": history})
-
-
-def read_history(out_dir: str | Path) -> dict:
-    """The ``history.json`` of a run folder written by :func:`train`."""
-    return load_json(Path(out_dir) / "history.json")
+    return run.result()
