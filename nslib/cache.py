@@ -25,7 +25,8 @@ from nslib.store import outputs_dir, params_key, save_json, save_torch
 
 __all__ = ["MODELS", "LABELS", "device", "model_key", "get_model", "get_models", "test_set", "adversarial_pairs"]
 
-# name -> the arguments of nslib.training.train that define the method
+# The reproduction's models: name -> the training method (and SNS's base) that makes it. Any other method
+# registered in nslib.methods.METHODS can be asked for by its own name too.
 MODELS = {
     "vanilla": {"method": "standard"},
     "pgd_at": {"method": "pgd_at"},
@@ -35,12 +36,15 @@ MODELS = {
 }
 LABELS = {"vanilla": "Vanilla", "pgd_at": "PGD-AT", "trades": "TRADES", "sns_pgd_at": "SNS (PGD-AT)",
           "sns_trades": "SNS (TRADES)"}
-# train() arguments that only matter for some methods: left out of the cache key elsewhere, so that e.g.
-# the lambda ablation never retrains PGD-AT.
-_ATTACK_ARGS = ("eps", "alpha", "attack_steps", "eps_warmup_epochs", "val_n_adv", "val_attack_steps")
-_SNS_ARGS = ("lam", "k", "relative", "layers")
-_TRADES_ARGS = ("beta",)
 
+
+def _spec(name: str) -> dict:
+    if name in MODELS:
+        return MODELS[name]
+    if name in training.METHODS:
+        return {"method": name}
+    raise ValueError(f"name must be one of {', '.join(MODELS)} or a method of nslib.methods.METHODS "
+                     f"({', '.join(training.METHODS)}), got {name!r}")
 
 
 def device() -> torch.device:
@@ -49,22 +53,14 @@ def device() -> torch.device:
 
 
 def model_key(dataset: str, arch: str, name: str, seed: int, **train_args) -> tuple[dict, str]:
-    """(params, key): the parameters that define a trained model and their hash.
+    """(params, key): what defines a trained model and its hash.
 
-    Arguments that do not apply to the method (attack settings for vanilla, lam/k for non-SNS, beta for
-    non-TRADES runs) are dropped, so they never split the cache.
+    The training part is :func:`nslib.training.identity`, the same dict training's resume check compares,
+    so the cache and the resume check always agree: arguments a method does not read (attack settings for
+    vanilla, lam/k for non-SNS runs, beta outside TRADES) never split the cache nor block a resume.
     """
-    if name not in MODELS:
-        raise ValueError(f"name must be one of {', '.join(MODELS)}, got {name!r}")
-    spec = MODELS[name]
-    args = dict(train_args)
-    if spec["method"] == "standard":
-        args = {k: v for k, v in args.items() if k not in _ATTACK_ARGS}
-    if spec["method"] != "sns":
-        args = {k: v for k, v in args.items() if k not in _SNS_ARGS}
-    if not (spec["method"] == "trades" or spec.get("base") == "trades"):
-        args = {k: v for k, v in args.items() if k not in _TRADES_ARGS}
-    params = {"dataset": dataset, "arch": arch, "name": name, "seed": int(seed), **spec, **args}
+    cfg = training.TrainConfig(**_spec(name), seed=int(seed), **train_args)
+    params = {"dataset": dataset, "arch": arch, "name": name, **training.identity(cfg)}
     return params, params_key(params)
 
 
@@ -93,17 +89,17 @@ def get_model(dataset: str, arch: str, name: str, seed: int = 0, *, checkpoint: 
         raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     params, key = model_key(dataset, arch, name, seed, **train_args)
     out = outputs_dir("models", dataset, name, key)
-    spec = MODELS[name]
+    spec = _spec(name)
     torch.manual_seed(seed)
     model = models_mod.build(arch, dataset)
     t0 = time.perf_counter()
-    with stage(f"{LABELS[name]} seed {seed}"):
+    with stage(f"{LABELS.get(name, name)} seed {seed}"):
         result = training.train(model, dataset, seed=seed, out_dir=out, progress=progress, **spec, **train_args)
     train_s = time.perf_counter() - t0
     save_json(out / "params.json", params)
     which = checkpoint if (out / f"{checkpoint}.pt").exists() else "last"
     model, _ = training.load_checkpoint(out / f"{which}.pt", device=device())
-    info = {"name": name, "label": LABELS[name], "key": key, "dir": str(out), "checkpoint": which,
+    info = {"name": name, "label": LABELS.get(name, name), "key": key, "dir": str(out), "checkpoint": which,
             "status": result["status"], "collapsed": result["status"] == "collapsed",
             "history": result["history"], "best": result["best"], "params": params,
             "train_s": train_s if train_s > 1.0 else 0.0}

@@ -493,7 +493,7 @@ def _resume(run: _Run) -> None:
 
 def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict:
     """One pass over the training data: the epoch's record before validation."""
-    from tqdm.auto import tqdm
+    from nslib.progress import bar as tqdm  # tqdm that also tells the reproduce terminal
 
     from nslib import attacks
     from nslib.sensitivity import capture
@@ -611,7 +611,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     a layer's width).
     Usage: ``train(build("smallcnn", "fmnist"), "fmnist", method="sns", base="pgd_at", lam=0.01)``
     """
-    from tqdm.auto import tqdm
+    from nslib.progress import bar as tqdm  # tqdm that also tells the reproduce terminal
 
     cfg = _config(config, overrides)
     if not isinstance(model, nn.Module):

@@ -1,0 +1,71 @@
+"""nslib.cache: the model cache keys on training's identity (so it and the resume check agree), takes any
+registered method without other edits, and survives the sweep a user makes (run, change lam, run again)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nslib import cache, training
+from nslib.methods import METHODS, Method
+
+TINY = dict(epochs=1, batch_size=64, n_train=256, val_size=100, val_n_adv=20, val_attack_steps=1, attack_steps=1,
+            lam=0.01, k=0.1, progress=False)
+
+
+def test_model_key_is_training_identity():
+    base = dict(epochs=2, n_train=100)
+    _, k1 = cache.model_key("fmnist", "smallcnn", "pgd_at", 0, lam=0.01, k=0.1, **base)
+    _, k2 = cache.model_key("fmnist", "smallcnn", "pgd_at", 0, lam=0.1, k=0.3, **base)
+    assert k1 == k2  # the lambda ablation never retrains PGD-AT
+    _, s1 = cache.model_key("fmnist", "smallcnn", "sns_pgd_at", 0, lam=0.01, **base)
+    _, s2 = cache.model_key("fmnist", "smallcnn", "sns_pgd_at", 0, lam=0.1, **base)
+    assert s1 != s2
+    _, v1 = cache.model_key("fmnist", "smallcnn", "vanilla", 0, attack_steps=3, **base)
+    _, v2 = cache.model_key("fmnist", "smallcnn", "vanilla", 0, attack_steps=5, **base)
+    assert v1 == v2
+    params, _ = cache.model_key("fmnist", "smallcnn", "sns_trades", 0, **base)
+    assert {"beta", "lam", "k", "base"} <= set(params)  # SNS on TRADES reads TRADES' beta too
+    cfg = training.TrainConfig(method="sns", base="trades", seed=0, **base)
+    assert {k: v for k, v in params.items() if k not in ("dataset", "arch", "name")} == training.identity(cfg)
+    with pytest.raises(ValueError, match="name must be one of"):
+        cache.model_key("fmnist", "smallcnn", "madry", 0)
+    with pytest.raises(TypeError):
+        cache.model_key("fmnist", "smallcnn", "vanilla", 0, epochz=3)
+
+
+@pytest.mark.slow
+def test_lam_sweep_retrains_only_the_sns_models(tmp_path, monkeypatch):
+    """Issue: changing lam after a finished run crashed in training's resume check for models that do not use
+    lam. Now the sweep reuses PGD-AT and trains only SNS again."""
+    monkeypatch.setenv("NSLIB_OUTPUTS", str(tmp_path))
+    first = cache.get_models("mnist5k", "smallcnn", ["pgd_at", "sns_pgd_at"], [0], **TINY)
+    again = cache.get_models("mnist5k", "smallcnn", ["pgd_at", "sns_pgd_at"], [0], **{**TINY, "lam": 0.05})
+    assert again[("pgd_at", 0)][1]["dir"] == first[("pgd_at", 0)][1]["dir"]          # reused, not retrained
+    assert again[("sns_pgd_at", 0)][1]["dir"] != first[("sns_pgd_at", 0)][1]["dir"]  # a new SNS model
+    assert again[("sns_pgd_at", 0)][1]["params"]["lam"] == 0.05
+    a = first[("pgd_at", 0)][0].state_dict()
+    b = again[("pgd_at", 0)][0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _noisy_loss(net, x, y, x_adv, cfg, acts):
+    logits = net(x)
+    noisy = net((x + cfg.eps * torch.randn_like(x)).clamp(0, 1))
+    return F.cross_entropy(logits.float(), y) + F.cross_entropy(noisy.float(), y), logits, None
+
+
+@pytest.mark.slow
+def test_a_registered_method_is_cached_by_the_reproduction_without_other_edits(tmp_path, monkeypatch):
+    monkeypatch.setenv("NSLIB_OUTPUTS", str(tmp_path))
+    METHODS["noisy"] = Method(_noisy_loss, params=("eps",))
+    try:
+        model, info = cache.get_model("mnist5k", "smallcnn", "noisy", 0, eps=0.2, **TINY)
+        assert info["status"] == "done" and info["label"] == "noisy"
+        assert "eps" in info["params"] and "lam" not in info["params"]
+        again, info2 = cache.get_model("mnist5k", "smallcnn", "noisy", 0, eps=0.2, **TINY)
+        assert info2["dir"] == info["dir"] and info2["train_s"] == 0.0  # loaded, not trained again
+        _, other = cache.get_model("mnist5k", "smallcnn", "noisy", 0, eps=0.3, **TINY)
+        assert other["dir"] != info["dir"]  # its own parameter is in its key
+    finally:
+        del METHODS["noisy"]
