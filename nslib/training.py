@@ -457,7 +457,7 @@ class _Run:
 
 
 def _prepare(model, data, cfg: TrainConfig, out_dir, device) -> _Run:
-    """Data loaded, split and checked; layers checked against the model; model, data and optimizer on the device."""
+    """Data loaded, checked and split; the model probed; model, data and optimizer on the device."""
     method = METHODS[cfg.method]
     x, y, name = _load_data(data)
     layers = list(cfg.layers) if cfg.layers is not None else (
@@ -475,9 +475,10 @@ def _prepare(model, data, cfg: TrainConfig, out_dir, device) -> _Run:
     num_classes = max(int(y_tr.max()), int(y_val.max())) + 1
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     torch.manual_seed(cfg.seed)
-    return _Run(model, cfg, params, device, Path(out_dir) if out_dir is not None else None, optimizer,
-                (x_tr.to(device), y_tr.to(device), x_val, y_val), num_classes, attack_of(cfg),
-                _autocast_dtype(cfg.precision, device))
+    return _Run(model=model, cfg=cfg, params=params, device=device, optimizer=optimizer,
+                out=Path(out_dir) if out_dir is not None else None,
+                data=(x_tr.to(device), y_tr.to(device), x_val, y_val), num_classes=num_classes,
+                attack=attack_of(cfg), amp=_autocast_dtype(cfg.precision, device))
 
 
 def _resume(run: _Run) -> None:

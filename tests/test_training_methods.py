@@ -100,6 +100,10 @@ def test_a_registered_method_trains_checkpoints_and_resumes_exactly(noisy, tmp_p
     stored = json.loads((tmp_path / "straight" / "history.json").read_text())
     assert stored["best"]["metric"] == max(h["val_clean"] for h in hist)  # no attack: best by clean accuracy
     assert res["params"]["method"] == "noisy" and res["params"]["eps"] == 0.3
+    with pytest.raises(ValueError, match="holds no optimizer state"):  # best.pt cannot be resumed from
+        fresh = net()
+        optimizer = torch.optim.SGD(fresh.parameters())
+        training.load_checkpoint(tmp_path / "straight" / "best.pt", fresh, optimizer=optimizer)
 
     with pytest.raises(Stop):
         training.train(net(), "mnist5k", out_dir=tmp_path / "resumed", callback=stop_after(2), **args)
