@@ -1,4 +1,6 @@
-"""Adversarial attacks: FGSM, PGD, MIM, C&W-L2 and a wrapper around the reference AutoAttack.
+"""Adversarial attacks of fixed radius: FGSM, PGD and MIM, and the helpers every attack shares.
+
+The minimal-norm attacks are in :mod:`nslib.minnorm`; the AutoAttack wrapper in :mod:`nslib.evaluate`.
 
 Every attack is a plain function ``attack(model, x, y, *, eps, ...) -> x_adv`` over a batch on the model's
 device. The contracts (DESIGN.md), kept by every function here:
@@ -28,10 +30,6 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import logging
-import re
-import sys
-import warnings
 from itertools import chain
 
 import torch
@@ -42,7 +40,7 @@ from nslib.checks import (check_choice, check_eps, check_images, check_labels, c
                           check_positive_int, model_device)
 from nslib.models import eval_mode  # noqa: F401  (re-exported: attacks.eval_mode is public)
 
-__all__ = ["fgsm", "pgd", "mim", "cw_l2", "autoattack", "margin", "NORMS", "LOSSES"]
+__all__ = ["fgsm", "pgd", "mim", "margin", "NORMS", "LOSSES"]
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin", "kl")
@@ -51,9 +49,6 @@ KL_START_STD = 0.001  # TRADES's inner maximisation starts at x + 0.001 * N(0, 1
 
 # ---------------------------------------------------------------------------------------------------------
 # shared helpers
-
-
-
 
 def _autocast(x: torch.Tensor, amp: bool):
     """bf16 autocast on CUDA when ``amp``; a no-op context otherwise (CPU runs stay in the input's dtype)."""
@@ -426,246 +421,3 @@ def mim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
             momentum = grad + decay * momentum
             x_adv = torch.min(torch.max(x_adv + alpha * momentum.sign(), lo), hi)
     return x_adv
-
-
-# ---------------------------------------------------------------------------------------------------------
-# C&W-L2
-
-
-def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, c: float = 0.1, steps: int = 100,
-          binary_search_steps: int = 9, lr: float = 0.01, confidence: float = 0.0, abort_early: bool = True,
-          amp: bool = False) -> torch.Tensor:
-    r"""C&W-L2, 'Towards Evaluating the Robustness of Neural Networks' [https://arxiv.org/abs/1608.04644].
-
-    A minimal-norm attack: minimises ||x' - x||_2^2 + c * max(z_y - max_{j != y} z_j + confidence, 0) with
-    Adam in tanh space (x' = (tanh(w) + 1) / 2, so x' stays in [0, 1]), over the whole batch at once, with a
-    binary search over c per example (c times 10 until a success, then bisection). Each example's
-    optimisation stops early once its loss has not decreased by 0.01% over a tenth of ``steps``; the other
-    examples go on (Adam is per coordinate, so an example's path does not depend on the rest of the batch).
-
-    Returns, per example, the successful x' of smallest L2 distance found (misclassified with the given
-    confidence, decided on fp32 logits), or ``x`` itself where none was found. Robust accuracy at an L2
-    radius is the share of examples whose smallest perturbation exceeds it
-    (:func:`nslib.evaluate.min_norm_accuracy`).
-
-    Args:
-        model (nn.Module): maps images in [0, 1] to logits; run in eval mode, mode restored.
-        x (Tensor): clean images, never modified.
-        y (Tensor): true labels.
-        c (float): initial trade-off constant, > 0.
-        steps (int): Adam steps per binary search step, >= 1.
-        binary_search_steps (int): outer steps over c, >= 1.
-        lr (float): Adam learning rate (in tanh space), > 0.
-        confidence (float): required margin kappa, >= 0.
-        abort_early (bool): stop an example's inner loop when its loss stalls.
-        amp (bool): bf16 autocast for the forward/backward passes on CUDA (no-op on CPU); success is
-            then decided on an extra fp32 forward pass.
-
-    Shapes:
-        x: [N, C, H, W] in [0, 1]; y: [N] int64; output: like ``x``.
-
-    Raises:
-        ValueError, TypeError: bad input (see the module docstring).
-
-    Usage: ``x_adv = cw_l2(model, x, y, steps=200)``
-    """
-    c = check_eps(c, "c", allow_zero=False)
-    steps = check_positive_int(steps, "steps")
-    binary_search_steps = check_positive_int(binary_search_steps, "binary_search_steps")
-    lr = check_eps(lr, "lr", allow_zero=False)
-    confidence = check_eps(confidence, "confidence")
-    amp_active = amp and x.device.type == "cuda"
-    with eval_mode(model):
-        _clean_logits(model, x, y)
-        n = x.shape[0]
-        dev = x.device
-        lo = torch.zeros(n, device=dev, dtype=torch.float64)
-        hi = torch.full((n,), float("inf"), device=dev, dtype=torch.float64)
-        const = torch.full((n,), c, device=dev, dtype=torch.float64)
-        best_l2 = torch.full((n,), float("inf"), device=dev)
-        best_adv = x.clone()
-        w0 = torch.atanh((x * 2 - 1) * (1 - 1e-6))  # tanh space; 1e-6 keeps 0 and 1 finite
-        check_every = max(steps // 10, 1)
-        for _ in range(binary_search_steps):
-            w = w0.clone()
-            adam_m, adam_v = torch.zeros_like(w), torch.zeros_like(w)  # Adam's moments, per coordinate
-            adam_t = torch.zeros(n, device=dev, dtype=x.dtype)  # steps taken, per example
-            succeeded = torch.zeros(n, dtype=torch.bool, device=dev)
-            active = torch.ones(n, dtype=torch.bool, device=dev)
-            prev = torch.full((n,), float("inf"), device=dev)
-            const_x = const.to(x.dtype)
-            for it in range(steps):
-                w.requires_grad_(True)
-                with torch.enable_grad():
-                    x_adv = (torch.tanh(w) + 1) / 2
-                    with _autocast(x, amp):
-                        logits = model(x_adv)
-                    logits = logits.float()
-                    l2sq = (x_adv - x).pow(2).flatten(1).sum(1)  # [N]
-                    m = margin(logits, y)  # [N]: > 0 means misclassified
-                    loss_each = l2sq + const_x * (confidence - m).clamp(min=0).to(x.dtype)
-                    (grad,) = torch.autograd.grad(loss_each.sum(), w)
-                with torch.no_grad():
-                    w, x_now = w.detach(), x_adv.detach()
-                    if amp_active:
-                        m = margin(model(x_now).float(), y)
-                    l2 = l2sq.detach().float().sqrt()
-                    hit = (m > confidence) & active
-                    improve = hit & (l2 < best_l2)
-                    best_l2 = torch.where(improve, l2, best_l2)
-                    best_adv = torch.where(improve.view(-1, 1, 1, 1), x_now, best_adv)
-                    succeeded |= hit
-                    # Adam (betas 0.9, 0.999, eps 1e-8, as torch.optim.Adam), only for active examples, so a
-                    # stopped example keeps its iterate and moments
-                    act = active.view(-1, 1, 1, 1)
-                    adam_t = adam_t + active.to(x.dtype)
-                    adam_m = torch.where(act, 0.9 * adam_m + 0.1 * grad, adam_m)
-                    adam_v = torch.where(act, 0.999 * adam_v + 0.001 * grad * grad, adam_v)
-                    t = adam_t.clamp(min=1).view(-1, 1, 1, 1)
-                    step = lr * (adam_m / (1 - 0.9 ** t)) / ((adam_v / (1 - 0.999 ** t)).sqrt() + 1e-8)
-                    w = torch.where(act, w - step, w)
-                    if abort_early and (it + 1) % check_every == 0:
-                        loss_now = loss_each.detach().float()
-                        active &= loss_now <= prev * 0.9999
-                        prev = loss_now
-                        if not bool(active.any()):
-                            break
-            # binary search on c, per example
-            hi = torch.where(succeeded, torch.minimum(hi, const), hi)
-            lo = torch.where(succeeded, lo, torch.maximum(lo, const))
-            const = torch.where(torch.isinf(hi), const * 10, (lo + hi) / 2)
-    return best_adv.clamp(0, 1)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# AutoAttack (pyautoattack, wrapped)
-
-_AA_NAMES = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
-_AA_STANDARD = {"standard": ["apgd-ce", "apgd-t", "fab-t", "square"], "plus":
-                ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"], "rand": ["apgd-ce", "apgd-dlr"]}
-_AA_ACC = re.compile(r"robust accuracy after ([A-Za-z-]+): ([0-9.]+)%")
-_AA_INIT = re.compile(r"initial accuracy: ([0-9.]+)%")
-
-
-class _Capture(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-
-def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
-               version: str = "standard", attacks: list[str] | None = None, seed: int = 0,
-               batch_size: int = 500) -> tuple[torch.Tensor, dict[str, float]]:
-    r"""AutoAttack, 'Reliable Evaluation of Adversarial Robustness with an Ensemble of Diverse
-    Parameter-free Attacks' [https://arxiv.org/abs/2003.01690], the reference code (``pyautoattack``).
-
-    A wrapper, not a reimplementation. Around ``AutoAttack.run_standard_evaluation`` it: puts the model
-    in eval mode and restores every module's flag; sets the parameters' ``requires_grad`` off and their
-    ``.grad`` aside (FAB calls ``.backward()``, which would add into them) and restores both; saves and
-    restores torch's global random state (the sub-attacks reseed it) and any ``sys.settrace`` function
-    (its dynamic-defense check clears it); re-emits AutoAttack's check warnings (randomised or dynamic
-    defense, probabilities as outputs, too few classes, Square beating the gradient attacks) as Python
-    ``UserWarning``; and reads the robust accuracy after each attack from its debug log, which it keeps
-    out of the user's logging.
-
-    Args:
-        model (nn.Module): maps images in [0, 1] to logits.
-        x (Tensor): clean images, never modified.
-        y (Tensor): true labels.
-        eps (float): radius, >= 0.
-        norm (str): "linf" or "l2".
-        version (str): "standard" (APGD-CE, APGD-T, FAB-T, Square), "plus", "rand", or "custom" with
-            ``attacks`` a list drawn from "apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t".
-        attacks (list or None): the attacks of ``version="custom"``.
-        seed (int): AutoAttack's seed (its sub-attacks reseed torch with it).
-        batch_size (int): examples per AutoAttack batch.
-
-    Shapes:
-        x: [N, C, H, W] in [0, 1]; y: [N] int64; output: like ``x``.
-
-    Returns:
-        (x_adv, accuracy): ``x_adv`` holds the first successful adversarial example per example (``x``
-        where none was found), inside [0, 1] and the eps-ball; ``accuracy`` maps "clean" and then each
-        attack run, in order, to the robust accuracy after it (a fraction; AutoAttack logs it to 0.01
-        percentage points). Attacks skipped because no example was left robust map to 0.0.
-
-    Raises:
-        ImportError: pyautoattack is not installed (``pip install nslib[autoattack]``).
-        ValueError, TypeError: bad input (see the module docstring), an unknown version or attack.
-
-    Usage: ``x_adv, acc = autoattack(model, x, y, eps=0.3)``
-    """
-    try:
-        from pyautoattack import AutoAttack
-    except ImportError as e:  # an optional extra
-        raise ImportError("autoattack needs the package pyautoattack: pip install 'nslib[autoattack]' "
-                          "(or pip install pyautoattack)") from e
-    eps = check_eps(eps)
-    norm = check_choice(norm, "norm", NORMS)
-    version = check_choice(version, "version", ("standard", "plus", "rand", "custom"))
-    batch_size = check_positive_int(batch_size, "batch_size")
-    if version == "custom":
-        if not attacks or any(a not in _AA_NAMES for a in attacks):
-            raise ValueError(f"attacks must be a non-empty list drawn from {', '.join(_AA_NAMES)} for "
-                             f"version='custom', got {attacks!r}")
-        order = list(attacks)
-    elif attacks is not None:
-        raise ValueError(f"attacks is only used with version='custom', got version={version!r}")
-    else:
-        order = _AA_STANDARD[version]
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-
-    _check_model(model)
-    logger = logging.getLogger("auto-attack")
-    capture = _Capture()
-    params = list(model.parameters())
-    saved = [(p, p.requires_grad, p.grad) for p in params]
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() \
-        else None
-    trace = sys.gettrace()
-    log_state = (logger.level, logger.propagate)
-    with eval_mode(model):
-        _clean_logits(model, x, y)
-        try:
-            for p in params:
-                p.grad = None
-                p.requires_grad_(False)
-            logger.addHandler(capture)
-            logger.setLevel(logging.DEBUG)
-            logger.propagate = False  # its per-batch debug lines stay out of the user's handlers
-            aa = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, version=version,
-                            attacks=attacks if version == "custom" else None, seed=seed, device=x.device)
-            x_adv, _ = aa.run_standard_evaluation(x.detach(), y.detach().to(x.device), batch_size=batch_size)
-        finally:
-            logger.removeHandler(capture)
-            logger.setLevel(log_state[0])
-            logger.propagate = log_state[1]
-            sys.settrace(trace)
-            for p, req, grad in saved:
-                p.requires_grad_(req)
-                p.grad = grad
-            torch.set_rng_state(cpu_rng)
-            if cuda_rng is not None:
-                torch.cuda.set_rng_state_all(cuda_rng)
-    accuracy: dict[str, float] = {}
-    for rec in capture.records:
-        msg = rec.getMessage()
-        if rec.levelno >= logging.WARNING:
-            warnings.warn(f"AutoAttack: {msg}", UserWarning, stacklevel=2)
-        elif (mt := _AA_INIT.search(msg)) is not None:
-            accuracy["clean"] = float(mt.group(1)) / 100
-        elif (mt := _AA_ACC.search(msg)) is not None:
-            accuracy[mt.group(1).lower()] = float(mt.group(2)) / 100
-    for name in order:  # attacks skipped once nothing was left robust
-        accuracy.setdefault(name, 0.0)
-    if norm == "linf":
-        lo, hi = _linf_box(x, eps)
-        x_adv = torch.min(torch.max(x_adv.to(x.dtype), lo), hi)
-    else:
-        x_adv = _l2_exact(x, _l2_project(x, x_adv.to(x.dtype), eps), eps)
-    return x_adv, accuracy

@@ -1,4 +1,4 @@
-"""Robust accuracy under one attack or a suite of attacks, with 95% confidence intervals.
+"""Robust accuracy under one attack or a suite of attacks, with 95% confidence intervals, and the AutoAttack wrapper.
 
 An example counts as robust when the model classifies it correctly both clean and after the attack
 (so a fixed-radius attack cannot do worse than the clean accuracy: ``x`` itself is in the ball). Every
@@ -13,23 +13,26 @@ Usage::
 """
 from __future__ import annotations
 
+import logging
 import math
+import re
 import statistics
+import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from nslib import attacks as _attacks
+from nslib import attacks as _attacks, minnorm
+from nslib.attacks import NORMS, _check_model, _clean_logits, _l2_exact, _l2_project, _linf_box
 from nslib.checks import check_choice, check_eps, check_images, check_labels, check_logits, check_positive_int, \
     model_device
+from nslib.models import eval_mode
 
 __all__ = ["RobustAccuracy", "wilson_interval", "robust_accuracy", "min_norm_accuracy", "run_suite",
-           "format_table", "ATTACKS"]
-
-ATTACKS = {"fgsm": _attacks.fgsm, "pgd": _attacks.pgd, "mim": _attacks.mim, "cw_l2": _attacks.cw_l2,
-           "autoattack": _attacks.autoattack}
+           "format_table", "autoattack", "ATTACKS"]
 
 
 def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -99,7 +102,7 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, 
     if progress:
         from tqdm.auto import tqdm
         starts = tqdm(starts, desc="robust accuracy", unit="batch")
-    with _attacks.eval_mode(model):
+    with eval_mode(model):
         for i in starts:
             xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
             pred = _predict(model, xb)
@@ -122,7 +125,7 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, 
 
 def min_norm_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, *,
                       radius: float | None = None, norm: str = "l2") -> dict:
-    """Robust accuracy at ``radius`` from the output of a minimal-norm attack (:func:`nslib.attacks.cw_l2`).
+    """Robust accuracy at ``radius`` from the output of a minimal-norm attack (:func:`nslib.minnorm.cw_l2`).
 
     An example is robust at ``radius`` when it is classified correctly clean and its smallest
     perturbation found exceeds ``radius`` (or none was found: ``x_adv`` is still classified correctly).
@@ -142,7 +145,7 @@ def min_norm_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv:
     if x_adv.shape != x.shape:
         raise ValueError(f"x_adv must have the shape of x {tuple(x.shape)}, got {tuple(x_adv.shape)}")
     device = model_device(model)
-    with _attacks.eval_mode(model):
+    with eval_mode(model):
         xd, yd = x.to(device), y.to(device)
         clean_ok = (_predict(model, xd) == yd).cpu()
         adv_ok = (_predict(model, x_adv.to(device)) == yd).cpu()
@@ -159,6 +162,144 @@ def min_norm_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv:
         low, high = wilson_interval(k, n)
         out.update(robust_accuracy=k / n, low=low, high=high, n=n)
     return out
+
+
+# -----------------------------------------------------------------------------------------------------
+# AutoAttack (pyautoattack, wrapped)
+
+_AA_NAMES = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
+_AA_STANDARD = {"standard": ["apgd-ce", "apgd-t", "fab-t", "square"], "plus":
+                ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"], "rand": ["apgd-ce", "apgd-dlr"]}
+_AA_ACC = re.compile(r"robust accuracy after ([A-Za-z-]+): ([0-9.]+)%")
+_AA_INIT = re.compile(r"initial accuracy: ([0-9.]+)%")
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
+               version: str = "standard", attacks: list[str] | None = None, seed: int = 0,
+               batch_size: int = 500) -> tuple[torch.Tensor, dict[str, float]]:
+    r"""AutoAttack, 'Reliable Evaluation of Adversarial Robustness with an Ensemble of Diverse
+    Parameter-free Attacks' [https://arxiv.org/abs/2003.01690], the reference code (``pyautoattack``).
+
+    A wrapper, not a reimplementation. Around ``AutoAttack.run_standard_evaluation`` it: puts the model
+    in eval mode and restores every module's flag; sets the parameters' ``requires_grad`` off and their
+    ``.grad`` aside (FAB calls ``.backward()``, which would add into them) and restores both; saves and
+    restores torch's global random state (the sub-attacks reseed it) and any ``sys.settrace`` function
+    (its dynamic-defense check clears it); re-emits AutoAttack's check warnings (randomised or dynamic
+    defense, probabilities as outputs, too few classes, Square beating the gradient attacks) as Python
+    ``UserWarning``; and reads the robust accuracy after each attack from its debug log, which it keeps
+    out of the user's logging.
+
+    Args:
+        model (nn.Module): maps images in [0, 1] to logits.
+        x (Tensor): clean images, never modified.
+        y (Tensor): true labels.
+        eps (float): radius, >= 0.
+        norm (str): "linf" or "l2".
+        version (str): "standard" (APGD-CE, APGD-T, FAB-T, Square), "plus", "rand", or "custom" with
+            ``attacks`` a list drawn from "apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t".
+        attacks (list or None): the attacks of ``version="custom"``.
+        seed (int): AutoAttack's seed (its sub-attacks reseed torch with it).
+        batch_size (int): examples per AutoAttack batch.
+
+    Shapes:
+        x: [N, C, H, W] in [0, 1]; y: [N] int64; output: like ``x``.
+
+    Returns:
+        (x_adv, accuracy): ``x_adv`` holds the first successful adversarial example per example (``x``
+        where none was found), inside [0, 1] and the eps-ball; ``accuracy`` maps "clean" and then each
+        attack run, in order, to the robust accuracy after it (a fraction; AutoAttack logs it to 0.01
+        percentage points). Attacks skipped because no example was left robust map to 0.0.
+
+    Raises:
+        ImportError: pyautoattack is not installed (``pip install nslib[autoattack]``).
+        ValueError, TypeError: bad input (see the module docstring), an unknown version or attack.
+
+    Usage: ``x_adv, acc = autoattack(model, x, y, eps=0.3)``
+    """
+    try:
+        from pyautoattack import AutoAttack
+    except ImportError as e:  # an optional extra
+        raise ImportError("autoattack needs the package pyautoattack: pip install 'nslib[autoattack]' "
+                          "(or pip install pyautoattack)") from e
+    eps = check_eps(eps)
+    norm = check_choice(norm, "norm", NORMS)
+    version = check_choice(version, "version", ("standard", "plus", "rand", "custom"))
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if version == "custom":
+        if not attacks or any(a not in _AA_NAMES for a in attacks):
+            raise ValueError(f"attacks must be a non-empty list drawn from {', '.join(_AA_NAMES)} for "
+                             f"version='custom', got {attacks!r}")
+        order = list(attacks)
+    elif attacks is not None:
+        raise ValueError(f"attacks is only used with version='custom', got version={version!r}")
+    else:
+        order = _AA_STANDARD[version]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+
+    _check_model(model)
+    logger = logging.getLogger("auto-attack")
+    capture = _Capture()
+    params = list(model.parameters())
+    saved = [(p, p.requires_grad, p.grad) for p in params]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() \
+        else None
+    trace = sys.gettrace()
+    log_state = (logger.level, logger.propagate)
+    with eval_mode(model):
+        _clean_logits(model, x, y)
+        try:
+            for p in params:
+                p.grad = None
+                p.requires_grad_(False)
+            logger.addHandler(capture)
+            logger.setLevel(logging.DEBUG)
+            logger.propagate = False  # its per-batch debug lines stay out of the user's handlers
+            aa = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, version=version,
+                            attacks=attacks if version == "custom" else None, seed=seed, device=x.device)
+            x_adv, _ = aa.run_standard_evaluation(x.detach(), y.detach().to(x.device), batch_size=batch_size)
+        finally:
+            logger.removeHandler(capture)
+            logger.setLevel(log_state[0])
+            logger.propagate = log_state[1]
+            sys.settrace(trace)
+            for p, req, grad in saved:
+                p.requires_grad_(req)
+                p.grad = grad
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+    accuracy: dict[str, float] = {}
+    for rec in capture.records:
+        msg = rec.getMessage()
+        if rec.levelno >= logging.WARNING:
+            warnings.warn(f"AutoAttack: {msg}", UserWarning, stacklevel=2)
+        elif (mt := _AA_INIT.search(msg)) is not None:
+            accuracy["clean"] = float(mt.group(1)) / 100
+        elif (mt := _AA_ACC.search(msg)) is not None:
+            accuracy[mt.group(1).lower()] = float(mt.group(2)) / 100
+    for name in order:  # attacks skipped once nothing was left robust
+        accuracy.setdefault(name, 0.0)
+    if norm == "linf":
+        lo, hi = _linf_box(x, eps)
+        x_adv = torch.min(torch.max(x_adv.to(x.dtype), lo), hi)
+    else:
+        x_adv = _l2_exact(x, _l2_project(x, x_adv.to(x.dtype), eps), eps)
+    return x_adv, accuracy
+
+
+ATTACKS = {"fgsm": _attacks.fgsm, "pgd": _attacks.pgd, "mim": _attacks.mim, "cw_l2": minnorm.cw_l2,
+           "autoattack": autoattack}
 
 
 def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[dict], *, batch_size: int = 500,
@@ -195,7 +336,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[di
             radius = kwargs.pop("radius", None)
             t0 = time.perf_counter()
             device = model_device(model)
-            parts = [_attacks.cw_l2(model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device),
+            parts = [minnorm.cw_l2(model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device),
                                     **kwargs).cpu() for i in range(0, x.shape[0], batch_size)]
             wall = time.perf_counter() - t0
             res = min_norm_accuracy(model, x.cpu(), y.cpu(), torch.cat(parts), radius=radius)

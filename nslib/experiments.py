@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import statistics
 import warnings
-from functools import partial
 
 import torch
 

@@ -204,27 +204,9 @@ def intervention_curve(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y
 
     Usage: ``curve = intervention_curve(model, x, x_adv, y, "layer2.1", ks=[1, 0.05, 0.1], seeds=range(5))``
     """
-    check_images(x, "x")
-    check_images(x_adv, "x_adv")
-    if x.shape != x_adv.shape:
-        raise ValueError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
+    selections, seeds, ks, batch_size = _check_curve_args(model, x, x_adv, y, layer, ks, selections, seeds, mode,
+                                                          batch_size)
     n = x.shape[0]
-    check_labels(y, n)
-    check_choice(mode, "mode", MODES)
-    batch_size = check_positive_int(batch_size, "batch_size")
-    get_layer(model, layer)
-    selections = tuple(selections)
-    if not selections:
-        raise ValueError("selections must name at least one of " + ", ".join(SELECTIONS))
-    for s in selections:
-        check_choice(s, "selections", SELECTIONS)
-    seeds = [int(s) for s in seeds]
-    if not seeds and any(s in ("random", "matched") for s in selections):
-        raise ValueError("seeds must hold at least one seed for the random and matched selections")
-    ks = list(ks) if not isinstance(ks, (numbers.Real, str)) else [ks]
-    if not ks:
-        raise ValueError("ks must hold at least one size")
-
     if sensitivity is None:
         if not 0.0 < split < 1.0:
             raise ValueError(f"split must be in (0, 1), got {split}")
@@ -245,7 +227,47 @@ def intervention_curve(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y
     width = sigma.numel()
     sig0 = torch.nan_to_num(sigma, nan=0.0)
 
-    configs = []  # (selection, k, seed, idx)
+    configs = _configurations(sigma, layer, ks, selections, seeds)
+    correct = _count_correct(model, x, x_adv, y, layer, mode, configs, width, batch_size)
+    clean_correct, adv_correct = correct[-2], correct[-1]
+    m = x.shape[0]
+    rows = [{"layer": layer, "mode": mode, "selection": s, "k": kk, "neurons": int(idx.numel()), "seed": seed,
+             "sensitivity_total": float(sig0[idx].sum()), "accuracy": c / m}
+            for (s, kk, seed, idx), c in zip(configs, correct[:-2])]
+    return {"layer": layer, "mode": mode, "width": width, "n_select": n_sel, "n_eval": m,
+            "clean_accuracy": clean_correct / m, "adv_accuracy": adv_correct / m, "sensitivity": sigma,
+            "rows": rows}
+
+
+def _check_curve_args(model, x, x_adv, y, layer, ks, selections, seeds, mode, batch_size):
+    """The arguments of :func:`intervention_curve`, checked: (selections, seeds, ks, batch_size)."""
+    check_images(x, "x")
+    check_images(x_adv, "x_adv")
+    if x.shape != x_adv.shape:
+        raise ValueError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
+    check_labels(y, x.shape[0])
+    check_choice(mode, "mode", MODES)
+    batch_size = check_positive_int(batch_size, "batch_size")
+    get_layer(model, layer)
+    selections = tuple(selections)
+    if not selections:
+        raise ValueError("selections must name at least one of " + ", ".join(SELECTIONS))
+    for s in selections:
+        check_choice(s, "selections", SELECTIONS)
+    seeds = [int(s) for s in seeds]
+    if not seeds and any(s in ("random", "matched") for s in selections):
+        raise ValueError("seeds must hold at least one seed for the random and matched selections")
+    ks = list(ks) if not isinstance(ks, (numbers.Real, str)) else [ks]
+    if not ks:
+        raise ValueError("ks must hold at least one size")
+    return selections, seeds, ks, batch_size
+
+
+def _configurations(sigma, layer, ks, selections, seeds) -> list[tuple]:
+    """``[(selection, k, seed, neuron indices)]``: every choice of neurons :func:`intervention_curve` patches."""
+    sig0 = torch.nan_to_num(sigma, nan=0.0)
+    width = sigma.numel()
+    configs = []
     for k in ks:
         kk = resolve_k(k, width, layer)
         top = top_k(sigma, kk, which="top", layer=layer)
@@ -261,7 +283,11 @@ def intervention_curve(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y
                 target = float(sig0[top].sum())
                 configs += [(s, kk, seed, matched_choice(sigma, target, seed=seed, at_least_one=kk > 0))
                             for seed in seeds]
+    return configs
 
+
+def _count_correct(model, x, x_adv, y, layer, mode, configs, width, batch_size) -> list[int]:
+    """Correct predictions per configuration, then clean, then unpatched adversarial (one list)."""
     device = model_device(model)
     patcher = _Patcher(model, layer, mode)
     correct = torch.zeros(len(configs) + 2, dtype=torch.long, device=device)  # configs, clean, adversarial
@@ -283,12 +309,4 @@ def intervention_curve(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y
             for i, (_, _, _, idx) in enumerate(configs):
                 patcher.idx = idx
                 correct[i] += (model(xab).argmax(1) == yb).sum()
-    correct = correct.tolist()
-    clean_correct, adv_correct = correct[-2], correct[-1]
-    m = x.shape[0]
-    rows = [{"layer": layer, "mode": mode, "selection": s, "k": kk, "neurons": int(idx.numel()), "seed": seed,
-             "sensitivity_total": float(sig0[idx].sum()), "accuracy": c / m}
-            for (s, kk, seed, idx), c in zip(configs, correct[:-2])]
-    return {"layer": layer, "mode": mode, "width": width, "n_select": n_sel, "n_eval": m,
-            "clean_accuracy": clean_correct / m, "adv_accuracy": adv_correct / m, "sensitivity": sigma,
-            "rows": rows}
+    return correct.tolist()

@@ -34,7 +34,8 @@ A new method is one function and one row::
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from functools import partial
 from typing import Callable
 
 import torch
@@ -43,7 +44,7 @@ from torch import nn
 
 from nslib import checks, models as models_mod
 
-__all__ = ["Method", "METHODS", "attack_of", "sns_terms", "sns_penalty"]
+__all__ = ["Method", "METHODS", "TrainConfig", "identity", "attack_of", "sns_terms", "sns_penalty"]
 
 # TrainConfig fields that every method trained against an attack reads
 ATTACK_PARAMS = ("eps", "alpha", "attack_steps", "eps_warmup_epochs", "val_n_adv", "val_attack_steps")
@@ -257,3 +258,139 @@ METHODS: dict[str, Method] = {
     "sns": Method(sns_loss, attack="ce", hooks=True, uses_base=True,
                   params=ATTACK_PARAMS + ("base", "lam", "k", "layers", "relative")),
 }
+
+
+# ----------------------------------------------------------------------------------------------
+# the configuration of a training run
+
+SCHEDULES = ("cosine", "piecewise", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
+# the fields that define a trained model for every method (identity adds the method's own params)
+SHARED = ("method", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "seed", "val_size",
+          "n_train", "precision")
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every hyperparameter of :func:`train`, each default given here once; checked when built.
+
+    Args:
+        method: a key of :data:`METHODS` ("standard", "pgd_at", "trades", "sns").
+        epochs, batch_size, lr (SGD, momentum, weight_decay), schedule: "cosine" (per step),
+            "piecewise" (x0.1 at 50% and 75% of the run) or "constant".
+        seed: seeds the initial RNG, the validation split, the data order and the attacks (the
+            model's initial weights are the caller's: seed before building it).
+        val_size: images held out (stratified) for validation; None: 5,000 (500 for mnist5k, 10% of
+            tensors). n_train: train on a stratified subset of this size (quick runs); None: all.
+        val_n_adv: validation images attacked each epoch (PGD with ``val_attack_steps`` steps at the
+            full eps, random start, fp32).
+        eps, alpha, attack_steps: the training attack (Linf PGD with random start); None: the
+            dataset's ``ATTACK_DEFAULTS`` (PAPER.md), alpha 2.5 * eps / steps on tensors.
+            eps_warmup_epochs: eps (and alpha with it) ramp up linearly, per step, over these first
+            epochs.
+        beta: TRADES trade-off (>= 0).
+        base, lam, k, layers, relative: SNS: the base method whose loss it adds to, the penalty
+            weight (>= 0), the top-k (int >= 1 or fraction in (0, 1], as ``sensitivity.top_k``),
+            the hooked layers (None: ``default_layers(model)``) and the relative (scale-invariant)
+            penalty. Sweep lam on a log grid from 0.001: large values of the absolute penalty
+            collapse the network (see the module docstring).
+        precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16".
+        channels_last: None: True on CUDA. compile: run the update passes through torch.compile
+            (standard, PGD-AT, TRADES; SNS warns and runs its hooked passes eagerly).
+
+    Raises: ValueError/TypeError naming the field, what was expected and what was received; only
+    the fields the method reads are checked (:func:`identity`, plus channels_last and compile).
+    Usage: ``cfg = TrainConfig(method="sns", lam=0.01); dataclasses.replace(cfg, lam=0.1)``
+    """
+
+    method: str = "standard"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    seed: int = 0
+    val_size: int | None = None
+    n_train: int | None = None
+    val_n_adv: int = 1000
+    eps: float | None = None
+    alpha: float | None = None
+    attack_steps: int | None = None
+    eps_warmup_epochs: int = 0
+    val_attack_steps: int = 10
+    beta: float = 6.0
+    base: str = "pgd_at"
+    lam: float = 0.01
+    k: int | float = 0.1
+    layers: list[str] | None = None
+    relative: bool = False
+    precision: str = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+
+    def __post_init__(self):
+        checks.check_choice(self.method, "method", tuple(METHODS))
+        if METHODS[self.method].uses_base:
+            checks.check_choice(self.base, "base", bases())  # before its params are read
+        for name in [*_identity_names(self), "channels_last", "compile"]:
+            if name in _FIELD_CHECKS:  # method and base: checked above
+                _FIELD_CHECKS[name](getattr(self, name), name)
+
+
+def _identity_names(cfg: TrainConfig) -> list[str]:
+    method = METHODS[cfg.method]
+    names = list(SHARED) + list(method.params)
+    if method.uses_base:
+        names += [p for p in METHODS[cfg.base].params if p not in names]
+    return names
+
+
+def identity(cfg: TrainConfig) -> dict:
+    """The fields that define a model trained with ``cfg``: the shared ones and the method's own params.
+
+    SNS adds its base's params (TRADES: beta). A field outside it (lam for PGD-AT) cannot change the
+    trained weights, so resuming and model caches key on this dict and nothing else.
+    Usage: ``identity(TrainConfig(method="pgd_at"))`` has eps and attack_steps but no lam.
+    """
+    return {name: getattr(cfg, name) for name in _identity_names(cfg)}
+
+
+def _optional(check):
+    return lambda v, name: None if v is None else check(v, name)
+
+
+def _check_layers(v, name):
+    if v is not None and (isinstance(v, str) or not v):
+        raise ValueError(f"{name} must be a non-empty list of dotted layer names, got {v!r}")
+
+
+_FIELD_CHECKS = {  # field -> check(value, name); a field the method does not read is not checked
+    "epochs": checks.check_positive_int, "batch_size": checks.check_positive_int,
+    "val_attack_steps": checks.check_positive_int,
+    "seed": partial(checks.check_positive_int, minimum=0),
+    "eps_warmup_epochs": partial(checks.check_positive_int, minimum=0),
+    "val_n_adv": partial(checks.check_positive_int, minimum=0),
+    "val_size": _optional(checks.check_positive_int), "n_train": _optional(checks.check_positive_int),
+    "attack_steps": _optional(checks.check_positive_int),
+    "lr": checks.check_number, "momentum": checks.check_number, "weight_decay": checks.check_number,
+    "beta": checks.check_number, "lam": checks.check_number, "alpha": _optional(checks.check_number),
+    "eps": _optional(partial(checks.check_eps, allow_zero=False)),
+    "schedule": partial(checks.check_choice, choices=SCHEDULES),
+    "precision": partial(checks.check_choice, choices=PRECISIONS),
+    "k": checks.check_k, "layers": _check_layers,
+    "relative": checks.check_bool, "compile": checks.check_bool, "channels_last": _optional(checks.check_bool),
+}
+
+
+def _config(config: TrainConfig | None, overrides: dict, **defaults) -> TrainConfig:
+    """``config`` (or the defaults) with ``overrides`` replaced; unknown names are a TypeError."""
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"unknown training parameters {unknown}; the parameters are TrainConfig's fields: "
+                        f"{', '.join(sorted(names))}")
+    if config is None:
+        return TrainConfig(**{**defaults, **overrides})
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig or None, got {type(config).__name__}")
+    return replace(config, **overrides) if overrides else config

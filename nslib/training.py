@@ -41,7 +41,7 @@ import math
 import numbers
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -50,14 +50,14 @@ import torch
 from torch import nn
 
 from nslib import checks, data as data_mod, models as models_mod
-from nslib.methods import METHODS, Method, _resolve_k, attack_of, bases, sns_penalty, sns_terms
-from nslib.store import load_json, provenance, save_json, save_torch
+from nslib.checkpoints import _Mismatch, _write_checkpoints, load_checkpoint, read_history  # noqa: F401
+# re-exported: training.TrainConfig, training.identity, training.load_checkpoint... are the public names
+from nslib.methods import (METHODS, SHARED, Method, TrainConfig, _config, _resolve_k, attack_of,  # noqa: F401
+                           identity, sns_penalty, sns_terms)
 
 __all__ = ["train", "TrainConfig", "identity", "training_loss", "sns_penalty", "sns_terms", "load_checkpoint",
            "read_history", "evaluate_accuracy", "METHODS", "Method", "ATTACK_DEFAULTS", "VAL_SIZES"]
 
-SCHEDULES = ("cosine", "piecewise", "constant")
-PRECISIONS = ("auto", "fp32", "bf16")
 # Linf radius, PGD steps and step size used for training, per dataset (PAPER.md, "Attack settings").
 ATTACK_DEFAULTS = {
     "mnist": {"eps": 0.3, "steps": 40, "alpha": 0.01},
@@ -68,139 +68,6 @@ ATTACK_DEFAULTS = {
 VAL_SIZES = {"fmnist": 5000, "mnist": 5000, "cifar10": 5000, "mnist5k": 500}
 COLLAPSE_DEAD_FRACTION = 0.5  # "most hooked neurons dead"
 COLLAPSE_CHANCE_MARGIN = 0.05  # clean accuracy below chance + 5 points
-# the fields that define a trained model for every method (identity adds the method's own params)
-SHARED = ("method", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "seed", "val_size",
-          "n_train", "precision")
-
-
-# ----------------------------------------------------------------------------------------------
-# the configuration
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every hyperparameter of :func:`train`, each default given here once; checked when built.
-
-    Args:
-        method: a key of :data:`METHODS` ("standard", "pgd_at", "trades", "sns").
-        epochs, batch_size, lr (SGD, momentum, weight_decay), schedule: "cosine" (per step),
-            "piecewise" (x0.1 at 50% and 75% of the run) or "constant".
-        seed: seeds the initial RNG, the validation split, the data order and the attacks (the
-            model's initial weights are the caller's: seed before building it).
-        val_size: images held out (stratified) for validation; None: 5,000 (500 for mnist5k, 10% of
-            tensors). n_train: train on a stratified subset of this size (quick runs); None: all.
-        val_n_adv: validation images attacked each epoch (PGD with ``val_attack_steps`` steps at the
-            full eps, random start, fp32).
-        eps, alpha, attack_steps: the training attack (Linf PGD with random start); None: the
-            dataset's ``ATTACK_DEFAULTS`` (PAPER.md), alpha 2.5 * eps / steps on tensors.
-            eps_warmup_epochs: eps (and alpha with it) ramp up linearly, per step, over these first
-            epochs.
-        beta: TRADES trade-off (>= 0).
-        base, lam, k, layers, relative: SNS: the base method whose loss it adds to, the penalty
-            weight (>= 0), the top-k (int >= 1 or fraction in (0, 1], as ``sensitivity.top_k``),
-            the hooked layers (None: ``default_layers(model)``) and the relative (scale-invariant)
-            penalty. Sweep lam on a log grid from 0.001: large values of the absolute penalty
-            collapse the network (see the module docstring).
-        precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16".
-        channels_last: None: True on CUDA. compile: run the update passes through torch.compile
-            (standard, PGD-AT, TRADES; SNS warns and runs its hooked passes eagerly).
-
-    Raises: ValueError/TypeError naming the field, what was expected and what was received; only
-    the fields the method reads are checked (:func:`identity`, plus channels_last and compile).
-    Usage: ``cfg = TrainConfig(method="sns", lam=0.01); dataclasses.replace(cfg, lam=0.1)``
-    """
-
-    method: str = "standard"
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    seed: int = 0
-    val_size: int | None = None
-    n_train: int | None = None
-    val_n_adv: int = 1000
-    eps: float | None = None
-    alpha: float | None = None
-    attack_steps: int | None = None
-    eps_warmup_epochs: int = 0
-    val_attack_steps: int = 10
-    beta: float = 6.0
-    base: str = "pgd_at"
-    lam: float = 0.01
-    k: int | float = 0.1
-    layers: list[str] | None = None
-    relative: bool = False
-    precision: str = "auto"
-    channels_last: bool | None = None
-    compile: bool = False
-
-    def __post_init__(self):
-        checks.check_choice(self.method, "method", tuple(METHODS))
-        if METHODS[self.method].uses_base:
-            checks.check_choice(self.base, "base", bases())  # before its params are read
-        for name in [*_identity_names(self), "channels_last", "compile"]:
-            if name in _FIELD_CHECKS:  # method and base: checked above
-                _FIELD_CHECKS[name](getattr(self, name), name)
-
-
-def _identity_names(cfg: TrainConfig) -> list[str]:
-    method = METHODS[cfg.method]
-    names = list(SHARED) + list(method.params)
-    if method.uses_base:
-        names += [p for p in METHODS[cfg.base].params if p not in names]
-    return names
-
-
-def identity(cfg: TrainConfig) -> dict:
-    """The fields that define a model trained with ``cfg``: the shared ones and the method's own params.
-
-    SNS adds its base's params (TRADES: beta). A field outside it (lam for PGD-AT) cannot change the
-    trained weights, so resuming and model caches key on this dict and nothing else.
-    Usage: ``identity(TrainConfig(method="pgd_at"))`` has eps and attack_steps but no lam.
-    """
-    return {name: getattr(cfg, name) for name in _identity_names(cfg)}
-
-
-def _optional(check):
-    return lambda v, name: None if v is None else check(v, name)
-
-
-def _check_layers(v, name):
-    if v is not None and (isinstance(v, str) or not v):
-        raise ValueError(f"{name} must be a non-empty list of dotted layer names, got {v!r}")
-
-
-_FIELD_CHECKS = {  # field -> check(value, name); a field the method does not read is not checked
-    "epochs": checks.check_positive_int, "batch_size": checks.check_positive_int,
-    "val_attack_steps": checks.check_positive_int,
-    "seed": partial(checks.check_positive_int, minimum=0),
-    "eps_warmup_epochs": partial(checks.check_positive_int, minimum=0),
-    "val_n_adv": partial(checks.check_positive_int, minimum=0),
-    "val_size": _optional(checks.check_positive_int), "n_train": _optional(checks.check_positive_int),
-    "attack_steps": _optional(checks.check_positive_int),
-    "lr": checks.check_number, "momentum": checks.check_number, "weight_decay": checks.check_number,
-    "beta": checks.check_number, "lam": checks.check_number, "alpha": _optional(checks.check_number),
-    "eps": _optional(partial(checks.check_eps, allow_zero=False)),
-    "schedule": partial(checks.check_choice, choices=SCHEDULES),
-    "precision": partial(checks.check_choice, choices=PRECISIONS),
-    "k": checks.check_k, "layers": _check_layers,
-    "relative": checks.check_bool, "compile": checks.check_bool, "channels_last": _optional(checks.check_bool),
-}
-
-
-def _config(config: TrainConfig | None, overrides: dict, **defaults) -> TrainConfig:
-    """``config`` (or the defaults) with ``overrides`` replaced; unknown names are a TypeError."""
-    names = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise TypeError(f"unknown training parameters {unknown}; the parameters are TrainConfig's fields: "
-                        f"{', '.join(sorted(names))}")
-    if config is None:
-        return TrainConfig(**{**defaults, **overrides})
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig or None, got {type(config).__name__}")
-    return replace(config, **overrides) if overrides else config
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -277,80 +144,6 @@ def _dead_fraction(model, x, layers) -> float:
             dead += int((per == 0).sum())
             total += per.numel()
     return dead / max(1, total)
-
-
-# ----------------------------------------------------------------------------------------------
-# checkpoints
-
-class _Mismatch(ValueError):
-    pass
-
-
-def load_checkpoint(path: str | Path, model: nn.Module | None = None, device: str | torch.device = "cpu", *,
-                    optimizer: torch.optim.Optimizer | None = None, rng: bool = False, expect: dict | None = None):
-    """Load a checkpoint written by :func:`train`: ``(model, info)``.
-
-    The model is rebuilt from the stored architecture and dataset (or the weights are loaded into
-    ``model``); ``info`` tells what trained it: ``params`` (the resolved :class:`TrainConfig` with
-    dataset and spec), ``epoch``, ``seed``, ``status``, ``history``, ``best``, ``metric`` (validation
-    accuracies of this checkpoint) and ``provenance`` (nslib and torch versions, device, time).
-    The model is returned in eval mode.
-
-    To continue training (what :func:`train` does on resume): ``optimizer`` also restores the
-    optimizer's state (``last.pt``; ``best.pt`` holds none); ``rng=True`` restores the global random
-    state (CPU, and CUDA on a CUDA ``device``); ``expect`` is a dict of params the stored ones must
-    equal, checked before anything is loaded (a ValueError lists every difference).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    stored = ckpt.get("params") or {}
-    diff = {key: (stored.get(key), v) for key, v in (expect or {}).items() if stored.get(key) != v}
-    if diff:
-        raise _Mismatch(f"{path} was trained with other parameters "
-                        f"({', '.join(f'{key}: stored {a!r}, asked {b!r}' for key, (a, b) in diff.items())})")
-    if optimizer is not None and ckpt.get("optimizer") is None:
-        raise ValueError(f"{path} holds no optimizer state (best.pt never does); load last.pt, "
-                         f"or pass optimizer=None")
-    if model is None:
-        spec = ckpt.get("spec")
-        if not spec:
-            raise ValueError(f"{path} holds weights of a model not built by nslib.models.build; "
-                             f"pass model= to load them into")
-        model = models_mod.build(spec["arch"], spec["dataset"])
-    model.load_state_dict(ckpt["model"])
-    model.to(device).eval()
-    if optimizer is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    if rng:
-        torch.set_rng_state(ckpt["rng"]["cpu"].cpu())
-        if torch.device(device).type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
-    info = {key: ckpt.get(key) for key in ("params", "seed", "epoch", "status", "history", "best", "metric",
-                                           "provenance", "spec")}
-    return model, info
-
-
-def _write_checkpoints(run: _Run, record: dict, is_best: bool) -> None:
-    state = {key: v.detach().to("cpu", copy=True) for key, v in run.model.state_dict().items()}
-    cuda = run.device.type == "cuda"
-    rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(run.device) if cuda else None}
-    prov = provenance(run.device, **{key: v for key, v in run.params.items() if key != "spec"})
-    metric = {"val_clean": record["val_clean"], "val_pgd": record.get("val_pgd")}
-    ckpt = {"model": state, "optimizer": run.optimizer.state_dict(), "params": run.params,
-            "spec": run.params["spec"], "seed": run.cfg.seed, "epoch": record["epoch"], "status": run.status,
-            "history": run.history, "best": run.best, "rng": rng, "metric": metric, "provenance": prov}
-    if is_best:  # best first: an interruption between the two writes leaves last.pt one epoch behind
-        save_torch(run.out / "best.pt", {**ckpt, "optimizer": None})
-    save_torch(run.out / "last.pt", ckpt)
-    save_json(run.out / "history.json", {"provenance": prov, "status": run.status, "best": run.best,
-                                         "history": run.history})
-
-
-def read_history(out_dir: str | Path) -> dict:
-    """The ``history.json`` of a run folder written by :func:`train`."""
-    return load_json(Path(out_dir) / "history.json")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ NSLIB = Path(run.__file__).parent
 
 LAYERS = {  # module -> layer; a module may import only from its own layer or below
     "store": 0, "checks": 0, "progress": 0, "data": 1, "models": 1, "fast": 2, "attacks": 2, "sensitivity": 2,
+    "minnorm": 2, "checkpoints": 2,
     "intervention": 3, "evaluate": 3, "training": 3, "methods": 3, "verdicts": 4, "cache": 4, "experiments": 5,
     "analyze": 5, "viz": 6, "report": 6, "config": 7, "bench": 7, "run": 8, "__main__": 9, "__init__": 0,
 }
@@ -55,8 +56,16 @@ def test_import_graph_points_down_and_modules_stay_small():
 
 
 MAX_MODULE_LINES = 450   # "read it on one screen" at module scale: about 400 lines
-MAX_FUNCTION_LINES = 80  # "a function on one screen"
+MAX_FUNCTION_LINES = 80  # "a function on one screen": its code, not counting the docstring a user reads
 LONG_FUNCTIONS = {"report.write_report"}  # kept long for now: one section of REPORT.md after another
+
+
+def _code_lines(node) -> int:
+    body = node.body
+    doc = body[0] if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+        and isinstance(body[0].value.value, str) else None
+    n = node.end_lineno - node.lineno + 1
+    return n - (doc.end_lineno - doc.lineno + 1 if doc is not None else 0)
 
 
 def test_modules_and_functions_stay_small():
@@ -65,9 +74,9 @@ def test_modules_and_functions_stay_small():
         assert len(lines) <= MAX_MODULE_LINES, f"nslib/{path.name} has {len(lines)} lines"
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                n = node.end_lineno - node.lineno + 1
+                n = _code_lines(node)
                 name = f"{path.stem}.{node.name}"
-                assert n <= MAX_FUNCTION_LINES or name in LONG_FUNCTIONS, f"{name} has {n} lines"
+                assert n <= MAX_FUNCTION_LINES or name in LONG_FUNCTIONS, f"{name} has {n} lines of code"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -129,8 +138,8 @@ def _write_nb(path, body: str):
 
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
-    """Three throwaway notebooks; each appends its number to a log file, the second fails when the injected
-    n_eval is 1, the third is a report (rebuilt whenever a notebook before it ran)."""
+    """Three throwaway notebooks; each appends its number to a log file, the second fails while the file
+    ``fail`` exists beside the log, the third is a report (rebuilt whenever a notebook before it ran)."""
     out = tmp_path / "outputs"
     monkeypatch.setenv("NSLIB_OUTPUTS", str(out))
     nbdir = tmp_path / "notebooks"
@@ -139,7 +148,8 @@ def tiny(tmp_path, monkeypatch):
     _write_nb(nbdir / "01_first.ipynb", f"open({str(log)!r}, 'a').write('01\\n')")
     _write_nb(nbdir / "02_second.ipynb",
               "from nslib import progress\nfor _ in progress.bar(range(3), desc='inner'):\n    pass\n"
-              "if overrides.get('n_eval') == 1:\n    raise ValueError('n_eval of 1 is too small here')\n"
+              f"if __import__('os').path.exists({str(tmp_path / 'fail')!r}):\n"
+              "    raise ValueError('n_eval of 1 is too small here')\n"
               f"open({str(log)!r}, 'a').write('02\\n')")
     _write_nb(nbdir / "06_report.ipynb", f"open({str(log)!r}, 'a').write('06\\n')")
     return nbdir, out, log
@@ -149,7 +159,8 @@ def tiny(tmp_path, monkeypatch):
 def test_reproduce_fails_naming_the_notebook_then_resume_redoes_only_what_is_left(tiny, capsys):
     nbdir, out, log = tiny
     messages = []
-    rc = run.reproduce("quick", notebooks_dir=nbdir, overrides={"n_eval": 1}, progress=False, log=messages.append)
+    (log.parent / "fail").touch()
+    rc = run.reproduce("quick", notebooks_dir=nbdir, progress=False, log=messages.append)
     assert rc == 1
     failed = out / "quick" / "fmnist" / "02_second.ipynb"
     assert str(failed) in messages[-1] and "ValueError" in messages[-1]
@@ -160,6 +171,7 @@ def test_reproduce_fails_naming_the_notebook_then_resume_redoes_only_what_is_lef
     assert "without encryption" not in capsys.readouterr().err  # the kernel runs on IPC sockets
 
     messages.clear()
+    (log.parent / "fail").unlink()
     rc = run.reproduce("quick", notebooks_dir=nbdir, resume=True, progress=False, log=messages.append)
     assert rc == 0
     assert log.read_text().split() == ["01", "02", "06"]

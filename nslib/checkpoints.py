@@ -1,0 +1,91 @@
+"""Checkpoints of :func:`nslib.training.train`: ``last.pt`` (weights, optimizer, RNG, history), ``best.pt``
+(weights only) and ``history.json``, each written atomically.
+
+Usage::
+
+    model, info = nslib.checkpoints.load_checkpoint("outputs/models/pgd_at/<key>/best.pt")
+    info["params"]["method"], info["metric"]["val_pgd"]
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nslib import models as models_mod
+from nslib.store import load_json, provenance, save_json, save_torch
+
+__all__ = ["load_checkpoint", "read_history"]
+
+
+class _Mismatch(ValueError):
+    pass
+
+
+def load_checkpoint(path: str | Path, model: nn.Module | None = None, device: str | torch.device = "cpu", *,
+                    optimizer: torch.optim.Optimizer | None = None, rng: bool = False, expect: dict | None = None):
+    """Load a checkpoint written by :func:`nslib.training.train`: ``(model, info)``.
+
+    The model is rebuilt from the stored architecture and dataset (or the weights are loaded into
+    ``model``); ``info`` tells what trained it: ``params`` (the resolved :class:`nslib.methods.TrainConfig` with
+    dataset and spec), ``epoch``, ``seed``, ``status``, ``history``, ``best``, ``metric`` (validation
+    accuracies of this checkpoint) and ``provenance`` (nslib and torch versions, device, time).
+    The model is returned in eval mode.
+
+    To continue training (what :func:`nslib.training.train` does on resume): ``optimizer`` also restores the
+    optimizer's state (``last.pt``; ``best.pt`` holds none); ``rng=True`` restores the global random
+    state (CPU, and CUDA on a CUDA ``device``); ``expect`` is a dict of params the stored ones must
+    equal, checked before anything is loaded (a ValueError lists every difference).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    stored = ckpt.get("params") or {}
+    diff = {key: (stored.get(key), v) for key, v in (expect or {}).items() if stored.get(key) != v}
+    if diff:
+        raise _Mismatch(f"{path} was trained with other parameters "
+                        f"({', '.join(f'{key}: stored {a!r}, asked {b!r}' for key, (a, b) in diff.items())})")
+    if optimizer is not None and ckpt.get("optimizer") is None:
+        raise ValueError(f"{path} holds no optimizer state (best.pt never does); load last.pt, "
+                         f"or pass optimizer=None")
+    if model is None:
+        spec = ckpt.get("spec")
+        if not spec:
+            raise ValueError(f"{path} holds weights of a model not built by nslib.models.build; "
+                             f"pass model= to load them into")
+        model = models_mod.build(spec["arch"], spec["dataset"])
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    if optimizer is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if rng:
+        torch.set_rng_state(ckpt["rng"]["cpu"].cpu())
+        if torch.device(device).type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
+    info = {key: ckpt.get(key) for key in ("params", "seed", "epoch", "status", "history", "best", "metric",
+                                           "provenance", "spec")}
+    return model, info
+
+
+def _write_checkpoints(run, record: dict, is_best: bool) -> None:
+    """``best.pt`` (when ``is_best``), ``last.pt`` and ``history.json`` of a training run (``training._Run``)."""
+    state = {key: v.detach().to("cpu", copy=True) for key, v in run.model.state_dict().items()}
+    cuda = run.device.type == "cuda"
+    rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(run.device) if cuda else None}
+    prov = provenance(run.device, **{key: v for key, v in run.params.items() if key != "spec"})
+    metric = {"val_clean": record["val_clean"], "val_pgd": record.get("val_pgd")}
+    ckpt = {"model": state, "optimizer": run.optimizer.state_dict(), "params": run.params,
+            "spec": run.params["spec"], "seed": run.cfg.seed, "epoch": record["epoch"], "status": run.status,
+            "history": run.history, "best": run.best, "rng": rng, "metric": metric, "provenance": prov}
+    if is_best:  # best first: an interruption between the two writes leaves last.pt one epoch behind
+        save_torch(run.out / "best.pt", {**ckpt, "optimizer": None})
+    save_torch(run.out / "last.pt", ckpt)
+    save_json(run.out / "history.json", {"provenance": prov, "status": run.status, "best": run.best,
+                                         "history": run.history})
+
+
+def read_history(out_dir: str | Path) -> dict:
+    """The ``history.json`` of a run folder written by :func:`nslib.training.train`."""
+    return load_json(Path(out_dir) / "history.json")
