@@ -32,8 +32,10 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
+# Rooted at the repository, so outputs/ (report, figures) opens beside notebooks/; --allow-root: the
+# machines this kit runs on are often containers where the user is root.
 lab: setup
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab --allow-root --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks
 
 clean:
 	rm -rf outputs

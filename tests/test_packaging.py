@@ -77,3 +77,16 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):
         store.save_json(path, {"a": Boom()})
     assert store.load_json(path) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temp file left behind
+
+
+def test_results_are_written_with_the_mode_of_a_plain_open(tmp_path):
+    import os
+    import stat
+
+    from nslib.store import save_json, save_torch
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    expected = stat.S_IMODE(plain.stat().st_mode)  # what open() gives under this umask (0644 under 022)
+    for path in (save_json(tmp_path / "a.json", {"a": 1}), save_torch(tmp_path / "b.pt", {"b": 2})):
+        assert stat.S_IMODE(os.stat(path).st_mode) == expected, path
