@@ -96,3 +96,19 @@ def test_parse_overrides_reads_literals_and_rejects_unknown_names_at_once():
     with pytest.raises(ValueError, match="unknown parameter 'nonexistent'"):
         config.parse_overrides(["nonexistent=3"])
     assert time.perf_counter() - t0 < 1.0
+
+
+def test_every_profile_fits_the_embedded_datasets():
+    """The quick profile once asked mnist5k's notebook 00 for 20,000 of its 3,500 training images: every
+    profile's n_train and val_size must fit each embedded dataset, for every notebook."""
+    from nslib import data
+
+    for profile in config.PROFILES:
+        for dataset in ("fmnist", "mnist5k"):
+            for nb in config.NOTEBOOKS:
+                cfg = config.settings(profile, dataset, nb)
+                left = data.DATASETS[dataset].train_size - cfg.val_size
+                assert left > 0, (profile, dataset, nb, cfg.val_size)
+                assert cfg.n_train is None or cfg.n_train <= left, (profile, dataset, nb, cfg.n_train, left)
+                test = data.DATASETS[dataset].test_size
+                assert max(cfg.n_pairs, cfg.n_eval if nb == "05" else 0) <= test, (profile, dataset, nb)
