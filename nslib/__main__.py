@@ -1,4 +1,4 @@
-"""Command line: ``python -m nslib {reproduce,bench} ...`` (also installed as ``nslib``)."""
+"""Command line: ``python -m nslib {reproduce,analyze,bench} ...`` (also installed as ``nslib``)."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,29 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                      help="override one knob of nslib.config (a Python literal), e.g. eps=0.2 or 'seeds=[0, 1, 2]'; repeatable")
 
+    ana = sub.add_parser("analyze", help="neuron sensitivity of your own model: pairs, sigma per layer, top-k, "
+                                         "interventions, maps -> a folder with CSV, JSON, figures, ANALYSIS.md")
+    ana.add_argument("--model", required=True, metavar="SPEC",
+                     help="ARCH:PATH (smallcnn, vgg16, resnet18 with a checkpoint or state dict), "
+                          "torchvision:NAME[:PATH], or package.module:function")
+    ana.add_argument("--data", required=True, help="fmnist, mnist5k, mnist, cifar10, synthetic:LIKE, or a .pt file "
+                                                   "holding {'x': [N, C, H, W] in [0, 1], 'y': [N]}")
+    ana.add_argument("--layers", default=None, help="comma-separated dotted layer names (default: the model's hidden "
+                                                    "conv/linear layers)")
+    ana.add_argument("--eps", type=float, default=None, help="Linf radius of the pairs (default: the dataset's)")
+    ana.add_argument("--attack", default="pgd", choices=("pgd", "autoattack"), help="how the pairs are crafted")
+    ana.add_argument("--steps", type=int, default=20, help="PGD steps (random start, step 2.5 eps / steps)")
+    ana.add_argument("--n", type=int, default=1000, help="test images (a fixed class-stratified subset)")
+    ana.add_argument("--k", type=float, default=0.1, help="top-k: a fraction of each layer's neurons, or a count >= 1")
+    ana.add_argument("--seed", type=int, default=0, help="seed of the attack and the random choices")
+    ana.add_argument("--num-classes", type=int, default=None, help="outputs of a torchvision architecture")
+    ana.add_argument("--mean", type=float, nargs="+", default=None, help="per-channel mean the network expects")
+    ana.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std the network expects")
+    ana.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    ana.add_argument("--precision", default="auto", help="auto (bf16 attacks on CUDA), fp32 or bf16; sigma is fp32")
+    ana.add_argument("--out", default=None, help="output folder (default: outputs/analysis/<model>-<data>)")
+    ana.add_argument("--force", action="store_true", help="replace a non-empty --out")
+
     bench = sub.add_parser("bench", help="speed benchmarks against an anchor run in the same process")
     bench.add_argument("what", choices=("attacks", "sensitivity", "training"))
     bench.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -26,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "reproduce":
         from nslib import run
         return run.main(args)
+    if args.command == "analyze":
+        from nslib import analyze
+        if args.k >= 1:
+            args.k = int(args.k)
+        return analyze.main(args)
     from nslib import bench as bench_mod
     return bench_mod.main(args)
 

@@ -23,7 +23,7 @@ from nslib import data as data_mod, models as models_mod, training
 from nslib.progress import stage
 from nslib.store import outputs_dir, params_key, save_json, save_torch
 
-__all__ = ["MODELS", "LABELS", "device", "model_key", "get_model", "get_models", "test_set", "adversarial_pairs"]
+__all__ = ["MODELS", "LABELS", "device", "model_key", "get_model", "get_models", "test_set", "adversarial_pairs", "pgd_pairs"]
 
 # The reproduction's models: name -> the training method (and SNS's base) that makes it. Any other method
 # registered in nslib.methods.METHODS can be asked for by its own name too.
@@ -126,21 +126,29 @@ def adversarial_pairs(model, info: dict, x: torch.Tensor, y: torch.Tensor, *, ep
     analyse the same model on the same images share the very same pairs. Returns x_adv like ``x`` on the
     CPU.
     """
-    from nslib import attacks
-
     digest = hashlib.sha256(x.detach().cpu().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest()[:12]
     key = params_key({"eps": eps, "steps": steps, "seed": seed, "data": digest, "checkpoint": info["checkpoint"]})
     path = Path(info["dir"]) / "pairs" / f"pgd-{key}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
-    dev = next(model.parameters()).device
-    parts = []
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
-        parts.append(attacks.pgd(model, xb, yb, eps=eps, steps=steps, seed=seed + i).cpu())
-    x_adv = torch.cat(parts)
+    x_adv = pgd_pairs(model, x, y, eps=eps, steps=steps, seed=seed, batch_size=batch_size)
     save_torch(path, x_adv)
     return x_adv
+
+
+def pgd_pairs(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 20, seed: int = 0,
+              batch_size: int = 500, amp: bool = False, progress: bool = False) -> torch.Tensor:
+    """The reproduction's pairs, uncached: Linf PGD-``steps`` with random start (step 2.5 eps / steps) in
+    batches of ``batch_size``, batch i seeded with ``seed + i``; x_adv like ``x``, on the CPU."""
+    from nslib import attacks
+    from nslib.progress import bar
+
+    dev = next(model.parameters()).device
+    parts = []
+    for i in bar(range(0, len(x), batch_size), desc=f"PGD-{steps} pairs", disable=not progress):
+        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+        parts.append(attacks.pgd(model, xb, yb, eps=eps, steps=steps, seed=seed + i, amp=amp).cpu())
+    return torch.cat(parts)
 
 
 def get_models(dataset: str, arch: str, names, seeds, *, vanilla_epochs: int | None = None, progress: bool = True,
