@@ -111,7 +111,7 @@ def plot_layer_sensitivity(sensitivities, *, kind: str = "box", log: bool | None
 _COLORS = {"top": "tab:red", "bottom": "tab:blue", "random": "tab:gray", "matched": "tab:green"}
 
 
-def plot_intervention_curve(curves, *, band: str = "minmax", title: str | None = None, path=None):
+def plot_intervention_curve(curves, *, band: str = "minmax", ncols: int = 3, title: str | None = None, path=None):
     """Accuracy on adversarial inputs vs the number of patched neurons k, one panel per curve.
 
     Args:
@@ -119,6 +119,8 @@ def plot_intervention_curve(curves, *, band: str = "minmax", title: str | None =
             per layer). Top and bottom are lines; random and matched are the mean over seeds with a
             band; dashed lines mark the clean and the unpatched adversarial accuracy.
         band: "minmax" (range over seeds) or "std" (mean +- one standard deviation).
+        ncols: panels per row; more curves wrap into further rows (six layers in one row are
+            unreadable once the figure is scaled to a page).
         title: the figure's title; default names the mode.
         path: where to save (without suffix); default ``outputs/figures/intervention_curve``.
 
@@ -130,8 +132,13 @@ def plot_intervention_curve(curves, *, band: str = "minmax", title: str | None =
     curves = list(curves)
     if not curves or not all(isinstance(c, Mapping) and "rows" in c for c in curves):
         raise TypeError("curves must be an intervention_curve result or a list of them")
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.8), squeeze=False, sharey=True)
-    for ax, curve in zip(axes[0], curves):
+    ncols = min(check_positive_int(ncols, "ncols"), len(curves))
+    nrows = math.ceil(len(curves) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.8 * nrows), squeeze=False, sharey=True)
+    axes = list(axes.flat)
+    for ax in axes[len(curves):]:
+        ax.remove()  # the empty slots of the last row
+    for ax, curve in zip(axes, curves):
         by_sel: dict[str, dict[int, list[float]]] = {}
         for r in curve["rows"]:
             by_sel.setdefault(r["selection"], {}).setdefault(r["k"], []).append(r["accuracy"])
@@ -159,7 +166,7 @@ def plot_intervention_curve(curves, *, band: str = "minmax", title: str | None =
         ax.set_ylim(-0.02, 1.02)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize="small")
+    axes[len(curves) - 1].legend(fontsize="small")
     mode = curves[0]["mode"]
     fig.suptitle(title or f"Accuracy after {'restoring' if mode == 'restore' else 'zeroing'} k neurons")
     fig.tight_layout()

@@ -90,6 +90,30 @@ def test_intervention_curve_figure(tmp_path):
     written(tmp_path / "single")
 
 
+def test_intervention_curve_wraps_many_panels_into_a_grid(tmp_path):
+    # six layers once made one 4124x565 px row whose text was unreadable at page width
+    model = small_cnn()
+    x, x_adv = pairs(12)
+    curve = intervention_curve(model, x, x_adv, torch.arange(12) % 3, "conv", ks=[0, 2], seeds=[0])
+    curves = [dict(curve, layer=f"layer{i}") for i in range(6)]
+    fig = viz.plot_intervention_curve(curves, path=tmp_path / "six")
+    written(tmp_path / "six")
+    assert len(fig.axes) == 6
+    cols = {round(ax.get_position().x0, 3) for ax in fig.axes}
+    rows = {round(ax.get_position().y0, 3) for ax in fig.axes}
+    assert len(cols) == 3 and len(rows) == 2
+    width, height = fig.get_size_inches()
+    assert width / height < 2.5
+    for ax in fig.axes:
+        labelled(ax)
+    four = viz.plot_intervention_curve(curves[:4], ncols=2, path=tmp_path / "four")
+    assert len({round(ax.get_position().y0, 3) for ax in four.axes}) == 2
+    five = viz.plot_intervention_curve(curves[:5], path=tmp_path / "five")
+    assert len(five.axes) == 5 and five.axes[-1].get_legend() is not None  # the empty slot is removed
+    with pytest.raises(ValueError, match="ncols"):
+        viz.plot_intervention_curve(curves, ncols=0, path=tmp_path / "bad")
+
+
 def test_sensitive_neuron_maps_figure(tmp_path):
     model = small_cnn().train()
     x, x_adv = pairs(5)
