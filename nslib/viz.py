@@ -361,8 +361,9 @@ def plot_ablation(rows, *, param: str, metrics=("clean", "PGD-20"), title: str |
     """Accuracy against one hyperparameter (e.g. SNS's lambda or k), one line per metric.
 
     Args:
-        rows: a list of {"value": number, metric: {"accuracy", "low", "high"}, "collapsed": bool}; collapsed
-            runs are marked with a red cross.
+        rows: a list of {"value": number, metric: {"accuracy", "low", "high"}, "collapsed": bool} (as from
+            :func:`nslib.experiments.ablation`). A collapsed run was stopped, so its accuracy is no
+            result: it is not drawn, the lines break there, and a red cross at the bottom marks it.
         param: the hyperparameter's name (x axis label); a log axis is used when all values are
             positive and span more than a decade (a value of 0 is drawn at the left edge, labelled).
         metrics: which accuracies to draw.
@@ -379,12 +380,15 @@ def plot_ablation(rows, *, param: str, metrics=("clean", "PGD-20"), title: str |
     xs = [v if v > 0 or not log else zero_at for v in values]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for i, m in enumerate(metrics):
-        acc = [r[m]["accuracy"] for r in rows]
-        err = [[r[m]["accuracy"] - r[m]["low"] for r in rows], [r[m]["high"] - r[m]["accuracy"] for r in rows]]
+        # NaN at a collapsed run breaks the line there rather than drawing it into a non-result
+        acc = [math.nan if r.get("collapsed") else r[m]["accuracy"] for r in rows]
+        err = [[0.0 if r.get("collapsed") else r[m]["accuracy"] - r[m]["low"] for r in rows],
+               [0.0 if r.get("collapsed") else r[m]["high"] - r[m]["accuracy"] for r in rows]]
         ax.errorbar(xs, acc, yerr=err, marker="o", capsize=3, label=m, color=f"C{i}")
-    for x, r in zip(xs, rows):
-        if r.get("collapsed"):
-            ax.plot([x], [0.02], marker="x", color="red", markersize=10)
+    collapsed = [x for x, r in zip(xs, rows) if r.get("collapsed")]
+    if collapsed:
+        ax.plot(collapsed, [0.02] * len(collapsed), ls="none", marker="x", color="red", markersize=10,
+                label="collapsed (stopped, not a result)")
     if log:
         ax.set_xscale("log")
     ax.set_xticks(xs, [("0" if v == 0 else f"{v:g}") for v in values])

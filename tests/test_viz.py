@@ -133,3 +133,30 @@ def test_sensitive_neuron_maps_figure(tmp_path):
     assert len(gray.axes) == 2 * 4
     with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
         viz.plot_sensitive_neuron_maps(model, x, x_adv, "fc", channels=[0], path=tmp_path / "bad")
+
+
+def _acc(a):
+    return {"accuracy": a, "low": max(0.0, a - 0.05), "high": min(1.0, a + 0.05)}
+
+
+def test_ablation_breaks_lines_at_collapsed_runs_and_explains_the_cross(tmp_path):
+    # lam = 1 and lam = 100 collapsed: their accuracies are of a stopped run and must not join a line
+    rows = [{"value": v, "clean": _acc(c), "PGD-20": _acc(p), "collapsed": bad}
+            for v, c, p, bad in [(0, 0.8, 0.4, False), (0.1, 0.78, 0.42, False), (1, 0.1, 0.1, True),
+                                 (10, 0.7, 0.45, False), (100, 0.1, 0.1, True)]]
+    fig = viz.plot_ablation(rows, param="lam", path=tmp_path / "lam")
+    written(tmp_path / "lam")
+    ax = fig.axes[0]
+    labelled(ax)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("collapsed") and "not a result" in t for t in labels)
+    collapsed_x = (1.0, 100.0)  # the log axis keeps positive values where they are
+    for container in ax.containers:
+        xs, ys = container.lines[0].get_data()
+        # consecutive points are joined only when both are finite
+        segments = [(x0, x1) for x0, y0, x1, y1 in zip(xs, ys, xs[1:], ys[1:])
+                    if not (math.isnan(y0) or math.isnan(y1))]
+        assert segments  # the runs that finished are still joined
+        assert not [(x0, x1) for x0, x1 in segments for c in collapsed_x if min(x0, x1) <= c <= max(x0, x1)]
+    cross = next(l for l in ax.get_lines() if l.get_label().startswith("collapsed"))
+    assert sorted(cross.get_xdata()) == [1.0, 100.0] and cross.get_linestyle() == "None"
