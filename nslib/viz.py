@@ -329,29 +329,48 @@ def plot_learning_curves(histories, *, title: str = "Learning curves", path=None
 def plot_robustness_bars(table, *, title: str = "Robust accuracy per attack", path=None):
     """Grouped bars: accuracy per attack (x axis), one colour per model, 95% intervals as error bars.
 
+    A second title line says how many seeds the bars average; where a model has no row for an attack
+    (Vanilla is run on a few only), its slot is hatched and says "not run" instead of being left out.
+
     Args:
-        table: {model name: {attack: {"accuracy", "low", "high"}}} (fractions in [0, 1]); with several
-            seeds, pass the seed-averaged values.
+        table: {model name: {attack: {"accuracy", "low", "high", "n_seeds"}}} (fractions in [0, 1]), as
+            from :func:`nslib.experiments.mean_rows`: values averaged over ``n_seeds`` seeds. A row without
+            ``n_seeds`` (one from :func:`nslib.experiments.evaluate_model`) counts as one seed.
         title, path: the figure's title; where to save (default ``outputs/figures/robustness_bars``).
 
     Returns: the Figure.
     """
+    from matplotlib.patches import Patch
+
     if not isinstance(table, Mapping) or not table:
         raise TypeError(f"table must be a non-empty dict model -> attack -> row, got {type(table).__name__}")
     attacks = list(dict.fromkeys(a for rows in table.values() for a in rows))
     n_models = len(table)
     width = 0.8 / n_models
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(attacks) + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(attacks) + 2), 4.4))
     for i, (name, rows) in enumerate(table.items()):
-        xs = [j + (i - (n_models - 1) / 2) * width for j, a in enumerate(attacks) if a in rows]
-        acc = [rows[a]["accuracy"] for a in attacks if a in rows]
-        err = [[rows[a]["accuracy"] - rows[a]["low"] for a in attacks if a in rows],
-               [rows[a]["high"] - rows[a]["accuracy"] for a in attacks if a in rows]]
-        ax.bar(xs, acc, width, yerr=err, capsize=2, label=name, color=f"C{i}")
+        xs = {a: j + (i - (n_models - 1) / 2) * width for j, a in enumerate(attacks)}
+        run = [a for a in attacks if a in rows]
+        err = [[rows[a]["accuracy"] - rows[a]["low"] for a in run],
+               [rows[a]["high"] - rows[a]["accuracy"] for a in run]]
+        ax.bar([xs[a] for a in run], [rows[a]["accuracy"] for a in run], width, yerr=err, capsize=2, label=name,
+               color=f"C{i}")
+        for a in (a for a in attacks if a not in rows):  # a gap would leave the reader to guess why
+            ax.bar(xs[a], 1, width, color="none", edgecolor=f"C{i}", hatch="///", lw=0, alpha=0.5)
+            ax.text(xs[a], 0.5, "not run", rotation=90, ha="center", va="center", fontsize="x-small")
+    counts = sorted({int(r.get("n_seeds", 1)) for rows in table.values() for r in rows.values()})
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"  # differs only if models do
+    seeds = "one seed" if counts == [1] else f"mean over {n} seeds"
+    bars = "95% interval over the test images" + (", averaged over seeds" if counts != [1] else "")
     ax.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right")
-    ax.set(xlabel="attack", ylabel="accuracy (95% interval)", ylim=(0, 1), title=title)
+    ax.set(xlabel="attack", ylabel="accuracy (95% interval)", ylim=(0, 1))
+    ax.set_title(f"{title}\n{seeds}; error bars: {bars}", fontsize="medium")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small", title="model")
+    handles = ax.get_legend_handles_labels()[0]
+    if any(a not in rows for rows in table.values() for a in attacks):
+        label = "not run (model not\nevaluated under\nthis attack)"
+        handles.append(Patch(facecolor="none", edgecolor="0.4", hatch="///", lw=0, label=label))
+    ax.legend(handles=handles, fontsize="small", title="model", loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     save_figure(fig, path if path is not None else outputs_dir("figures", "robustness_bars"))
     return fig

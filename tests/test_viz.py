@@ -160,3 +160,29 @@ def test_ablation_breaks_lines_at_collapsed_runs_and_explains_the_cross(tmp_path
         assert not [(x0, x1) for x0, x1 in segments for c in collapsed_x if min(x0, x1) <= c <= max(x0, x1)]
     cross = next(l for l in ax.get_lines() if l.get_label().startswith("collapsed"))
     assert sorted(cross.get_xdata()) == [1.0, 100.0] and cross.get_linestyle() == "None"
+
+
+def test_robustness_bars_name_the_seed_count_and_mark_attacks_not_run(tmp_path):
+    attacks = ["clean", "PGD-20", "AutoAttack", "transfer"]
+    table = {"Vanilla": {a: _acc(0.9) for a in attacks[:2]},  # evaluate_model(light=True): no AutoAttack
+             "PGD-AT": {a: _acc(0.5) for a in attacks}}
+    fig = viz.plot_robustness_bars(table, path=tmp_path / "bars")
+    written(tmp_path / "bars")
+    ax = fig.axes[0]
+    labelled(ax)
+    assert "one seed" in ax.get_title() and "mean over" not in ax.get_title()
+    assert [t.get_text() for t in ax.texts] == ["not run", "not run"]  # Vanilla under AutoAttack and transfer
+    assert any(t.get_text().startswith("not run") for t in ax.get_legend().get_texts())
+    assert len(ax.get_xticklabels()) == 4
+    three = {name: {a: dict(r, n_seeds=3) for a, r in rows.items()} for name, rows in table.items()}
+    assert "mean over 3 seeds" in viz.plot_robustness_bars(three, path=tmp_path / "three").axes[0].get_title()
+    full = viz.plot_robustness_bars({"PGD-AT": table["PGD-AT"]}, path=tmp_path / "full").axes[0]
+    assert not full.texts and not any(t.get_text().startswith("not run") for t in full.get_legend().get_texts())
+
+
+def test_mean_rows_records_the_seed_count():
+    from nslib.experiments import mean_rows
+
+    evals = {("m", s): {"rows": {"clean": _acc(a)}} for s, a in ((0, 0.6), (1, 0.8))}
+    row = mean_rows(evals, "m", [0, 1])["clean"]
+    assert row["n_seeds"] == 2 and row["accuracy"] == pytest.approx(0.7)
