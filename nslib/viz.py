@@ -189,8 +189,9 @@ def plot_sensitive_neuron_maps(model, x, x_adv, layer: str, *, channels=None, se
     """For a few images: the input, its adversarial version, and the activation maps of the most
     sensitive channels of ``layer`` on each, upsampled to the image size and overlaid on it.
 
-    Each channel's two maps share one colour scale (over all shown images), so a brighter map means a
-    stronger response. The model runs in eval mode under ``torch.no_grad()``; its modes are restored.
+    Each channel's two maps share one colour scale (over all shown images), drawn as a colour bar under
+    its two columns, so a brighter map means a stronger response. The model runs in eval mode under
+    ``torch.no_grad()``; its modes are restored.
 
     Args:
         model: maps [N, C, H, W] images in [0, 1] to logits.
@@ -232,7 +233,8 @@ def plot_sensitive_neuron_maps(model, x, x_adv, layer: str, *, channels=None, se
     xs, xas = x[:n].detach().float().cpu(), x_adv[:n].detach().float().cpu()
 
     cols = 2 + 2 * len(channels)
-    fig, axes = plt.subplots(n, cols, figsize=(1.7 * cols, 1.8 * n + 0.6), squeeze=False)
+    # constrained layout places colour bars that span several axes, which tight_layout cannot
+    fig, axes = plt.subplots(n, cols, figsize=(1.7 * cols, 1.8 * n + 1.2), squeeze=False, layout="constrained")
     col_names = ["benign", "adversarial"]
     for c in channels:
         col_names += [f"ch {c}, benign", f"ch {c}, adv."]
@@ -245,7 +247,11 @@ def plot_sensitive_neuron_maps(model, x, x_adv, layer: str, *, channels=None, se
             for col, (img, m) in enumerate(((xs[i], clean_maps[i, j]), (xas[i], adv_maps[i, j]))):
                 ax = axes[i][2 + 2 * j + col]
                 _show_image(ax, img, gray=True)  # colour under a colour map would be unreadable
-                ax.imshow(m.numpy(), cmap="inferno", alpha=alpha, vmin=lo, vmax=hi if hi > lo else lo + 1)
+                shown = ax.imshow(m.numpy(), cmap="inferno", alpha=alpha, vmin=lo, vmax=hi if hi > lo else lo + 1)
+            if i == n - 1:  # the channel's scale, under its two columns
+                bar = fig.colorbar(shown, ax=axes[:, 2 + 2 * j:4 + 2 * j], location="bottom", aspect=12)
+                bar.set_label(f"ch {c}: activation\n(layer output, upsampled)", fontsize="x-small")
+                bar.ax.tick_params(labelsize="x-small")
         for j, ax in enumerate(axes[i]):
             ax.set_xticks([])
             ax.set_yticks([])
@@ -255,7 +261,6 @@ def plot_sensitive_neuron_maps(model, x, x_adv, layer: str, *, channels=None, se
                 ax.set_xlabel("width (pixels)", fontsize="x-small")
         axes[i][0].set_ylabel(f"image {i}\nheight (pixels)", fontsize="x-small")
     fig.suptitle(title or f"Most sensitive channels of {layer}: activation maps on benign vs adversarial inputs")
-    fig.tight_layout()
     save_figure(fig, path if path is not None else outputs_dir("figures", "sensitive_neuron_maps"))
     return fig
 

@@ -120,7 +120,12 @@ def test_sensitive_neuron_maps_figure(tmp_path):
     fig = viz.plot_sensitive_neuron_maps(model, x, x_adv, "conv", k=2, n_images=3, path=tmp_path / "maps")
     written(tmp_path / "maps")
     assert model.training
-    assert len(fig.axes) == 3 * (2 + 2 * 2) and fig._suptitle.get_text()
+    bars = [ax for ax in fig.axes if hasattr(ax, "_colorbar")]
+    assert len(fig.axes) == 3 * (2 + 2 * 2) + len(bars) and fig._suptitle.get_text()
+    # one colour bar per channel, under its benign and adversarial columns, saying what the colour means
+    assert len(bars) == 2 and all("activation" in ax.get_xlabel() for ax in bars)
+    maps = fig.axes[2].get_images()[1]
+    assert bars[0]._colorbar.mappable.get_clim() == maps.get_clim() == fig.axes[3 + 2 * 6].get_images()[1].get_clim()
     first = fig.axes[0]
     assert first.get_title() == "benign" and first.get_ylabel().startswith("image 0")
     bottom_left = fig.axes[2 * 6]
@@ -130,7 +135,7 @@ def test_sensitive_neuron_maps_figure(tmp_path):
                                                                     fc=nn.Linear(2 * 36, 3))),
                                           *pairs(2, c=1), "conv", channels=[1], path=tmp_path / "gray")
     written(tmp_path / "gray")
-    assert len(gray.axes) == 2 * 4
+    assert len(gray.axes) == 2 * 4 + 1
     with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
         viz.plot_sensitive_neuron_maps(model, x, x_adv, "fc", channels=[0], path=tmp_path / "bad")
 
