@@ -382,9 +382,10 @@ def curve_numbers(curves: dict) -> dict:
 
 
 def mean_rows(evals: dict, name: str, seeds) -> dict:
-    """{attack: {"accuracy", "low", "high"}} averaged over seeds, for one model."""
+    """{attack: {"accuracy", "low", "high", "n_seeds"}} averaged over seeds, for one model (n_seeds: how many,
+    so a figure can say what it averages)."""
     attacks_ = evals[(name, seeds[0])]["rows"]
-    return {a: {key: statistics.fmean(evals[(name, s)]["rows"][a][key] for s in seeds)
-                for key in ("accuracy", "low", "high")} for a in attacks_}
+    return {a: {**{key: statistics.fmean(evals[(name, s)]["rows"][a][key] for s in seeds)
+                   for key in ("accuracy", "low", "high")}, "n_seeds": len(seeds)} for a in attacks_}
 
 

@@ -111,7 +111,7 @@ def plot_layer_sensitivity(sensitivities, *, kind: str = "box", log: bool | None
 _COLORS = {"top": "tab:red", "bottom": "tab:blue", "random": "tab:gray", "matched": "tab:green"}
 
 
-def plot_intervention_curve(curves, *, band: str = "minmax", title: str | None = None, path=None):
+def plot_intervention_curve(curves, *, band: str = "minmax", ncols: int = 3, title: str | None = None, path=None):
     """Accuracy on adversarial inputs vs the number of patched neurons k, one panel per curve.
 
     Args:
@@ -119,6 +119,8 @@ def plot_intervention_curve(curves, *, band: str = "minmax", title: str | None =
             per layer). Top and bottom are lines; random and matched are the mean over seeds with a
             band; dashed lines mark the clean and the unpatched adversarial accuracy.
         band: "minmax" (range over seeds) or "std" (mean +- one standard deviation).
+        ncols: panels per row; more curves wrap into further rows (six layers in one row are
+            unreadable once the figure is scaled to a page).
         title: the figure's title; default names the mode.
         path: where to save (without suffix); default ``outputs/figures/intervention_curve``.
 
@@ -130,8 +132,13 @@ def plot_intervention_curve(curves, *, band: str = "minmax", title: str | None =
     curves = list(curves)
     if not curves or not all(isinstance(c, Mapping) and "rows" in c for c in curves):
         raise TypeError("curves must be an intervention_curve result or a list of them")
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.8), squeeze=False, sharey=True)
-    for ax, curve in zip(axes[0], curves):
+    ncols = min(check_positive_int(ncols, "ncols"), len(curves))
+    nrows = math.ceil(len(curves) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.8 * nrows), squeeze=False, sharey=True)
+    axes = list(axes.flat)
+    for ax in axes[len(curves):]:
+        ax.remove()  # the empty slots of the last row
+    for ax, curve in zip(axes, curves):
         by_sel: dict[str, dict[int, list[float]]] = {}
         for r in curve["rows"]:
             by_sel.setdefault(r["selection"], {}).setdefault(r["k"], []).append(r["accuracy"])
@@ -159,7 +166,7 @@ def plot_intervention_curve(curves, *, band: str = "minmax", title: str | None =
         ax.set_ylim(-0.02, 1.02)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize="small")
+    axes[len(curves) - 1].legend(fontsize="small")
     mode = curves[0]["mode"]
     fig.suptitle(title or f"Accuracy after {'restoring' if mode == 'restore' else 'zeroing'} k neurons")
     fig.tight_layout()
@@ -182,8 +189,9 @@ def plot_sensitive_neuron_maps(model, x, x_adv, layer: str, *, channels=None, se
     """For a few images: the input, its adversarial version, and the activation maps of the most
     sensitive channels of ``layer`` on each, upsampled to the image size and overlaid on it.
 
-    Each channel's two maps share one colour scale (over all shown images), so a brighter map means a
-    stronger response. The model runs in eval mode under ``torch.no_grad()``; its modes are restored.
+    Each channel's two maps share one colour scale (over all shown images), drawn as a colour bar under
+    its two columns, so a brighter map means a stronger response. The model runs in eval mode under
+    ``torch.no_grad()``; its modes are restored.
 
     Args:
         model: maps [N, C, H, W] images in [0, 1] to logits.
@@ -225,7 +233,8 @@ def plot_sensitive_neuron_maps(model, x, x_adv, layer: str, *, channels=None, se
     xs, xas = x[:n].detach().float().cpu(), x_adv[:n].detach().float().cpu()
 
     cols = 2 + 2 * len(channels)
-    fig, axes = plt.subplots(n, cols, figsize=(1.7 * cols, 1.8 * n + 0.6), squeeze=False)
+    # constrained layout places colour bars that span several axes, which tight_layout cannot
+    fig, axes = plt.subplots(n, cols, figsize=(1.7 * cols, 1.8 * n + 1.2), squeeze=False, layout="constrained")
     col_names = ["benign", "adversarial"]
     for c in channels:
         col_names += [f"ch {c}, benign", f"ch {c}, adv."]
@@ -238,7 +247,11 @@ def plot_sensitive_neuron_maps(model, x, x_adv, layer: str, *, channels=None, se
             for col, (img, m) in enumerate(((xs[i], clean_maps[i, j]), (xas[i], adv_maps[i, j]))):
                 ax = axes[i][2 + 2 * j + col]
                 _show_image(ax, img, gray=True)  # colour under a colour map would be unreadable
-                ax.imshow(m.numpy(), cmap="inferno", alpha=alpha, vmin=lo, vmax=hi if hi > lo else lo + 1)
+                shown = ax.imshow(m.numpy(), cmap="inferno", alpha=alpha, vmin=lo, vmax=hi if hi > lo else lo + 1)
+            if i == n - 1:  # the channel's scale, under its two columns
+                bar = fig.colorbar(shown, ax=axes[:, 2 + 2 * j:4 + 2 * j], location="bottom", aspect=12)
+                bar.set_label(f"ch {c}: activation\n(layer output, upsampled)", fontsize="x-small")
+                bar.ax.tick_params(labelsize="x-small")
         for j, ax in enumerate(axes[i]):
             ax.set_xticks([])
             ax.set_yticks([])
@@ -248,7 +261,6 @@ def plot_sensitive_neuron_maps(model, x, x_adv, layer: str, *, channels=None, se
                 ax.set_xlabel("width (pixels)", fontsize="x-small")
         axes[i][0].set_ylabel(f"image {i}\nheight (pixels)", fontsize="x-small")
     fig.suptitle(title or f"Most sensitive channels of {layer}: activation maps on benign vs adversarial inputs")
-    fig.tight_layout()
     save_figure(fig, path if path is not None else outputs_dir("figures", "sensitive_neuron_maps"))
     return fig
 
@@ -322,29 +334,48 @@ def plot_learning_curves(histories, *, title: str = "Learning curves", path=None
 def plot_robustness_bars(table, *, title: str = "Robust accuracy per attack", path=None):
     """Grouped bars: accuracy per attack (x axis), one colour per model, 95% intervals as error bars.
 
+    A second title line says how many seeds the bars average; where a model has no row for an attack
+    (Vanilla is run on a few only), its slot is hatched and says "not run" instead of being left out.
+
     Args:
-        table: {model name: {attack: {"accuracy", "low", "high"}}} (fractions in [0, 1]); with several
-            seeds, pass the seed-averaged values.
+        table: {model name: {attack: {"accuracy", "low", "high", "n_seeds"}}} (fractions in [0, 1]), as
+            from :func:`nslib.experiments.mean_rows`: values averaged over ``n_seeds`` seeds. A row without
+            ``n_seeds`` (one from :func:`nslib.experiments.evaluate_model`) counts as one seed.
         title, path: the figure's title; where to save (default ``outputs/figures/robustness_bars``).
 
     Returns: the Figure.
     """
+    from matplotlib.patches import Patch
+
     if not isinstance(table, Mapping) or not table:
         raise TypeError(f"table must be a non-empty dict model -> attack -> row, got {type(table).__name__}")
     attacks = list(dict.fromkeys(a for rows in table.values() for a in rows))
     n_models = len(table)
     width = 0.8 / n_models
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(attacks) + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(attacks) + 2), 4.4))
     for i, (name, rows) in enumerate(table.items()):
-        xs = [j + (i - (n_models - 1) / 2) * width for j, a in enumerate(attacks) if a in rows]
-        acc = [rows[a]["accuracy"] for a in attacks if a in rows]
-        err = [[rows[a]["accuracy"] - rows[a]["low"] for a in attacks if a in rows],
-               [rows[a]["high"] - rows[a]["accuracy"] for a in attacks if a in rows]]
-        ax.bar(xs, acc, width, yerr=err, capsize=2, label=name, color=f"C{i}")
+        xs = {a: j + (i - (n_models - 1) / 2) * width for j, a in enumerate(attacks)}
+        run = [a for a in attacks if a in rows]
+        err = [[rows[a]["accuracy"] - rows[a]["low"] for a in run],
+               [rows[a]["high"] - rows[a]["accuracy"] for a in run]]
+        ax.bar([xs[a] for a in run], [rows[a]["accuracy"] for a in run], width, yerr=err, capsize=2, label=name,
+               color=f"C{i}")
+        for a in (a for a in attacks if a not in rows):  # a gap would leave the reader to guess why
+            ax.bar(xs[a], 1, width, color="none", edgecolor=f"C{i}", hatch="///", lw=0, alpha=0.5)
+            ax.text(xs[a], 0.5, "not run", rotation=90, ha="center", va="center", fontsize="x-small")
+    counts = sorted({int(r.get("n_seeds", 1)) for rows in table.values() for r in rows.values()})
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"  # differs only if models do
+    seeds = "one seed" if counts == [1] else f"mean over {n} seeds"
+    bars = "95% interval over the test images" + (", averaged over seeds" if counts != [1] else "")
     ax.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right")
-    ax.set(xlabel="attack", ylabel="accuracy (95% interval)", ylim=(0, 1), title=title)
+    ax.set(xlabel="attack", ylabel="accuracy (95% interval)", ylim=(0, 1))
+    ax.set_title(f"{title}\n{seeds}; error bars: {bars}", fontsize="medium")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small", title="model")
+    handles = ax.get_legend_handles_labels()[0]
+    if any(a not in rows for rows in table.values() for a in attacks):
+        label = "not run (model not\nevaluated under\nthis attack)"
+        handles.append(Patch(facecolor="none", edgecolor="0.4", hatch="///", lw=0, label=label))
+    ax.legend(handles=handles, fontsize="small", title="model", loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     save_figure(fig, path if path is not None else outputs_dir("figures", "robustness_bars"))
     return fig
@@ -354,8 +385,9 @@ def plot_ablation(rows, *, param: str, metrics=("clean", "PGD-20"), title: str |
     """Accuracy against one hyperparameter (e.g. SNS's lambda or k), one line per metric.
 
     Args:
-        rows: a list of {"value": number, metric: {"accuracy", "low", "high"}, "collapsed": bool}; collapsed
-            runs are marked with a red cross.
+        rows: a list of {"value": number, metric: {"accuracy", "low", "high"}, "collapsed": bool} (as from
+            :func:`nslib.experiments.ablation`). A collapsed run was stopped, so its accuracy is no
+            result: it is not drawn, the lines break there, and a red cross at the bottom marks it.
         param: the hyperparameter's name (x axis label); a log axis is used when all values are
             positive and span more than a decade (a value of 0 is drawn at the left edge, labelled).
         metrics: which accuracies to draw.
@@ -372,12 +404,15 @@ def plot_ablation(rows, *, param: str, metrics=("clean", "PGD-20"), title: str |
     xs = [v if v > 0 or not log else zero_at for v in values]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for i, m in enumerate(metrics):
-        acc = [r[m]["accuracy"] for r in rows]
-        err = [[r[m]["accuracy"] - r[m]["low"] for r in rows], [r[m]["high"] - r[m]["accuracy"] for r in rows]]
+        # NaN at a collapsed run breaks the line there rather than drawing it into a non-result
+        acc = [math.nan if r.get("collapsed") else r[m]["accuracy"] for r in rows]
+        err = [[0.0 if r.get("collapsed") else r[m]["accuracy"] - r[m]["low"] for r in rows],
+               [0.0 if r.get("collapsed") else r[m]["high"] - r[m]["accuracy"] for r in rows]]
         ax.errorbar(xs, acc, yerr=err, marker="o", capsize=3, label=m, color=f"C{i}")
-    for x, r in zip(xs, rows):
-        if r.get("collapsed"):
-            ax.plot([x], [0.02], marker="x", color="red", markersize=10)
+    collapsed = [x for x, r in zip(xs, rows) if r.get("collapsed")]
+    if collapsed:
+        ax.plot(collapsed, [0.02] * len(collapsed), ls="none", marker="x", color="red", markersize=10,
+                label="collapsed (stopped, not a result)")
     if log:
         ax.set_xscale("log")
     ax.set_xticks(xs, [("0" if v == 0 else f"{v:g}") for v in values])

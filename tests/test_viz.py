@@ -90,13 +90,42 @@ def test_intervention_curve_figure(tmp_path):
     written(tmp_path / "single")
 
 
+def test_intervention_curve_wraps_many_panels_into_a_grid(tmp_path):
+    # six layers once made one 4124x565 px row whose text was unreadable at page width
+    model = small_cnn()
+    x, x_adv = pairs(12)
+    curve = intervention_curve(model, x, x_adv, torch.arange(12) % 3, "conv", ks=[0, 2], seeds=[0])
+    curves = [dict(curve, layer=f"layer{i}") for i in range(6)]
+    fig = viz.plot_intervention_curve(curves, path=tmp_path / "six")
+    written(tmp_path / "six")
+    assert len(fig.axes) == 6
+    cols = {round(ax.get_position().x0, 3) for ax in fig.axes}
+    rows = {round(ax.get_position().y0, 3) for ax in fig.axes}
+    assert len(cols) == 3 and len(rows) == 2
+    width, height = fig.get_size_inches()
+    assert width / height < 2.5
+    for ax in fig.axes:
+        labelled(ax)
+    four = viz.plot_intervention_curve(curves[:4], ncols=2, path=tmp_path / "four")
+    assert len({round(ax.get_position().y0, 3) for ax in four.axes}) == 2
+    five = viz.plot_intervention_curve(curves[:5], path=tmp_path / "five")
+    assert len(five.axes) == 5 and five.axes[-1].get_legend() is not None  # the empty slot is removed
+    with pytest.raises(ValueError, match="ncols"):
+        viz.plot_intervention_curve(curves, ncols=0, path=tmp_path / "bad")
+
+
 def test_sensitive_neuron_maps_figure(tmp_path):
     model = small_cnn().train()
     x, x_adv = pairs(5)
     fig = viz.plot_sensitive_neuron_maps(model, x, x_adv, "conv", k=2, n_images=3, path=tmp_path / "maps")
     written(tmp_path / "maps")
     assert model.training
-    assert len(fig.axes) == 3 * (2 + 2 * 2) and fig._suptitle.get_text()
+    bars = [ax for ax in fig.axes if hasattr(ax, "_colorbar")]
+    assert len(fig.axes) == 3 * (2 + 2 * 2) + len(bars) and fig._suptitle.get_text()
+    # one colour bar per channel, under its benign and adversarial columns, saying what the colour means
+    assert len(bars) == 2 and all("activation" in ax.get_xlabel() for ax in bars)
+    maps = fig.axes[2].get_images()[1]
+    assert bars[0]._colorbar.mappable.get_clim() == maps.get_clim() == fig.axes[3 + 2 * 6].get_images()[1].get_clim()
     first = fig.axes[0]
     assert first.get_title() == "benign" and first.get_ylabel().startswith("image 0")
     bottom_left = fig.axes[2 * 6]
@@ -106,6 +135,59 @@ def test_sensitive_neuron_maps_figure(tmp_path):
                                                                     fc=nn.Linear(2 * 36, 3))),
                                           *pairs(2, c=1), "conv", channels=[1], path=tmp_path / "gray")
     written(tmp_path / "gray")
-    assert len(gray.axes) == 2 * 4
+    assert len(gray.axes) == 2 * 4 + 1
     with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
         viz.plot_sensitive_neuron_maps(model, x, x_adv, "fc", channels=[0], path=tmp_path / "bad")
+
+
+def _acc(a):
+    return {"accuracy": a, "low": max(0.0, a - 0.05), "high": min(1.0, a + 0.05)}
+
+
+def test_ablation_breaks_lines_at_collapsed_runs_and_explains_the_cross(tmp_path):
+    # lam = 1 and lam = 100 collapsed: their accuracies are of a stopped run and must not join a line
+    rows = [{"value": v, "clean": _acc(c), "PGD-20": _acc(p), "collapsed": bad}
+            for v, c, p, bad in [(0, 0.8, 0.4, False), (0.1, 0.78, 0.42, False), (1, 0.1, 0.1, True),
+                                 (10, 0.7, 0.45, False), (100, 0.1, 0.1, True)]]
+    fig = viz.plot_ablation(rows, param="lam", path=tmp_path / "lam")
+    written(tmp_path / "lam")
+    ax = fig.axes[0]
+    labelled(ax)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("collapsed") and "not a result" in t for t in labels)
+    collapsed_x = (1.0, 100.0)  # the log axis keeps positive values where they are
+    for container in ax.containers:
+        xs, ys = container.lines[0].get_data()
+        # consecutive points are joined only when both are finite
+        segments = [(x0, x1) for x0, y0, x1, y1 in zip(xs, ys, xs[1:], ys[1:])
+                    if not (math.isnan(y0) or math.isnan(y1))]
+        assert segments  # the runs that finished are still joined
+        assert not [(x0, x1) for x0, x1 in segments for c in collapsed_x if min(x0, x1) <= c <= max(x0, x1)]
+    cross = next(l for l in ax.get_lines() if l.get_label().startswith("collapsed"))
+    assert sorted(cross.get_xdata()) == [1.0, 100.0] and cross.get_linestyle() == "None"
+
+
+def test_robustness_bars_name_the_seed_count_and_mark_attacks_not_run(tmp_path):
+    attacks = ["clean", "PGD-20", "AutoAttack", "transfer"]
+    table = {"Vanilla": {a: _acc(0.9) for a in attacks[:2]},  # evaluate_model(light=True): no AutoAttack
+             "PGD-AT": {a: _acc(0.5) for a in attacks}}
+    fig = viz.plot_robustness_bars(table, path=tmp_path / "bars")
+    written(tmp_path / "bars")
+    ax = fig.axes[0]
+    labelled(ax)
+    assert "one seed" in ax.get_title() and "mean over" not in ax.get_title()
+    assert [t.get_text() for t in ax.texts] == ["not run", "not run"]  # Vanilla under AutoAttack and transfer
+    assert any(t.get_text().startswith("not run") for t in ax.get_legend().get_texts())
+    assert len(ax.get_xticklabels()) == 4
+    three = {name: {a: dict(r, n_seeds=3) for a, r in rows.items()} for name, rows in table.items()}
+    assert "mean over 3 seeds" in viz.plot_robustness_bars(three, path=tmp_path / "three").axes[0].get_title()
+    full = viz.plot_robustness_bars({"PGD-AT": table["PGD-AT"]}, path=tmp_path / "full").axes[0]
+    assert not full.texts and not any(t.get_text().startswith("not run") for t in full.get_legend().get_texts())
+
+
+def test_mean_rows_records_the_seed_count():
+    from nslib.experiments import mean_rows
+
+    evals = {("m", s): {"rows": {"clean": _acc(a)}} for s, a in ((0, 0.6), (1, 0.8))}
+    row = mean_rows(evals, "m", [0, 1])["clean"]
+    assert row["n_seeds"] == 2 and row["accuracy"] == pytest.approx(0.7)
