@@ -125,7 +125,8 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, 
 
 def min_norm_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, *,
                       radius: float | None = None, norm: str = "l2") -> dict:
-    """Robust accuracy at ``radius`` from the output of a minimal-norm attack (:func:`nslib.minnorm.cw_l2`).
+    """Robust accuracy at ``radius`` from the output of a minimal-norm attack (:func:`nslib.minnorm.fmn`,
+    :func:`nslib.minnorm.cw_l2`).
 
     An example is robust at ``radius`` when it is classified correctly clean and its smallest
     perturbation found exceeds ``radius`` (or none was found: ``x_adv`` is still classified correctly).
@@ -136,7 +137,11 @@ def min_norm_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv:
     the lower of the two middle values), and, when ``radius`` is given,
     ``robust_accuracy``, ``low``, ``high`` (95% Wilson interval), ``n``.
 
-    Usage: ``min_norm_accuracy(model, x, y, cw_l2(model, x, y), radius=1.0)["robust_accuracy"]``
+    Raises:
+        ValueError, TypeError: bad input: images outside [0, 1], ``x_adv`` not shaped like ``x``, labels
+            of the wrong shape or outside [0, classes) (classes: the width of the model's logits).
+
+    Usage: ``min_norm_accuracy(model, x, y, fmn(model, x, y), radius=1.0)["robust_accuracy"]``
     """
     check_images(x)
     check_images(x_adv, "x_adv")
@@ -147,7 +152,11 @@ def min_norm_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv:
     device = model_device(model)
     with eval_mode(model):
         xd, yd = x.to(device), y.to(device)
-        clean_ok = (_predict(model, xd) == yd).cpu()
+        with torch.no_grad():
+            logits = model(xd)
+        classes = check_logits(logits, x.shape[0]).shape[1]
+        check_labels(y, x.shape[0], classes, why=f"the model returns {classes} logits")
+        clean_ok = (logits.float().argmax(1) == yd).cpu()
         adv_ok = (_predict(model, x_adv.to(device)) == yd).cpu()
     delta = (x_adv.double() - x.double()).flatten(1).cpu()
     norms = delta.norm(dim=1) if norm == "l2" else delta.abs().amax(1)
@@ -299,7 +308,8 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
 
 
 ATTACKS = {"fgsm": _attacks.fgsm, "pgd": _attacks.pgd, "mim": _attacks.mim, "cw_l2": minnorm.cw_l2,
-           "autoattack": autoattack}
+           "fmn": minnorm.fmn, "autoattack": autoattack}
+MIN_NORM = ("cw_l2", "fmn")  # attacks with no radius: they return the smallest perturbation found
 
 
 def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[dict], *, batch_size: int = 500,
@@ -307,14 +317,15 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[di
     """Run a list of attacks; return one row per attack (a list of dicts, ready for pandas or a CSV).
 
     Each entry of ``suite`` is ``{"attack": name, **parameters}`` with ``name`` in :data:`ATTACKS`
-    ("fgsm", "pgd", "mim", "cw_l2", "autoattack"); an optional ``"label"`` names the row (default: the
-    attack's name). ``seed`` goes to the attacks that take one (pgd, autoattack) and seeds torch before
-    each attack. "cw_l2" takes a ``"radius"`` (L2) for its robust accuracy and also reports the median
-    smallest perturbation; "autoattack" runs once over all of ``x`` (it batches by itself) and reports the
-    robust accuracy after each of its attacks.
+    ("fgsm", "pgd", "mim", "cw_l2", "fmn", "autoattack"); an optional ``"label"`` names the row (default:
+    the attack's name). ``seed`` goes to the attacks that take one (pgd, autoattack) and seeds torch before
+    each attack. The minimal-norm attacks ("cw_l2", "fmn") take a ``"radius"`` (in their norm: L2, or
+    fmn's ``"norm"``) for their robust accuracy and also report the median smallest perturbation;
+    "autoattack" runs once over all of ``x`` (it batches by itself) and reports the robust accuracy after
+    each of its attacks.
 
     Row keys: attack, params, clean_accuracy, robust_accuracy, ci_low, ci_high, n, seed, wall_s, and
-    median_l2 (cw_l2) or per_attack (autoattack).
+    median_l2 or median_linf (minimal-norm attacks) or per_attack (autoattack).
 
     Usage: ``run_suite(model, x, y, [{"attack": "pgd", "eps": 0.1, "steps": 20, "label": "PGD-20"}])``
     """
@@ -332,18 +343,18 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[di
             kwargs.setdefault("seed", seed)
         torch.manual_seed(seed)
         row = {"attack": label, "params": params, "seed": seed}
-        if name == "cw_l2":
-            radius = kwargs.pop("radius", None)
+        if name in MIN_NORM:
+            radius, norm = kwargs.pop("radius", None), kwargs.get("norm", "l2")
             t0 = time.perf_counter()
             device = model_device(model)
-            parts = [minnorm.cw_l2(model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device),
-                                    **kwargs).cpu() for i in range(0, x.shape[0], batch_size)]
+            parts = [ATTACKS[name](model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device),
+                                   **kwargs).cpu() for i in range(0, x.shape[0], batch_size)]
             wall = time.perf_counter() - t0
-            res = min_norm_accuracy(model, x.cpu(), y.cpu(), torch.cat(parts), radius=radius)
+            res = min_norm_accuracy(model, x.cpu(), y.cpu(), torch.cat(parts), radius=radius, norm=norm)
             row.update(clean_accuracy=res["clean_accuracy"],
                        robust_accuracy=res.get("robust_accuracy", float("nan")),
                        ci_low=res.get("low", float("nan")), ci_high=res.get("high", float("nan")),
-                       n=x.shape[0], wall_s=wall, median_l2=res["median_norm"])
+                       n=x.shape[0], wall_s=wall, **{f"median_{norm}": res["median_norm"]})
         else:
             fn = ATTACKS[name]
             details = {}
@@ -372,7 +383,8 @@ def format_table(rows: list[dict]) -> str:
     head = f"{'attack':<14} {'clean':>6} {'robust':>7} {'95% CI':>15} {'n':>6} {'seed':>5} {'time s':>8}  params"
     lines = [head, "-" * len(head)]
     for r in rows:
-        extra = f" median L2 {r['median_l2']:.3f}" if "median_l2" in r else ""
+        extra = "".join(f" median {label} {r[key]:.3f}" for key, label in (("median_l2", "L2"), ("median_linf", "Linf"))
+                        if key in r)
         lines.append(f"{r['attack']:<14} {100 * r['clean_accuracy']:6.1f} {100 * r['robust_accuracy']:7.1f} "
                      f"[{100 * r['ci_low']:5.1f}, {100 * r['ci_high']:5.1f}] {r['n']:6d} {r['seed']:5d} "
                      f"{r['wall_s']:8.2f}  {r['params']}{extra}")
