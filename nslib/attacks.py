@@ -268,7 +268,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float
         norm (str): "linf" or "l2".
         random_start (bool): start uniformly in the Linf ball (norm "linf"), at a random direction and
             radius in the L2 ball (norm "l2"), or, for ``loss="kl"``, at x + 0.001 * N(0, 1) as TRADES
-            does. Without it the KL attack cannot move: its gradient at x' = x is zero.
+            does: unclipped, like the reference, so the first forward pass may see values just outside
+            [0, 1]; every step then projects onto the ball and [0, 1]. Without it the KL attack cannot
+            move: its gradient at x' = x is zero.
         restarts (int): independent runs; each example keeps its worst case over the runs (highest
             margin, so a success is never lost; highest KL for "kl"). Restart r depends only on (seed, r):
             the first k restarts of a run with more are the run with ``restarts=k``.
@@ -328,16 +330,18 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float
 def _pgd_run(model, x, objective, *, eps, alpha, steps, norm, lo_hi, start, gen, amp, check) -> torch.Tensor:
     """One PGD run from a (random) start; returns the last iterate, inside the ball and [0, 1]."""
     n = x.shape[0]
-    x_adv = x
-    if start == "linf":
-        x_adv = x + (torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1) * eps
-    elif start == "l2":
-        d = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)  # uniform direction
-        r = torch.rand(n, generator=gen, device=x.device, dtype=x.dtype)  # radius as a share of eps
-        x_adv = x + d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1) * (r * eps).view(-1, 1, 1, 1)
-    elif start == "gauss":
+    if start == "gauss":  # TRADES's start, fed to the model as drawn: trades.py projects only after each step
+        # (clipping it to [0, 1] changed about half of the final iterate's pixels, issue 14)
         x_adv = x + KL_START_STD * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-    x_adv = _project(x, x_adv, eps, norm, lo_hi)
+    else:
+        x_adv = x
+        if start == "linf":
+            x_adv = x + (torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1) * eps
+        elif start == "l2":
+            d = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)  # uniform direction
+            r = torch.rand(n, generator=gen, device=x.device, dtype=x.dtype)  # radius as a share of eps
+            x_adv = x + d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1) * (r * eps).view(-1, 1, 1, 1)
+        x_adv = _project(x, x_adv, eps, norm, lo_hi)
     for i in range(steps):
         grad = _input_grad(model, x_adv, objective, amp, check if i == 0 else None)  # like x
         if norm == "linf":

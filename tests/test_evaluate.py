@@ -96,25 +96,46 @@ def test_min_norm_accuracy_counts_perturbations_above_the_radius():
     assert math.isclose(res["median_norm"], 0.3 * math.sqrt(2), rel_tol=1e-6)
 
 
-def test_run_suite_table(case):
-    model, x, y = case
-    x, y = x[:12], y[:12]
-    suite = [{"attack": "fgsm", "eps": 0.05},
-             {"attack": "pgd", "eps": 0.05, "steps": 5, "label": "PGD-5"},
-             {"attack": "cw_l2", "steps": 20, "binary_search_steps": 3, "radius": 0.05},
-             {"attack": "autoattack", "eps": 0.05, "version": "custom", "attacks": ["apgd-ce"]}]
-    rows = evaluate.run_suite(model, x, y, suite, batch_size=5, seed=1)
-    clean = float((model(x).argmax(1) == y).float().mean())
+@pytest.fixture
+def one_thread():
+    """AutoAttack's many tiny ops on a shared two-core machine: one thread is several times faster."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_run_suite_table(one_thread):
+    """Each row's robust accuracy is the analytic one of a two-class linear model, inputs well inside
+    [0, 1]: an example is Linf-robust at eps iff its margin exceeds eps * ||w_other - w_y||_1 (FGSM, PGD and
+    APGD reach that optimum), L2-robust at a radius iff margin / ||w_other - w_y||_2 exceeds it."""
+    torch.manual_seed(0)
+    model = Linear(classes=2)
+    x = torch.rand(40, 1, 4, 4) * 0.4 + 0.3  # eps 0.1 and L2 radius 0.22 keep every optimum inside [0, 1]
+    y = model(x).argmax(1)
+    y[:10] = 1 - y[:10]  # a quarter misclassified
+    with torch.no_grad():
+        logits = model(x)
+    d = model.fc.weight.detach()[1 - y] - model.fc.weight.detach()[y]  # [N, 16]
+    m = logits.gather(1, y[:, None]).squeeze(1) - logits.gather(1, 1 - y[:, None]).squeeze(1)  # margin [N]
+    eps, radius = 0.1, 0.22  # nearest optima: Linf 0.098 and 0.105, L2 0.187 and 0.224 (C&W overshoots)
+    linf_robust = int(((m > 0) & (m > eps * d.abs().sum(1))).sum()) / 40
+    l2_robust = int(((m > 0) & (m > radius * d.norm(dim=1))).sum()) / 40
+    assert (linf_robust, l2_robust) == (21 / 40, 27 / 40)  # strictly between none and the clean 30 / 40
+    suite = [{"attack": "fgsm", "eps": eps},
+             {"attack": "pgd", "eps": eps, "steps": 5, "label": "PGD-5"},
+             {"attack": "cw_l2", "steps": 100, "binary_search_steps": 5, "radius": radius},  # within 9% of optima
+             {"attack": "autoattack", "eps": eps, "version": "custom", "attacks": ["apgd-ce"]}]
+    rows = evaluate.run_suite(model, x, y, suite, batch_size=15, seed=1)
     assert [r["attack"] for r in rows] == ["fgsm", "PGD-5", "cw_l2", "autoattack"]
-    for r in rows:
-        assert r["clean_accuracy"] == pytest.approx(clean)
-        assert r["ci_low"] <= r["robust_accuracy"] <= r["ci_high"] and r["robust_accuracy"] <= r["clean_accuracy"]
-        assert r["n"] == 12 and r["seed"] == 1 and r["wall_s"] >= 0
-    assert rows[1]["params"] == {"eps": 0.05, "steps": 5}
-    assert rows[1]["robust_accuracy"] <= rows[0]["robust_accuracy"]
+    expected = [linf_robust, linf_robust, l2_robust, linf_robust]
+    for r, robust in zip(rows, expected):
+        assert r["clean_accuracy"] == 0.75 and r["robust_accuracy"] == pytest.approx(robust), r["attack"]
+        assert r["ci_low"] < r["robust_accuracy"] < r["ci_high"]
+        assert r["n"] == 40 and r["seed"] == 1 and r["wall_s"] >= 0
+    assert rows[1]["params"] == {"eps": eps, "steps": 5}
     assert rows[2]["median_l2"] > 0
-    assert set(rows[3]["per_attack"]) == {"clean", "apgd-ce"}
-    assert rows[3]["per_attack"]["apgd-ce"] == pytest.approx(rows[3]["robust_accuracy"], abs=1e-4)
+    assert rows[3]["per_attack"] == pytest.approx({"clean": 0.75, "apgd-ce": linf_robust}, abs=1e-4)
     table = evaluate.format_table(rows)
     assert "PGD-5" in table and "median L2" in table
     with pytest.raises(ValueError, match="attack"):
