@@ -286,6 +286,11 @@ def test_notebook_00_runs_in_jupyterlab(tmp_path):
         assert len(drawn) >= 2, f"expected the class grid and the learning curve as images, got {state['images']}"
         print(f"JupyterLab: ran {state['cells']} code cells in {run_s:.0f} s ({time.monotonic() - t0:.0f} s in all); "
               f"{len(drawn)} figures; screenshot {shot}")
+    except BaseException:  # pytest shows this output with the failure: the server's and the browser's own words
+        for log in (lab_log, browser_log):
+            log.flush()
+            print(f"--- end of {log.name}:\n" + Path(log.name).read_text(errors="replace")[-3000:])
+        raise
     finally:
         if page is not None:
             page.close()
