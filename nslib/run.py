@@ -76,9 +76,13 @@ def plan(profile: str, datasets=None, only=None, overrides: dict | None = None,
     return out
 
 
-def _quiet_kernel_manager():
-    """A kernel manager on IPC sockets: ipykernel warns on stderr (so in the middle of the terminal's progress
-    bar) about every kernel that listens on unencrypted TCP; local IPC sockets need no such warning."""
+def _quiet_kernel_manager(log: Path):
+    """A kernel manager on IPC sockets whose kernel writes its stderr to ``log``.
+
+    The terminal shows the progress bar and nothing else: ipykernel warns on stderr about every kernel that
+    listens on unencrypted TCP (local IPC sockets need no such warning), and a kernel left behind by Ctrl-C
+    says "Parent appears to have exited" there. A cell's errors still reach the executed notebook and the
+    terminal's FAILED line; what the kernel process itself printed is kept in ``log``."""
     from jupyter_client.manager import AsyncKernelManager
 
     class IPCKernelManager(AsyncKernelManager):
@@ -86,6 +90,11 @@ def _quiet_kernel_manager():
             super().__init__(**kwargs)
             self.transport = "ipc"
             self.ip = str(Path(tempfile.mkdtemp(prefix="nslib-kernel-")) / "kernel")
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            with open(log, "ab") as stderr:  # the child keeps its own descriptor
+                kw["stderr"] = stderr
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
 
     return IPCKernelManager
 
@@ -100,7 +109,7 @@ def _execute(path: Path, out_nb: Path, params: dict, status_file: Path, outcome:
     try:
         papermill.execute_notebook(str(path), str(out_nb), parameters=params, kernel_name="python3",
                                    cwd=str(path.parent), progress_bar=False, log_output=False,
-                                   kernel_manager_class=_quiet_kernel_manager())
+                                   kernel_manager_class=_quiet_kernel_manager(out_nb.with_suffix(".kernel.log")))
     except BaseException as e:  # noqa: BLE001 -- reported by the main thread, in one line
         outcome["error"] = e
 
@@ -164,7 +173,8 @@ def reproduce(profile: str = "quick", datasets=None, only=None, resume: bool = F
                 bar.close()
                 what = f"raised {error.ename}: {error.evalue}" if isinstance(error, PapermillExecutionError) \
                     else f"{type(error).__name__}: {error}"
-                log(f"FAILED: {path.name} on {dataset} {what}\nthe executed notebook with the traceback: {out_nb}")
+                log(f"FAILED: {path.name} on {dataset} {what}\nthe executed notebook with the traceback: {out_nb} "
+                    f"(the kernel's own messages: {out_nb.with_suffix('.kernel.log')})")
                 return 1
             wall = time.perf_counter() - t0
             ran.add(dataset)
@@ -174,7 +184,10 @@ def reproduce(profile: str = "quick", datasets=None, only=None, resume: bool = F
             log(f"done {out_nb} in {wall:.0f} s")
     except KeyboardInterrupt:
         bar.close()
-        cmd = f"python -m nslib reproduce --profile {profile} --resume"
+        cmd = " ".join(["python -m nslib reproduce --profile", profile]
+                       + ([f"--datasets {','.join(datasets)}"] if datasets else [])
+                       + ([f"--only {','.join(only)}"] if only else [])
+                       + [f"--set '{k}={v!r}'" for k, v in (overrides or {}).items()] + ["--resume"])
         log(f"\ninterrupted: {done} notebook(s) finished in this run and every finished training epoch are kept; "
             f"resume with: {cmd}")
         return 130

@@ -212,3 +212,18 @@ def test_cli_fails_at_once_naming_the_parameter(argv, message, tmp_path):
     assert message in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing started, nothing written
     assert time.perf_counter() - t0 < 30  # interpreter start and imports; the checks themselves take ms
+
+
+def test_ctrl_c_stops_with_one_line_naming_the_command_that_resumes(tiny, monkeypatch):
+    nbdir, out, log = tiny
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "_run_one", interrupted)
+    messages = []
+    rc = run.reproduce("quick", only=["02"], overrides={"n_eval": 7}, notebooks_dir=nbdir, progress=False,
+                       log=messages.append)
+    assert rc == 130
+    assert len(messages) == 1 and messages[0].strip().startswith("interrupted")
+    assert "python -m nslib reproduce --profile quick --only 02 --set 'n_eval=7' --resume" in messages[0]
