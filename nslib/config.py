@@ -83,9 +83,10 @@ PROFILES: dict[str, dict] = {
             "n_long": 100,               # test images for the long PGD run
             "pgd_long_steps": 50,        # steps of the long PGD run (paper: 100)
             "mim_steps": 10,             # MIM iterations (step eps / steps, decay 1)
-            "cw_steps": 20,              # C&W-L2 Adam steps per binary-search step
-            "cw_search_steps": 2,        # C&W-L2 binary-search steps over its constant c
-            "cw_n": 50,                  # test images for C&W-L2
+            "l2_n": 50,                  # test images for the L2 rows (FMN and PGD-L2, at radius 2 eps sqrt(pixels) / 10)
+            "fmn_steps": 50,             # FMN-L2 steps (minimal norm; one gradient each; Pintor et al. 2021)
+            "pgd_l2_steps": 20,          # PGD-L2 steps at that radius (the check that FMN is not weaker)
+            "pgd_l2_restarts": 1,        # PGD-L2 random restarts (per-example worst case kept)
             "aa_n": 50,                  # test images for AutoAttack
             "aa_version": "custom",      # "standard" (APGD-CE, APGD-T, FAB-T, Square) or "custom" with aa_attacks
             "aa_attacks": ["apgd-ce", "apgd-dlr"],  # AutoAttack's attacks when aa_version is "custom"
@@ -105,7 +106,8 @@ PROFILES: dict[str, dict] = {
         "datasets": ("fmnist", "mnist5k"),
         "all": {"seeds": [0, 1, 2], "batch_size": 128, "lr": 0.05, "val_n_adv": 1000, "val_attack_steps": 10,
                 "n_pairs": 1000, "ks": [0.02, 0.05, 0.1, 0.2, 0.5], "n_maps": 8, "n_eval": 2000, "n_long": 1000,
-                "pgd_long_steps": 100, "mim_steps": 20, "cw_steps": 100, "cw_search_steps": 9, "cw_n": 500,
+                "pgd_long_steps": 100, "mim_steps": 20, "l2_n": 500, "fmn_steps": 200, "pgd_l2_steps": 50,
+                "pgd_l2_restarts": 3,
                 "aa_n": 1000, "aa_version": "standard", "lam_grid": [0.0, 0.001, 0.01, 0.1, 1.0],
                 "k_grid": [0.05, 0.1, 0.2], "n_sanity": 500, "sanity_steps": 20, **_FULL_RANGES},
         "00": {"n_train": None, "batch_size": 128},
@@ -199,7 +201,7 @@ CHECKS = {
     "ks": _list(_k, "top-k sizes"), "k_eval": _k, "selection_seeds": _list(_int(0), "seeds", distinct=True),
     "modes": _list(_choice(("restore", "zero")), "modes", distinct=True), "n_maps": _int(1), "k_maps": _int(1),
     "map_layer": _str_or_none, "n_eval": _int(1), "n_long": _int(1), "pgd_long_steps": _int(1), "mim_steps": _int(1),
-    "cw_steps": _int(1), "cw_search_steps": _int(1), "cw_n": _int(1), "aa_n": _int(1),
+    "l2_n": _int(1), "fmn_steps": _int(1), "pgd_l2_steps": _int(1), "pgd_l2_restarts": _int(1), "aa_n": _int(1),
     "aa_version": _choice(("standard", "custom")), "aa_attacks": _list(_choice(
         ("apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square")), "AutoAttack attack names", distinct=True),
     "lam_grid": _list(_real(0, 1e6), "lambda values"), "k_grid": _list(_k, "top-k sizes"), "n_sanity": _int(1),
@@ -245,9 +247,10 @@ class Settings:
     n_long: int
     pgd_long_steps: int
     mim_steps: int
-    cw_steps: int
-    cw_search_steps: int
-    cw_n: int
+    l2_n: int
+    fmn_steps: int
+    pgd_l2_steps: int
+    pgd_l2_restarts: int
     aa_n: int
     aa_version: str
     aa_attacks: tuple

@@ -70,8 +70,9 @@ def sensitivity_study(models: dict, infos: dict, x: torch.Tensor, y: torch.Tenso
 
     For each model: PGD-``steps`` pairs at ``eps`` crafted against it (white-box; cached by
     :func:`nslib.cache.adversarial_pairs`), and the control pairs crafted against ``models[source]`` (held fixed,
-    transferred). Four variants of sigma: "abs" and "rel" (relative: divided by the mean |clean output|)
-    on white-box pairs, "abs_transfer" and "rel_transfer" on the control pairs.
+    transferred). Six variants of sigma: "abs" and "rel" (relative, ratio of means: divided by the mean
+    |clean output|) and "rel_pairs" (relative, mean of per-pair ratios, the authors' toolbox) on white-box
+    pairs, "abs_transfer", "rel_transfer" and "rel_pairs_transfer" on the control pairs.
 
     Returns: {name: {"clean", "adv" (accuracy dicts of :func:`accuracy_on` on the white-box pairs),
     "sigma": {variant: {layer: Tensor}}, "layer_mean": {variant: {layer: float}}, "mean": {variant:
@@ -85,8 +86,9 @@ def sensitivity_study(models: dict, infos: dict, x: torch.Tensor, y: torch.Tenso
         sig = {}
         for variant, x_adv in (("", pairs[name]), ("_transfer", pairs[source])):
             sig["abs" + variant] = {k: v.cpu() for k, v in neuron_sensitivity(model, x, x_adv, layers=layers).items()}
-            rel, _ = neuron_sensitivity(model, x, x_adv, layers=layers, relative=True)
-            sig["rel" + variant] = {k: v.cpu() for k, v in rel.items()}
+            for key, how in (("rel", "ratio_of_means"), ("rel_pairs", "mean_of_ratios")):
+                rel, _ = neuron_sensitivity(model, x, x_adv, layers=layers, relative=how)
+                sig[key + variant] = {k: v.cpu() for k, v in rel.items()}
         layer_mean = {v: _layer_means(s) for v, s in sig.items()}
         out[name] = {"clean": accuracy_on(model, x, y), "adv": accuracy_on(model, pairs[name], y, x=x),
                      "sigma": sig, "layer_mean": layer_mean,
@@ -115,12 +117,17 @@ def spearman(a, b) -> float:
     return cov / den if den > 0 else 0.0
 
 
+_VARIANT_NAMES = {"abs": "absolute", "rel": "relative (ratio of means)",
+                  "rel_pairs": "relative (mean of per-pair ratios, the authors' toolbox)"}
+
+
 def c1_c4_comparisons(studies: dict, baselines=("pgd_at", "trades"), reference: str = "vanilla") -> dict:
     """The comparisons of C1 and C4 from per-seed :func:`sensitivity_study` results ``{seed: study}``.
 
     C4 ("adversarial training reduces neuron sensitivity"): for each baseline, the reference's mean
-    sensitivity is higher than the baseline's, on white-box pairs, absolute *and* relative (the relative
-    variant rules out mere rescaling); the transferred control is reported beside them, not judged.
+    sensitivity is higher than the baseline's, on white-box pairs, absolute *and* relative (ratio of means;
+    the relative variant rules out mere rescaling); reported beside them, not judged: the transferred
+    control, and the relative sensitivity as the authors' toolbox computes it (mean of per-pair ratios).
     C1 ("robustness is explained by sensitivity"): across all models, the Spearman correlation between
     white-box robust accuracy and mean sensitivity is negative: compare(-rho, 0) per variant.
 
@@ -129,13 +136,16 @@ def c1_c4_comparisons(studies: dict, baselines=("pgd_at", "trades"), reference: 
     seeds = sorted(studies)
     out = {"C4": [], "C4_control": [], "C1": []}
     for base in baselines:
-        for variant in ("abs", "rel"):
+        for variant in ("abs", "rel", "rel_pairs"):
             for key, suffix in (("C4", ""), ("C4_control", "_transfer")):
+                if variant == "rel_pairs" and suffix:
+                    continue
+                key = "C4_control" if variant == "rel_pairs" else key
                 a = [studies[s][reference]["mean"][variant + suffix] for s in seeds]
                 b = [studies[s][base]["mean"][variant + suffix] for s in seeds]
                 pairs = "white-box pairs" if not suffix else f"pairs transferred from {LABELS[reference]}"
-                what = (f"{LABELS[reference]} > {LABELS.get(base, base)}, mean "
-                        f"{'relative' if variant == 'rel' else 'absolute'} sensitivity, {pairs}")
+                what = (f"{LABELS[reference]} > {LABELS.get(base, base)}, mean {_VARIANT_NAMES[variant]} "
+                        f"sensitivity, {pairs}")
                 out[key].append(compare(a, b, what=what, names=(LABELS[reference], LABELS.get(base, base))))
     for variant in ("abs", "rel"):
         rhos = []
@@ -250,15 +260,17 @@ def transfer_accuracy(model, x: torch.Tensor, y: torch.Tensor, x_adv_source: tor
 
 def evaluate_model(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, x_adv_pgd20: torch.Tensor,
                    x_adv_transfer: torch.Tensor | None, n_long: int, long_steps: int, mim_steps: int,
-                   cw_steps: int, cw_search_steps: int, cw_n: int, aa_n: int, aa_version: str, aa_attacks=None,
-                   seed: int = 0, light: bool = False) -> dict:
+                   l2_n: int, fmn_steps: int, pgd_l2_steps: int, pgd_l2_restarts: int = 1, aa_n: int,
+                   aa_version: str, aa_attacks=None, seed: int = 0, light: bool = False) -> dict:
     """One model under the suite of E3: ``{"rows": {label: row}, "aa_warnings": [...]}``.
 
     PGD-20 comes from the cached pairs ``x_adv_pgd20`` (all of x); PGD-``long_steps`` runs on the first
-    ``n_long`` images, C&W-L2 on the first ``cw_n`` (robust accuracy at the L2 radius
-    2 * eps * sqrt(pixels) / 10, plus the median smallest norm found), AutoAttack on the first ``aa_n``.
-    Every row has accuracy, low, high (95% Wilson), n and wall_s. Rows: clean, PGD-20, FGSM, MIM-<steps>,
-    PGD-<long>, C&W-L2, AutoAttack, transfer (when ``x_adv_transfer`` is given). ``light=True`` stops after
+    ``n_long`` images; on the first ``l2_n``, at the L2 radius 2 * eps * sqrt(pixels) / 10: FMN-L2 (minimal
+    norm: robust where the smallest perturbation found exceeds the radius, plus its median) and PGD-L2 at that
+    radius (``pgd_l2_steps`` x ``pgd_l2_restarts``), which a sound minimal-norm attack is never weaker than;
+    AutoAttack on the first ``aa_n``. Every row has accuracy, low, high (95% Wilson), n and wall_s. Rows:
+    clean, PGD-20, FGSM, MIM-<steps>, PGD-<long>, FMN-L2, PGD-L2, AutoAttack, transfer (when
+    ``x_adv_transfer`` is given). ``light=True`` stops after
     FGSM (for the vanilla model, which the attacks break anyway: only the transfer source and a reference).
     """
     rows = {"clean": accuracy_on(model, x, y), "PGD-20": accuracy_on(model, x_adv_pgd20, y, x=x)}
@@ -277,10 +289,12 @@ def evaluate_model(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, x_adv
     put(evaluate.run_suite(model, x[:n_long], y[:n_long], [{"attack": "pgd", "eps": eps, "steps": long_steps,
                                                             "label": f"PGD-{long_steps}"}], seed=seed)[0])
     radius = round(2 * eps * math.sqrt(x[0].numel()) / 10, 3)
-    r = evaluate.run_suite(model, x[:cw_n], y[:cw_n], [{"attack": "cw_l2", "steps": cw_steps, "radius": radius,
-                                                        "binary_search_steps": cw_search_steps, "label": "C&W-L2"}],
-                           seed=seed)[0]
+    r = evaluate.run_suite(model, x[:l2_n], y[:l2_n], [{"attack": "fmn", "steps": fmn_steps, "radius": radius,
+                                                        "label": "FMN-L2"}], seed=seed)[0]
     put(r, radius=radius, median_l2=r["median_l2"])
+    put(evaluate.run_suite(model, x[:l2_n], y[:l2_n], [{"attack": "pgd", "norm": "l2", "eps": radius, "steps": pgd_l2_steps,
+                                                        "restarts": pgd_l2_restarts, "label": "PGD-L2"}], seed=seed)[0],
+        radius=radius)
     aa = {"attack": "autoattack", "eps": eps, "version": aa_version, "label": "AutoAttack"}
     if aa_version == "custom":
         aa["attacks"] = list(aa_attacks)
@@ -324,6 +338,8 @@ def sanity_checks(model, x: torch.Tensor, y: torch.Tensor, rows: dict, *, eps: f
       (within ``tolerance``) and <= 0.05 at the largest radius (capped at 1);
     - no black-box attack beats the white-box ones: transfer accuracy >= PGD-20 accuracy - tolerance,
       and FGSM (one step) >= PGD-20 - tolerance;
+    - the strong attacks are not weaker than the plain ones: AutoAttack accuracy <= the upper end of PGD-20's
+      95% interval, and the minimal-norm FMN-L2 accuracy at its radius <= the upper end of PGD-L2's there;
     - AutoAttack's own warnings are listed; any warning flags the model.
 
     Returns {"eps_curve": [(eps, accuracy)], "checks": {name: bool}, "warnings": [...], "ok": bool}.
@@ -340,6 +356,9 @@ def sanity_checks(model, x: torch.Tensor, y: torch.Tensor, rows: dict, *, eps: f
         f"accuracy <= 0.05 at eps {curve[-1][0]:.3g}": accs[-1] <= 0.05,
         "FGSM no stronger than PGD-20": rows["FGSM"]["accuracy"] >= rows["PGD-20"]["accuracy"] - tolerance,
     }
+    for strong, plain in (("AutoAttack", "PGD-20"), ("FMN-L2", "PGD-L2")):
+        if strong in rows and plain in rows:
+            checks[f"{strong} accuracy not above {plain}'s"] = rows[strong]["accuracy"] <= rows[plain]["high"]
     if "transfer" in rows:
         checks["transfer no stronger than PGD-20"] = rows["transfer"]["accuracy"] >= rows["PGD-20"]["accuracy"] - tolerance
     checks["no AutoAttack warnings"] = not aa_warnings

@@ -26,7 +26,8 @@ from nslib.checks import (check_choice, check_images, check_labels, check_logits
                           model_device)
 from nslib.models import get_layer
 from nslib.models import eval_mode as _eval_mode
-from nslib.sensitivity import _Hooks, neuron_sensitivity, resolve_k, top_k
+from nslib.hooks import _Hooks
+from nslib.sensitivity import neuron_sensitivity, resolve_k, top_k
 
 __all__ = ["intervene", "intervention_curve", "matched_choice"]
 

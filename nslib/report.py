@@ -131,16 +131,19 @@ def rows_markdown(rows: list[dict], columns) -> str:
 
 
 def sensitivity_markdown(study: dict) -> str:
-    """Per-layer mean sigma (absolute; relative in brackets) and white-box accuracy per model."""
+    """Per-layer mean sigma (absolute; relative, ratio of means, in brackets) and white-box accuracy per model,
+    and the model means of both relative variants (ratio of means, judged; mean of per-pair ratios, the authors'
+    toolbox, shown beside it)."""
     names = list(study)
     layers = list(study[names[0]]["layer_mean"]["abs"])
-    lines = ["| model | clean | PGD (own pairs) | " + " | ".join(layers) + " | mean |",
-             "|" + "---|" * (len(layers) + 4)]
+    lines = ["| model | clean | PGD (own pairs) | " + " | ".join(layers) + " | mean | mean rel., per-pair ratios |",
+             "|" + "---|" * (len(layers) + 5)]
     for n in names:
         r = study[n]
         cells = [f"{r['layer_mean']['abs'][l]:.4f} ({r['layer_mean']['rel'][l]:.3f})" for l in layers]
+        pairs = f"{r['mean']['rel_pairs']:.3f}" if "rel_pairs" in r["mean"] else "-"
         lines.append(f"| {LABELS.get(n, n)} | {r['clean']['accuracy']:.3f} | {r['adv']['accuracy']:.3f} | "
-                     + " | ".join(cells) + f" | {r['mean']['abs']:.4f} ({r['mean']['rel']:.3f}) |")
+                     + " | ".join(cells) + f" | {r['mean']['abs']:.4f} ({r['mean']['rel']:.3f}) | {pairs} |")
     return "\n".join(lines)
 
 

@@ -25,7 +25,6 @@ Usage::
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 from collections.abc import Mapping
@@ -34,165 +33,13 @@ import torch
 from torch import nn
 
 from nslib.checks import check_images, check_logits, check_positive_int, check_choice, model_device
-from nslib.models import default_layers, eval_mode as _eval_mode, get_layer
+from nslib.hooks import Activations, _Hooks, _layer_list, capture  # noqa: F401  (capture is public here too)
+from nslib.models import eval_mode as _eval_mode
+
+RELATIVE = ("ratio_of_means", "mean_of_ratios")  # the two relative sensitivities (see neuron_sensitivity)
 
 __all__ = ["capture", "Activations", "batch_sensitivity", "neuron_sensitivity", "top_k", "resolve_k",
            "layer_summary"]
-
-
-# ----------------------------------------------------------------------------------------------------
-# hooks
-
-
-def _layer_list(model: nn.Module, layers, name: str = "layers") -> list[str]:
-    """Validate ``layers`` (a name, a list of names, or None for the defaults) and resolve each once."""
-    if layers is None:
-        layers = default_layers(model)
-    elif isinstance(layers, str):
-        layers = [layers]
-    layers = list(layers)
-    if not layers:
-        raise ValueError(f"{name} must name at least one layer, got an empty list")
-    for n in layers:
-        get_layer(model, n)  # raises with the nearest valid names
-    dup = sorted({n for n in layers if layers.count(n) > 1})
-    if dup:
-        raise ValueError(f"{name} must not repeat a layer, got {', '.join(dup)} more than once")
-    return layers
-
-
-class _Hooks:
-    """Forward hooks on named layers calling ``fn(name, output)``; removed on exit, also on error.
-
-    A forward pre-hook on the model marks the start of each forward pass; a layer that runs twice
-    within one pass is an error (its output would be ambiguous). ``fn`` may return a replacement
-    output (as a forward hook may). ``on_pass`` is called at the start of each pass.
-    """
-
-    def __init__(self, model: nn.Module, layers: list[str], fn, on_pass=None):
-        self.model, self.layers, self.fn, self.on_pass = model, layers, fn, on_pass
-        self.modules = {n: get_layer(model, n) for n in layers}
-        self.calls: dict[str, int] = {}
-        self.handles: list = []
-
-    def _pre(self, module, args):
-        self.calls = dict.fromkeys(self.layers, 0)
-        if self.on_pass is not None:
-            self.on_pass()
-
-    def _hook(self, name):
-        def hook(module, args, output):
-            self.calls[name] = self.calls.get(name, 0) + 1
-            if self.calls[name] > 1:
-                raise RuntimeError(
-                    f"layer {name!r} ({type(module).__name__}) runs more than once per forward pass of "
-                    f"{type(self.model).__name__}, so its output is ambiguous; hook a module that runs "
-                    f"once (e.g. a convolution instead of a shared activation)")
-            return self.fn(name, output)
-        return hook
-
-    def __enter__(self):
-        try:
-            self.handles.append(self.model.register_forward_pre_hook(self._pre))
-            for n, m in self.modules.items():
-                self.handles.append(m.register_forward_hook(self._hook(n)))
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def remove(self):
-        while self.handles:
-            self.handles.pop().remove()
-
-    def __exit__(self, *exc):
-        self.remove()
-        return False
-
-    def missing(self) -> list[str]:
-        """Layers that did not run in the last forward pass."""
-        return [n for n in self.layers if not self.calls.get(n)]
-
-
-class Activations(Mapping):
-    """The outputs recorded by :func:`capture`: ``acts[name]`` is the layer's output in the latest pass.
-
-    Reading an output that a later in-place operation changed (e.g. ``ReLU(inplace=True)`` right after
-    the hooked layer) is a RuntimeError rather than a silently wrong value.
-    """
-
-    def __init__(self):
-        self._data: dict[str, tuple[torch.Tensor, int | None]] = {}
-
-    def _put(self, name: str, t: torch.Tensor) -> None:
-        self._data[name] = (t, _version(t))
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        if name not in self._data:
-            raise KeyError(f"no output recorded for layer {name!r} (recorded: "
-                           f"{', '.join(self._data) or 'none'}); run the model inside the capture block")
-        t, v = self._data[name]
-        if v is not None and _version(t) != v:
-            raise RuntimeError(f"the output of layer {name!r} was modified in place after the layer ran "
-                               f"(an in-place operation follows it, e.g. ReLU(inplace=True)); hook another "
-                               f"layer or make that operation out of place")
-        return t
-
-    def __iter__(self):
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __repr__(self) -> str:
-        return "Activations(" + ", ".join(f"{n}: {tuple(t.shape)}" for n, (t, _) in self._data.items()) + ")"
-
-
-def _version(t: torch.Tensor) -> int | None:
-    try:
-        return t._version
-    except Exception:  # inference-mode tensors have no version counter
-        return None
-
-
-@contextlib.contextmanager
-def capture(model: nn.Module, layers, *, detach: bool = False):
-    """Record the outputs of the named layers during the forward passes of ``model`` inside the block.
-
-    Args:
-        model: the network; its forward passes inside the block are recorded.
-        layers: a dotted module name (``"layer2.1.conv1"``) or a list of them; nested modules included;
-            for a :class:`nslib.models.Wrapped` model, names relative to the wrapped network also work.
-        detach: False keeps each output as the forward pass produced it, with its autograd graph (what
-            SNS training needs); True stores ``output.detach()``.
-
-    Yields:
-        :class:`Activations`, a mapping layer name -> output tensor of the *latest* forward pass (each
-        pass replaces the previous one; to compare clean and adversarial inputs, run them as one batch,
-        ``model(torch.cat([x, x_adv]))``, and split the outputs). It stays readable after the block.
-
-    Raises:
-        ValueError: an unknown layer name (the message lists the nearest valid names), or a repeated one.
-        RuntimeError: a layer runs more than once in one forward pass of ``model``.
-
-    The hooks are removed when the block ends, also when it raises. Usage::
-
-        with capture(model, ["stem", "layer1.0"]) as acts:
-            logits = model(torch.cat([x, x_adv]))
-        a = acts["stem"]   # [2N, 64, 32, 32]
-    """
-    names = _layer_list(model, layers)
-    acts = Activations()
-
-    def record(name, output):
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(f"layer {name!r} must output a tensor, got {type(output).__name__}")
-        acts._put(name, output.detach() if detach else output)
-
-    with _Hooks(model, names, record, on_pass=acts._data.clear):
-        yield acts
-
-
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -263,7 +110,12 @@ def neuron_sensitivity(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, *
             white-box measure, or transferred).
         layers: dotted layer names; None means :func:`nslib.models.default_layers`.
         batch_size: pairs per forward pass (the pass holds twice as many images).
-        relative: divide each neuron's sigma by its mean |clean output| (a ratio of means).
+        relative: False; True or "ratio_of_means": each neuron's sigma divided by its mean |clean output|
+            over all pairs (the kit's default); "mean_of_ratios": the mean over pairs of each pair's
+            mean |change| divided by that pair's mean |clean output|, 1.0 for a pair where the clean
+            output is zero (the authors' toolbox, AISafety ``EvalBox/UserEvaluation/sns.py``). The two
+            differ where a neuron's clean output varies across inputs: a mean of ratios weighs the
+            pairs where it is small.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -283,11 +135,15 @@ def neuron_sensitivity(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, *
     if x.shape != x_adv.shape:
         raise ValueError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
     batch_size = check_positive_int(batch_size, "batch_size")
+    if relative not in (False, True) + RELATIVE:
+        raise ValueError(f"relative must be False, True or one of {', '.join(RELATIVE)}, got {relative!r}")
+    per_pair = relative == "mean_of_ratios"
     names = _layer_list(model, layers)
     device = model_device(model)
     n = x.shape[0]
     diff: dict[str, torch.Tensor] = {}   # float64 [C]: sum over pairs of mean |clean - adv| over positions
     scale: dict[str, torch.Tensor] = {}  # float64 [C]: sum over pairs of mean |clean| over positions
+    ratios: dict[str, torch.Tensor] = {}  # float64 [C]: sum over pairs of the per-pair ratio (mean_of_ratios)
     state = {"b": 0}
 
     def reduce(name, output):
@@ -308,8 +164,13 @@ def neuron_sensitivity(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, *
         else:
             diff[name] = d
         if relative:
-            s = clean.abs().mean(2).sum(0, dtype=torch.float64)
+            c = clean.abs().mean(2)  # [b, C]: each pair's mean |clean output|
+            s = c.sum(0, dtype=torch.float64)
             scale[name] = scale[name] + s if name in scale else s
+            if per_pair:  # each pair's own ratio, 1.0 where its clean output is zero (as the toolbox does)
+                r = torch.where(c > 0, (clean - adv).abs().mean(2) / torch.where(c > 0, c, 1.0), 1.0)
+                ratios[name] = ratios[name] + r.sum(0, dtype=torch.float64) if name in ratios else \
+                    r.sum(0, dtype=torch.float64)
         return None
 
     from tqdm.auto import tqdm
@@ -328,8 +189,10 @@ def neuron_sensitivity(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, *
     if not relative:
         return sigma
     dead = {name: scale[name] == 0 for name in names}
-    rel = {name: torch.where(dead[name], torch.full_like(sigma[name], math.nan),
-                             (diff[name] / torch.where(dead[name], 1.0, scale[name])).float())
+    num = ratios if per_pair else diff
+    den = {name: torch.full_like(scale[name], float(n)) if per_pair else torch.where(dead[name], 1.0, scale[name])
+           for name in names}
+    rel = {name: torch.where(dead[name], torch.full_like(sigma[name], math.nan), (num[name] / den[name]).float())
            for name in names}
     return rel, dead
 

@@ -24,7 +24,7 @@ NSLIB = Path(run.__file__).parent
 
 LAYERS = {  # module -> layer; a module may import only from its own layer or below
     "store": 0, "checks": 0, "progress": 0, "data": 1, "models": 1, "fast": 2, "attacks": 2, "sensitivity": 2,
-    "minnorm": 2, "checkpoints": 2,
+    "minnorm": 2, "checkpoints": 2, "hooks": 2,
     "intervention": 3, "evaluate": 3, "training": 3, "methods": 3, "verdicts": 4, "cache": 4, "experiments": 5,
     "analyze": 7, "viz": 6, "report": 6, "config": 7, "bench": 7, "run": 8, "__main__": 9, "__init__": 0,
 }

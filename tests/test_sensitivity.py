@@ -117,6 +117,56 @@ def test_relative_matches_oracle_and_marks_dead(batch_size):
     assert not dead["stem"].any()
 
 
+def toolbox_relative(model, x, x_adv, layer):
+    """The authors' toolbox (AISafety EvalBox/UserEvaluation/sns.py), restated: per pair and channel, mean |change|
+    over mean |clean| (1.0 where the clean mean is 0), summed and divided by the number of pairs."""
+    module = dict(model.named_modules())[layer]
+    seen = {}
+    handle = module.register_forward_hook(lambda m, i, o: seen.__setitem__("o", o.detach().clone()))
+    model.eval()
+    try:
+        ratios = None
+        for i in range(x.shape[0]):
+            with torch.no_grad():
+                model(x[i:i + 1])
+                a = seen["o"][0]
+                model(x_adv[i:i + 1])
+                b = seen["o"][0]
+            ratios = [0.0] * a.shape[0] if ratios is None else ratios
+            for c in range(a.shape[0]):
+                xc, dc = a[c].flatten(), (b[c] - a[c]).flatten()
+                x_l1, d_l1 = float(xc.abs().sum()) / len(xc), float(dc.abs().sum()) / len(xc)
+                ratios[c] += d_l1 / x_l1 if x_l1 != 0 else 1.0
+    finally:
+        handle.remove()
+    return torch.tensor([r / x.shape[0] for r in ratios], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("batch_size", [2, 64])
+def test_mean_of_ratios_matches_the_toolbox_and_differs_from_the_ratio_of_means(batch_size):
+    model = Nested(2).double()
+    with torch.no_grad():  # units 0-1 dead on every input; unit 2 alive on some inputs only
+        model.head.fc1.weight[:2] = 0.0
+        model.head.fc1.bias[:2] = -1.0
+        model.head.fc1.bias[2] -= 5.5  # its pre-activation spans 4.4-10.2 on these inputs: zero on 5 of 9
+    x, x_adv = pairs(9, seed=5)
+    per_pair, dead = neuron_sensitivity(model, x, x_adv, layers=["head.relu", "stem"], batch_size=batch_size,
+                                        relative="mean_of_ratios")
+    ratio, dead2 = neuron_sensitivity(model, x, x_adv, layers=["head.relu", "stem"], relative="ratio_of_means")
+    for layer in ("head.relu", "stem"):
+        ref = toolbox_relative(model, x, x_adv, layer)
+        ref[dead[layer]] = math.nan  # dead on every pair: NaN in both kit variants (the toolbox says 1.0)
+        torch.testing.assert_close(per_pair[layer].double(), ref, atol=1e-6, rtol=0, equal_nan=True)
+        assert torch.equal(dead[layer], dead2[layer])
+    with torch.no_grad(), capture(model, ["head.relu"]) as acts:
+        model(x)
+    assert 0 < int((acts["head.relu"][:, 2] == 0).sum()) < 9 and not dead["head.relu"][2]  # the 1.0 branch runs
+    alive = ~dead["stem"]
+    assert not torch.allclose(per_pair["stem"][alive], ratio["stem"][alive], rtol=1e-3)  # two different numbers
+    with pytest.raises(ValueError, match="relative must be False, True or one of ratio_of_means, mean_of_ratios"):
+        neuron_sensitivity(model, x, x_adv, layers=["stem"], relative="toolbox")
+
+
 def test_float32_model_close_to_oracle():
     model = Nested(4)
     x, x_adv = pairs(9, dtype=torch.float32, seed=4)
