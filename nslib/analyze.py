@@ -290,8 +290,8 @@ def _figures(model, x, x_adv, names, sigma, rel, curves, folder: Path) -> list[s
                                    title=f"{label} per layer")
         written.append(f"figures/sensitivity_{variant}.png")
     for mode, cs in curves.items():
-        viz.plot_intervention_curve(cs, path=folder / f"intervention_{mode}",
-                                    title=f"{mode} k neurons on adversarial inputs: top vs random vs bottom")
+        viz.plot_intervention_curve(cs, path=folder / f"intervention_{mode}", ncols=2,
+                                    title=f"{mode} k neurons on adversarial inputs: top vs random, bottom, matched")
         written.append(f"figures/intervention_{mode}.png")
     maps = [n for n in names if _is_map_layer(model, x, n)]
     if maps:
