@@ -34,6 +34,9 @@ MODELS = {
     "sns_pgd_at": {"method": "sns", "base": "pgd_at"},
     "sns_trades": {"method": "sns", "base": "trades"},
 }
+# Raised whenever training changes what the same parameters produce, so that no cached model trained by older
+# code is reused. 2: TRADES's inner maximisation starts unclipped, as the reference does.
+TRAINING_CODE = 2
 LABELS = {"vanilla": "Vanilla", "pgd_at": "PGD-AT", "trades": "TRADES", "sns_pgd_at": "SNS (PGD-AT)",
           "sns_trades": "SNS (TRADES)"}
 
@@ -60,7 +63,7 @@ def model_key(dataset: str, arch: str, name: str, seed: int, **train_args) -> tu
     vanilla, lam/k for non-SNS runs, beta outside TRADES) never split the cache nor block a resume.
     """
     cfg = training.TrainConfig(**_spec(name), seed=int(seed), **train_args)
-    params = {"dataset": dataset, "arch": arch, "name": name, **training.identity(cfg)}
+    params = {"dataset": dataset, "arch": arch, "name": name, "training_code": TRAINING_CODE, **training.identity(cfg)}
     return params, params_key(params)
 
 

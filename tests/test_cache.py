@@ -27,7 +27,9 @@ def test_model_key_is_training_identity():
     params, _ = cache.model_key("fmnist", "smallcnn", "sns_trades", 0, **base)
     assert {"beta", "lam", "k", "base"} <= set(params)  # SNS on TRADES reads TRADES' beta too
     cfg = training.TrainConfig(method="sns", base="trades", seed=0, **base)
-    assert {k: v for k, v in params.items() if k not in ("dataset", "arch", "name")} == training.identity(cfg)
+    assert params["training_code"] == cache.TRAINING_CODE  # models trained by older code are never reused
+    assert {k: v for k, v in params.items() if k not in ("dataset", "arch", "name", "training_code")} \
+        == training.identity(cfg)
     with pytest.raises(ValueError, match="name must be one of"):
         cache.model_key("fmnist", "smallcnn", "madry", 0)
     with pytest.raises(TypeError):
