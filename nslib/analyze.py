@@ -50,7 +50,7 @@ from nslib.progress import bar
 from nslib.sensitivity import layer_summary, neuron_sensitivity, top_k
 from nslib.store import atomic_write_bytes, outputs_dir, provenance, save_json
 
-__all__ = ["load_model", "load_data", "check_fit", "analyze", "main"]
+__all__ = ["load_model", "load_data", "dataset_of", "check_fit", "analyze", "main"]
 
 ATTACKS = ("pgd", "autoattack")
 MAX_CURVES = 4  # layers with intervention curves, evenly spaced over the analysed ones (each costs 2 x 24 passes)
@@ -156,6 +156,14 @@ def load_data(name: str, n: int | None = 1000, seed: int = 0) -> tuple[torch.Ten
     return x, y, training.ATTACK_DEFAULTS.get(name, {}).get("eps")
 
 
+def dataset_of(data: str) -> str | None:
+    """The registry dataset that sizes a kit architecture for ``--data`` (``synthetic:LIKE`` -> LIKE), or None
+    for a ``.pt`` file."""
+    if data.startswith("synthetic:"):
+        return data.split(":", 1)[1]
+    return data if data in data_mod.DATASETS and data != "synthetic" else None
+
+
 @torch.no_grad()
 def check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers=None) -> list[str]:
     """One forward pass of two images: the data fit the model, it returns logits [N, classes], the labels
@@ -193,7 +201,7 @@ def _layer_rows(sigma: dict, rel: dict, dead: dict, k) -> list[dict]:
     for layer, s in sigma.items():
         top = top_k(s, rows[layer]["k"], layer=layer)
         out.append({"layer": layer, "neurons": s.numel(), "dead": int(dead[layer].sum()),
-                    "mean_abs": float(torch.nanmean(s.float())), "mean_rel": float(torch.nanmean(rel[layer].float())),
+                    "mean_abs": rows[layer]["mean"], "mean_rel": rel_rows[layer]["mean"],
                     "top_k_mean_abs": rows[layer]["top_k_mean"], "top_k_mean_rel": rel_rows[layer]["top_k_mean"],
                     "k": rows[layer]["k"], "top_neurons": top.tolist()})
     return out
@@ -293,23 +301,16 @@ def _figures(model, x, x_adv, names, sigma, rel, curves, folder: Path) -> list[s
         viz.plot_intervention_curve(cs, path=folder / f"intervention_{mode}", ncols=2,
                                     title=f"{mode} k neurons on adversarial inputs: top vs random, bottom, matched")
         written.append(f"figures/intervention_{mode}.png")
-    maps = [n for n in names if _is_map_layer(model, x, n)]
-    if maps:
-        layer = maps[-1]
+    try:
+        layer = ex.pick_map_layer(model, x, layers=names)
+    except ValueError:  # no layer with maps (a fully connected network): no map figure
+        layer = None
+    if layer is not None:
         viz.plot_sensitive_neuron_maps(model, x[:4], x_adv[:4], layer, sensitivity=sigma[layer], k=3, n_images=4,
                                        path=folder / "maps", title=f"most sensitive channels of {layer}")
         written.append("figures/maps.png")
     plt.close("all")
     return written
-
-
-@torch.no_grad()
-def _is_map_layer(model, x, name, min_size: int = 8) -> bool:
-    from nslib.sensitivity import capture
-
-    with models_mod.eval_mode(model), capture(model, [name], detach=True) as acts:
-        model(x[:1].to(checks.model_device(model)))
-    return acts[name].dim() == 4 and min(acts[name].shape[-2:]) >= min_size
 
 
 def markdown(summary: dict) -> str:
@@ -354,10 +355,8 @@ def main(args) -> int:
     import sys
 
     try:
-        dataset = args.data if args.data in data_mod.DATASETS else (
-            args.data.split(":", 1)[1] if args.data.startswith("synthetic:") else None)
         x, y, eps = load_data(args.data, args.n, args.seed)  # the data first: its name sizes a kit architecture
-        model = load_model(args.model, dataset, num_classes=args.num_classes, mean=args.mean, std=args.std)
+        model = load_model(args.model, dataset_of(args.data), num_classes=args.num_classes, mean=args.mean, std=args.std)
         eps = args.eps if args.eps is not None else eps
         if eps is None:
             raise ValueError(f"--eps must be given for --data {args.data} (it has no default radius)")

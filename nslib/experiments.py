@@ -70,9 +70,9 @@ def sensitivity_study(models: dict, infos: dict, x: torch.Tensor, y: torch.Tenso
 
     For each model: PGD-``steps`` pairs at ``eps`` crafted against it (white-box; cached by
     :func:`nslib.cache.adversarial_pairs`), and the control pairs crafted against ``models[source]`` (held fixed,
-    transferred). Six variants of sigma: "abs" and "rel" (relative, ratio of means: divided by the mean
+    transferred). Five variants of sigma: "abs" and "rel" (relative, ratio of means: divided by the mean
     |clean output|) and "rel_pairs" (relative, mean of per-pair ratios, the authors' toolbox) on white-box
-    pairs, "abs_transfer", "rel_transfer" and "rel_pairs_transfer" on the control pairs.
+    pairs, "abs_transfer" and "rel_transfer" on the control pairs.
 
     Returns: {name: {"clean", "adv" (accuracy dicts of :func:`accuracy_on` on the white-box pairs),
     "sigma": {variant: {layer: Tensor}}, "layer_mean": {variant: {layer: float}}, "mean": {variant:
@@ -84,11 +84,12 @@ def sensitivity_study(models: dict, infos: dict, x: torch.Tensor, y: torch.Tenso
     out = {}
     for name, model in models.items():
         sig = {}
-        for variant, x_adv in (("", pairs[name]), ("_transfer", pairs[source])):
-            sig["abs" + variant] = {k: v.cpu() for k, v in neuron_sensitivity(model, x, x_adv, layers=layers).items()}
-            for key, how in (("rel", "ratio_of_means"), ("rel_pairs", "mean_of_ratios")):
-                rel, _ = neuron_sensitivity(model, x, x_adv, layers=layers, relative=how)
-                sig[key + variant] = {k: v.cpu() for k, v in rel.items()}
+        own, control = pairs[name], pairs[source]
+        for key, x_adv, relative in (("abs", own, False), ("rel", own, "ratio_of_means"),
+                                     ("rel_pairs", own, "mean_of_ratios"), ("abs_transfer", control, False),
+                                     ("rel_transfer", control, "ratio_of_means")):
+            s = neuron_sensitivity(model, x, x_adv, layers=layers, relative=relative)
+            sig[key] = {k: v.cpu() for k, v in (s[0] if relative else s).items()}
         layer_mean = {v: _layer_means(s) for v, s in sig.items()}
         out[name] = {"clean": accuracy_on(model, x, y), "adv": accuracy_on(model, pairs[name], y, x=x),
                      "sigma": sig, "layer_mean": layer_mean,
@@ -136,17 +137,14 @@ def c1_c4_comparisons(studies: dict, baselines=("pgd_at", "trades"), reference: 
     seeds = sorted(studies)
     out = {"C4": [], "C4_control": [], "C1": []}
     for base in baselines:
-        for variant in ("abs", "rel", "rel_pairs"):
-            for key, suffix in (("C4", ""), ("C4_control", "_transfer")):
-                if variant == "rel_pairs" and suffix:
-                    continue
-                key = "C4_control" if variant == "rel_pairs" else key
-                a = [studies[s][reference]["mean"][variant + suffix] for s in seeds]
-                b = [studies[s][base]["mean"][variant + suffix] for s in seeds]
-                pairs = "white-box pairs" if not suffix else f"pairs transferred from {LABELS[reference]}"
-                what = (f"{LABELS[reference]} > {LABELS.get(base, base)}, mean {_VARIANT_NAMES[variant]} "
-                        f"sensitivity, {pairs}")
-                out[key].append(compare(a, b, what=what, names=(LABELS[reference], LABELS.get(base, base))))
+        for key, variant, suffix in (("C4", "abs", ""), ("C4_control", "abs", "_transfer"), ("C4", "rel", ""),
+                                     ("C4_control", "rel", "_transfer"), ("C4_control", "rel_pairs", "")):
+            a = [studies[s][reference]["mean"][variant + suffix] for s in seeds]
+            b = [studies[s][base]["mean"][variant + suffix] for s in seeds]
+            pairs = "white-box pairs" if not suffix else f"pairs transferred from {LABELS[reference]}"
+            what = (f"{LABELS[reference]} > {LABELS.get(base, base)}, mean {_VARIANT_NAMES[variant]} "
+                    f"sensitivity, {pairs}")
+            out[key].append(compare(a, b, what=what, names=(LABELS[reference], LABELS.get(base, base))))
     for variant in ("abs", "rel"):
         rhos = []
         for s in seeds:
@@ -211,14 +209,15 @@ def c2_comparisons(studies: dict, k, label: str) -> list[dict]:
 # ----------------------------------------------------------------------------------------------------
 # E4: sensitive-neuron maps (C6)
 
-def pick_map_layer(model, x: torch.Tensor, min_size: int = 8) -> str:
-    """The deepest default layer whose output is a map of at least ``min_size`` x ``min_size``."""
-    layers = default_layers(model)
+def pick_map_layer(model, x: torch.Tensor, min_size: int = 8, layers=None) -> str:
+    """The deepest of ``layers`` (None: the default ones) whose output is a map of at least ``min_size`` x
+    ``min_size``; one forward pass of two images. ValueError when there is none."""
+    layers = default_layers(model) if layers is None else list(layers)
     with torch.no_grad(), attacks.eval_mode(model), capture(model, layers, detach=True) as acts:
         model(x[:2].to(next(model.parameters()).device))
     good = [n for n in layers if acts[n].dim() == 4 and min(acts[n].shape[-2:]) >= min_size]
     if not good:
-        raise ValueError(f"no default layer of {type(model).__name__} outputs maps of at least {min_size}x{min_size}")
+        raise ValueError(f"no analysed layer of {type(model).__name__} outputs maps of at least {min_size}x{min_size}")
     return good[-1]
 
 

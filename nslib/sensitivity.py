@@ -169,8 +169,8 @@ def neuron_sensitivity(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, *
             scale[name] = scale[name] + s if name in scale else s
             if per_pair:  # each pair's own ratio, 1.0 where its clean output is zero (as the toolbox does)
                 r = torch.where(c > 0, (clean - adv).abs().mean(2) / torch.where(c > 0, c, 1.0), 1.0)
-                ratios[name] = ratios[name] + r.sum(0, dtype=torch.float64) if name in ratios else \
-                    r.sum(0, dtype=torch.float64)
+                r = r.sum(0, dtype=torch.float64)
+                ratios[name] = ratios[name] + r if name in ratios else r
         return None
 
     from tqdm.auto import tqdm
