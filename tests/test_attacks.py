@@ -432,15 +432,6 @@ def test_mode_is_restored_when_the_model_raises():
 # AutoAttack wrapper
 
 
-@pytest.fixture
-def one_thread():
-    """FAB-T's many tiny ops on a shared two-core machine: one thread is several times faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_autoattack_keeps_the_contracts(one_thread):
     model = tiny_cnn(1, 10, 6, seed=0)
     model.train()

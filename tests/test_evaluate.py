@@ -96,15 +96,6 @@ def test_min_norm_accuracy_counts_perturbations_above_the_radius():
     assert math.isclose(res["median_norm"], 0.3 * math.sqrt(2), rel_tol=1e-6)
 
 
-@pytest.fixture
-def one_thread():
-    """AutoAttack's many tiny ops on a shared two-core machine: one thread is several times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_run_suite_table(one_thread):
     """Each row's robust accuracy is the analytic one of a two-class linear model, inputs well inside
     [0, 1]: an example is Linf-robust at eps iff its margin exceeds eps * ||w_other - w_y||_1 (FGSM, PGD and

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from nslib.models import eval_mode
 from nslib.sensitivity import (batch_sensitivity, capture, layer_summary, neuron_sensitivity, resolve_k,
                                top_k)
 
@@ -49,30 +50,38 @@ def pairs(n, c=2, size=8, seed=0, dtype=torch.float64, noise=0.1):
     return x, x_adv
 
 
-def oracle(model, x, x_adv, layer, relative=False):
-    """The formula with plain loops over samples and channels, one image per forward pass."""
+def per_pair_outputs(model, x, x_adv, layer):
+    """The layer's output on each benign image and on its adversarial version, one image per forward pass,
+    in eval mode (the model's mode restored): a list of (a, b), each [C, ...]."""
     module = dict(model.named_modules())[layer]
     seen = {}
     handle = module.register_forward_hook(lambda m, i, o: seen.__setitem__("o", o.detach().clone()))
     was = model.training
     model.eval()
+    out = []
     try:
-        total, clean_total = None, None
         for i in range(x.shape[0]):
             with torch.no_grad():
                 model(x[i:i + 1])
                 a = seen["o"][0]
                 model(x_adv[i:i + 1])
-                b = seen["o"][0]
-            if total is None:
-                total, clean_total = [0.0] * a.shape[0], [0.0] * a.shape[0]
-            for c in range(a.shape[0]):
-                d = (a[c] - b[c]).abs().flatten()  # a unit of a linear layer: one value
-                total[c] += float(d.sum()) / d.numel()
-                clean_total[c] += float(a[c].abs().flatten().sum()) / d.numel()
+                out.append((a, seen["o"][0]))
     finally:
         handle.remove()
         model.train(was)
+    return out
+
+
+def oracle(model, x, x_adv, layer, relative=False):
+    """The formula with plain loops over samples and channels, one image per forward pass."""
+    total, clean_total = None, None
+    for a, b in per_pair_outputs(model, x, x_adv, layer):
+        if total is None:
+            total, clean_total = [0.0] * a.shape[0], [0.0] * a.shape[0]
+        for c in range(a.shape[0]):
+            d = (a[c] - b[c]).abs().flatten()  # a unit of a linear layer: one value
+            total[c] += float(d.sum()) / d.numel()
+            clean_total[c] += float(a[c].abs().flatten().sum()) / d.numel()
     n = x.shape[0]
     sigma = torch.tensor([t / n for t in total], dtype=torch.float64)
     if not relative:
@@ -120,25 +129,13 @@ def test_relative_matches_oracle_and_marks_dead(batch_size):
 def toolbox_relative(model, x, x_adv, layer):
     """The authors' toolbox (AISafety EvalBox/UserEvaluation/sns.py), restated: per pair and channel, mean |change|
     over mean |clean| (1.0 where the clean mean is 0), summed and divided by the number of pairs."""
-    module = dict(model.named_modules())[layer]
-    seen = {}
-    handle = module.register_forward_hook(lambda m, i, o: seen.__setitem__("o", o.detach().clone()))
-    model.eval()
-    try:
-        ratios = None
-        for i in range(x.shape[0]):
-            with torch.no_grad():
-                model(x[i:i + 1])
-                a = seen["o"][0]
-                model(x_adv[i:i + 1])
-                b = seen["o"][0]
-            ratios = [0.0] * a.shape[0] if ratios is None else ratios
-            for c in range(a.shape[0]):
-                xc, dc = a[c].flatten(), (b[c] - a[c]).flatten()
-                x_l1, d_l1 = float(xc.abs().sum()) / len(xc), float(dc.abs().sum()) / len(xc)
-                ratios[c] += d_l1 / x_l1 if x_l1 != 0 else 1.0
-    finally:
-        handle.remove()
+    ratios = None
+    for a, b in per_pair_outputs(model, x, x_adv, layer):
+        ratios = [0.0] * a.shape[0] if ratios is None else ratios
+        for c in range(a.shape[0]):
+            xc, dc = a[c].flatten(), (b[c] - a[c]).flatten()
+            x_l1, d_l1 = float(xc.abs().sum()) / len(xc), float(dc.abs().sum()) / len(xc)
+            ratios[c] += d_l1 / x_l1 if x_l1 != 0 else 1.0
     return torch.tensor([r / x.shape[0] for r in ratios], dtype=torch.float64)
 
 
@@ -158,7 +155,7 @@ def test_mean_of_ratios_matches_the_toolbox_and_differs_from_the_ratio_of_means(
         ref[dead[layer]] = math.nan  # dead on every pair: NaN in both kit variants (the toolbox says 1.0)
         torch.testing.assert_close(per_pair[layer].double(), ref, atol=1e-6, rtol=0, equal_nan=True)
         assert torch.equal(dead[layer], dead2[layer])
-    with torch.no_grad(), capture(model, ["head.relu"]) as acts:
+    with torch.no_grad(), eval_mode(model), capture(model, ["head.relu"]) as acts:  # eval: as the measure runs
         model(x)
     assert 0 < int((acts["head.relu"][:, 2] == 0).sum()) < 9 and not dead["head.relu"][2]  # the 1.0 branch runs
     alive = ~dead["stem"]
