@@ -16,9 +16,11 @@ device. The contracts (DESIGN.md), kept by every function here:
   of the attack (no extra pass): values outside [0, 1], a batch that is not 4-D,
   labels of the wrong shape or range, ``eps < 0``, a model that returns a tuple, a dict or probabilities
   are errors that say what was received;
-- ``amp=True`` computes the forward and backward passes in bf16 autocast on CUDA (a no-op on CPU); the
-  loss, the updates and the projection stay in the input's dtype, and whether an example counts as
-  adversarial (restarts, C&W's search) is always decided on an fp32 forward pass.
+- ``amp=True`` computes the forward and backward passes in bf16 autocast (on CUDA, or on the CPU: fast
+  only where the CPU has bf16 hardware, :func:`nslib.fast.cpu_has_bf16`; ``nslib.fast.autocast_dtype("auto",
+  device)`` says whether to ask for it); the loss, the updates and the projection stay in the input's
+  dtype, and whether an example counts as adversarial (restarts, C&W's search) is always decided on an
+  fp32 forward pass.
 
 For speed on a GPU, pass a model prepared by :func:`nslib.fast.prepare` (batch norm folded into the
 convolutions, channels_last, optionally compiled) and ``amp=True``.
@@ -51,9 +53,9 @@ KL_START_STD = 0.001  # TRADES's inner maximisation starts at x + 0.001 * N(0, 1
 # shared helpers
 
 def _autocast(x: torch.Tensor, amp: bool):
-    """bf16 autocast on CUDA when ``amp``; a no-op context otherwise (CPU runs stay in the input's dtype)."""
-    if amp and x.device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on the input's device (CUDA or CPU) when ``amp``; a no-op context otherwise."""
+    if amp and x.device.type in ("cuda", "cpu"):
+        return torch.autocast(x.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

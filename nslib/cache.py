@@ -35,8 +35,9 @@ MODELS = {
     "sns_trades": {"method": "sns", "base": "trades"},
 }
 # Raised whenever training changes what the same parameters produce, so that no cached model trained by older
-# code is reused. 2: TRADES's inner maximisation starts unclipped, as the reference does.
-TRAINING_CODE = 2
+# code is reused. 2: TRADES's inner maximisation starts unclipped, as the reference does. 3: SmallCNN's
+# convolutions start from Kaiming fan_in, as the reference.
+TRAINING_CODE = 3
 LABELS = {"vanilla": "Vanilla", "pgd_at": "PGD-AT", "trades": "TRADES", "sns_pgd_at": "SNS (PGD-AT)",
           "sns_trades": "SNS (TRADES)"}
 
@@ -122,31 +123,40 @@ def test_set(dataset: str, n: int | None, seed: int = 0) -> tuple[torch.Tensor, 
 
 
 def adversarial_pairs(model, info: dict, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 20,
-                      seed: int = 0, batch_size: int = 500) -> torch.Tensor:
+                      seed: int = 0, batch_size: int | None = None) -> torch.Tensor:
     """PGD adversarial examples against ``model`` (Linf, random start), cached per model and parameters.
 
     Cached in the model's folder under a key of (eps, steps, seed, a hash of x and y), so notebooks that
-    analyse the same model on the same images share the very same pairs. Returns x_adv like ``x`` on the
-    CPU.
+    analyse the same model on the same images share the very same pairs. The attack runs at the precision
+    the model was trained at (``info["params"]["precision"]``, "auto" when absent: bf16 autocast on CUDA
+    and on a CPU with bf16 hardware, :func:`nslib.fast.autocast_dtype`); bf16 pairs are keyed apart.
+    The sensitivities computed from them are fp32. Returns x_adv like ``x`` on the CPU.
     """
+    from nslib import fast
+
     digest = hashlib.sha256(x.detach().cpu().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest()[:12]
-    key = params_key({"eps": eps, "steps": steps, "seed": seed, "data": digest, "checkpoint": info["checkpoint"]})
+    precision = info.get("params", {}).get("precision", "auto")
+    amp = fast.autocast_dtype(precision, next(model.parameters()).device) is not None
+    key = params_key({"eps": eps, "steps": steps, "seed": seed, "data": digest, "checkpoint": info["checkpoint"],
+                      **({"amp": "bf16"} if amp else {})})
     path = Path(info["dir"]) / "pairs" / f"pgd-{key}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
-    x_adv = pgd_pairs(model, x, y, eps=eps, steps=steps, seed=seed, batch_size=batch_size)
+    x_adv = pgd_pairs(model, x, y, eps=eps, steps=steps, seed=seed, batch_size=batch_size, amp=amp)
     save_torch(path, x_adv)
     return x_adv
 
 
 def pgd_pairs(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 20, seed: int = 0,
-              batch_size: int = 500, amp: bool = False, progress: bool = False) -> torch.Tensor:
+              batch_size: int | None = None, amp: bool = False, progress: bool = False) -> torch.Tensor:
     """The reproduction's pairs, uncached: Linf PGD-``steps`` with random start (step 2.5 eps / steps) in
-    batches of ``batch_size``, batch i seeded with ``seed + i``; x_adv like ``x``, on the CPU."""
-    from nslib import attacks
+    batches of ``batch_size`` (None: 500 on a GPU, 128 on a CPU), the batch starting at image i seeded
+    with ``seed + i``; x_adv like ``x``, on the CPU."""
+    from nslib import attacks, fast
     from nslib.progress import bar
 
     dev = next(model.parameters()).device
+    batch_size = fast.attack_batch(dev, batch_size)
     parts = []
     for i in bar(range(0, len(x), batch_size), desc=f"PGD-{steps} pairs", disable=not progress):
         xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)

@@ -58,6 +58,8 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, device: st
         model = models_mod.build(spec["arch"], spec["dataset"])
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
+    if stored.get("channels_last"):  # the layout it was trained in: the same kernels, the same logits to the bit
+        model.to(memory_format=torch.channels_last)
     if optimizer is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
     if rng:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from nslib import attacks as _attacks, minnorm
+from nslib.fast import attack_batch
 from nslib.attacks import NORMS, _check_model, _clean_logits, _l2_exact, _l2_project, _linf_box
 from nslib.checks import check_choice, check_eps, check_images, check_labels, check_logits, check_positive_int, \
     model_device
@@ -71,7 +72,7 @@ def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out.float().argmax(1)
 
 
-def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, *, batch_size: int = 500,
+def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, *, batch_size: int | None = None,
                     progress: bool = False) -> RobustAccuracy:
     """Share of examples classified correctly both clean and after ``attack``, with a 95% Wilson interval.
 
@@ -81,7 +82,8 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, 
         y (Tensor): labels [N] int64.
         attack (callable): ``attack(model, x, y) -> x_adv``, e.g.
             ``functools.partial(nslib.attacks.pgd, eps=0.1, steps=20)``.
-        batch_size (int): examples per attack call, >= 1.
+        batch_size (int or None): examples per attack call, >= 1 (None: 500 on a GPU, 128 on a CPU,
+            :func:`nslib.fast.attack_batch`).
         progress (bool): show a tqdm bar over batches.
 
     Raises:
@@ -91,10 +93,10 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, 
     """
     check_images(x)
     check_labels(y, x.shape[0])
-    batch_size = check_positive_int(batch_size, "batch_size")
     if not callable(attack):
         raise TypeError(f"attack must be a callable (model, x, y) -> x_adv, got {type(attack).__name__}")
     device = model_device(model)
+    batch_size = check_positive_int(attack_batch(device, batch_size), "batch_size")
     n = x.shape[0]
     clean_ok, robust_ok = [], []
     t0 = time.perf_counter()
@@ -194,7 +196,7 @@ class _Capture(logging.Handler):
 
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
                version: str = "standard", attacks: list[str] | None = None, seed: int = 0,
-               batch_size: int = 500) -> tuple[torch.Tensor, dict[str, float]]:
+               batch_size: int = 500, restarts: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     r"""AutoAttack, 'Reliable Evaluation of Adversarial Robustness with an Ensemble of Diverse
     Parameter-free Attacks' [https://arxiv.org/abs/2003.01690], the reference code (``pyautoattack``).
 
@@ -218,6 +220,8 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         attacks (list or None): the attacks of ``version="custom"``.
         seed (int): AutoAttack's seed (its sub-attacks reseed torch with it).
         batch_size (int): examples per AutoAttack batch.
+        restarts (int or None): restarts of the untargeted APGD and FAB attacks; None keeps AutoAttack's
+            own (1 in "standard"; 5 in "custom", where its constructor's default stays).
 
     Shapes:
         x: [N, C, H, W] in [0, 1]; y: [N] int64; output: like ``x``.
@@ -243,6 +247,8 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     norm = check_choice(norm, "norm", NORMS)
     version = check_choice(version, "version", ("standard", "plus", "rand", "custom"))
     batch_size = check_positive_int(batch_size, "batch_size")
+    if restarts is not None:
+        restarts = check_positive_int(restarts, "restarts")
     if version == "custom":
         if not attacks or any(a not in _AA_NAMES for a in attacks):
             raise ValueError(f"attacks must be a non-empty list drawn from {', '.join(_AA_NAMES)} for "
@@ -276,6 +282,8 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
             logger.propagate = False  # its per-batch debug lines stay out of the user's handlers
             aa = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, version=version,
                             attacks=attacks if version == "custom" else None, seed=seed, device=x.device)
+            if restarts is not None:
+                aa.apgd.n_restarts = aa.fab.n_restarts = restarts
             x_adv, _ = aa.run_standard_evaluation(x.detach(), y.detach().to(x.device), batch_size=batch_size)
         finally:
             logger.removeHandler(capture)
@@ -312,7 +320,7 @@ ATTACKS = {"fgsm": _attacks.fgsm, "pgd": _attacks.pgd, "mim": _attacks.mim, "cw_
 MIN_NORM = ("cw_l2", "fmn")  # attacks with no radius: they return the smallest perturbation found
 
 
-def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[dict], *, batch_size: int = 500,
+def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[dict], *, batch_size: int | None = None,
               seed: int = 0, progress: bool = False) -> list[dict]:
     """Run a list of attacks; return one row per attack (a list of dicts, ready for pandas or a CSV).
 
@@ -331,6 +339,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[di
     """
     check_images(x)
     check_labels(y, x.shape[0])
+    batch_size = attack_batch(model_device(model), batch_size)
     rows = []
     for spec in suite:
         if not isinstance(spec, dict) or spec.get("attack") not in ATTACKS:

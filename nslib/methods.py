@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nslib import checks, models as models_mod
+from nslib import checks, fast, models as models_mod
 
 __all__ = ["Method", "METHODS", "TrainConfig", "identity", "attack_of", "sns_terms", "sns_penalty"]
 
@@ -264,7 +264,7 @@ METHODS: dict[str, Method] = {
 # the configuration of a training run
 
 SCHEDULES = ("cosine", "piecewise", "constant")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = fast.PRECISIONS
 # the fields that define a trained model for every method (identity adds the method's own params)
 SHARED = ("method", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "seed", "val_size",
           "n_train", "precision")
@@ -293,8 +293,10 @@ class TrainConfig:
             the hooked layers (None: ``default_layers(model)``) and the relative (scale-invariant)
             penalty. Sweep lam on a log grid from 0.001: large values of the absolute penalty
             collapse the network (see the module docstring).
-        precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16".
-        channels_last: None: True on CUDA. compile: run the update passes through torch.compile
+        precision: "auto" (bf16 autocast on CUDA and on a CPU with bf16 hardware, fp32 elsewhere:
+            :func:`nslib.fast.autocast_dtype`), "fp32" or "bf16". Validation and the verdict numbers
+            are always fp32.
+        channels_last: None: True on CUDA and CPU. compile: run the update passes through torch.compile
             (standard, PGD-AT, TRADES; SNS warns and runs its hooked passes eagerly).
 
     Raises: ValueError/TypeError naming the field, what was expected and what was received; only

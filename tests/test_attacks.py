@@ -231,12 +231,6 @@ def test_seed_none_follows_torch_manual_seed(cnn_data):
     assert torch.equal(a, pgd(model, x, y, eps=0.1, steps=2))
 
 
-def test_amp_is_a_no_op_on_cpu(cnn_data):
-    model, x, y = cnn_data
-    a = pgd(model, x, y, eps=0.1, steps=3, seed=0, amp=True)
-    assert torch.equal(a, pgd(model, x, y, eps=0.1, steps=3, seed=0))
-
-
 def test_margin_is_right_for_negative_logits():
     logits = torch.tensor([[-5.0, -1.0, -3.0], [-2.0, -9.0, -4.0]])
     y = torch.tensor([1, 0])
