@@ -1,10 +1,11 @@
-# Two commands: `make reproduce` (the main job, quick profile) and `make test` (the whole suite).
+# Two commands: `make reproduce` (the main job: the cpu profile without a GPU, full with one) and `make test`
+# (the whole suite).
 # Each creates or reuses the virtual environment .venv by itself.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.nslib-installed
-PROFILE ?= quick
+PROFILE ?= auto
 
 .PHONY: setup reproduce test test-fast lab clean
 
@@ -20,8 +21,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# PROFILE=auto: "full" where CUDA is present, "cpu" elsewhere; it says which, and how long it expects, first.
+# --resume: a second `make reproduce` skips what is done (and trained models are always reused).
 reproduce: setup
-	$(BIN)/python -m nslib reproduce --profile $(PROFILE)
+	$(BIN)/python -m nslib reproduce --profile $(PROFILE) --resume
 
 # The tests write to outputs/test, so they never overwrite what `make reproduce` wrote; the notebooks run
 # verbose, one line per cell, so the terminal says which notebook it is on. tests/test_jupyterlab.py runs

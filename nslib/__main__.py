@@ -10,7 +10,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     rep = sub.add_parser("reproduce", help="run the numbered notebooks with papermill into outputs/<profile>/")
-    rep.add_argument("--profile", default="quick", help="one of nslib.config.PROFILES (quick, full)")
+    rep.add_argument("--profile", default="auto",
+                     help="auto (full with a CUDA device, cpu without), or one of nslib.config.PROFILES: "
+                          "quick (CI's machinery check), cpu, full")
     rep.add_argument("--datasets", default=None, help="comma-separated dataset names, e.g. fmnist,mnist5k")
     rep.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 02,03")
     rep.add_argument("--resume", action="store_true", help="skip notebooks already done with the same parameters")

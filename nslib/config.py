@@ -29,7 +29,8 @@ from nslib import data as data_mod, models as models_mod
 from nslib.cache import MODELS
 from nslib.training import ATTACK_DEFAULTS
 
-__all__ = ["PROFILES", "NOTEBOOKS", "Settings", "settings", "parse_overrides", "check_datasets", "profile_datasets"]
+__all__ = ["PROFILES", "NOTEBOOKS", "EXPECTED_S", "Settings", "settings", "parse_overrides", "check_datasets",
+           "profile_datasets", "auto_profile", "expected_seconds"]
 
 NOTEBOOKS = ("00", "01", "02", "03", "04", "05", "06")
 
@@ -39,6 +40,8 @@ NOTEBOOKS = ("00", "01", "02", "03", "04", "05", "06")
 # ~0.13 under PGD-20 at eps 0.1: not fully trained, not 0).
 _QUICK_RANGES = {"train_ranges": {"vanilla_clean": (0.45, 0.95), "robust_clean": (0.25, 0.90), "robust_pgd": (0.10, 0.75)},
                  "eval_ranges": {"clean": (0.25, 0.90), "aa": (0.03, 0.70), "vanilla_pgd": (0.0, 0.3)}}
+_CPU_RANGES = {"train_ranges": {"vanilla_clean": (0.80, 1.0), "robust_clean": (0.60, 0.95), "robust_pgd": (0.40, 0.90)},
+               "eval_ranges": {"clean": (0.60, 0.95), "aa": (0.30, 0.90), "vanilla_pgd": (0.0, 0.2)}}
 _FULL_RANGES = {"train_ranges": {"vanilla_clean": (0.85, 1.0), "robust_clean": (0.70, 1.0), "robust_pgd": (0.40, 0.98)},
                 "eval_ranges": {"clean": (0.70, 1.0), "aa": (0.30, 0.98), "vanilla_pgd": (0.0, 0.05)}}
 
@@ -90,16 +93,35 @@ PROFILES: dict[str, dict] = {
             "aa_n": 50,                  # test images for AutoAttack
             "aa_version": "custom",      # "standard" (APGD-CE, APGD-T, FAB-T, Square) or "custom" with aa_attacks
             "aa_attacks": ["apgd-ce", "apgd-dlr"],  # AutoAttack's attacks when aa_version is "custom"
+            "aa_restarts": None,         # restarts of AutoAttack's APGD/FAB (None: its own: 5 in "custom", 1 in "standard")
             "lam_grid": [0.0, 0.01, 0.1],  # SNS (PGD-AT) lambda ablation, first seed (0 is PGD-AT itself)
             "k_grid": [0.1, 0.3],        # SNS (PGD-AT) top-k ablation, first seed
             "n_sanity": 50,              # test images for the eps sweep of the sanity checks
             "sanity_steps": 10,          # PGD steps of the eps sweep
             "eps_scales": [0.5, 1, 2, 4, 8],  # the sweep's radii as multiples of eps (capped at 1)
+            "precision": "auto",         # training and pair attacks: "auto" (bf16 on CUDA and bf16-capable CPUs), "fp32", "bf16"
             **_QUICK_RANGES,
         },
         # 00's clean SmallCNN run: larger subset, larger batches, a few epochs
         "00": {"n_train": 20000, "epochs": 4, "batch_size": 64},
         ("mnist5k", "00"): {"n_train": None},  # the subset has 3,500 training images after the hold-out
+    },
+    # CPU, the main job without a GPU (`make reproduce` there): three seeds of every model on real
+    # Fashion-MNIST, verdict numbers on 1,000 test images; about 40 minutes on two cores (EXPECTED_S).
+    "cpu": {
+        "datasets": ("fmnist",),
+        # 12,000 images x 2 epochs, PGD-2 (alpha 1.25 eps): PGD-AT reached 76.7% clean / 66.8% PGD-5 on
+        # validation with 20,000 (one seed, 73 s); vanilla 10 epochs (89.7% at 20,000 x 8)
+        "all": {"seeds": [0, 1, 2], "batch_size": 128, "lr": 0.05, "epochs": 2, "vanilla_epochs": 10,
+                "n_train": 12000, "attack_steps": 2, "val_size": 2000, "val_n_adv": 500, "val_attack_steps": 5,
+                "n_pairs": 400, "n_eval": 1000, "n_long": 200, "pgd_long_steps": 50, "mim_steps": 10,
+                "l2_n": 100, "fmn_steps": 50, "pgd_l2_steps": 20, "aa_n": 200, "aa_restarts": 1,
+                "lam_grid": [0.0, 0.01, 0.1], "k_grid": [0.1], "n_sanity": 100, "n_maps": 8, **_CPU_RANGES},
+        "00": {"n_train": 20000, "epochs": 4, "batch_size": 64},
+        # not measured: the subset's 3,500 training images, eps 0.3 (a stronger training attack, eps warm-up)
+        "mnist5k": {"n_train": None, "val_size": 500, "epochs": 10, "vanilla_epochs": 20, "attack_steps": 10,
+                    "eps_warmup_epochs": 3},
+        ("mnist5k", "00"): {"n_train": None},
     },
     # GPU, paper scale: three seeds, AutoAttack on 1,000 images. Not yet measured on a GPU (estimate).
     "full": {
@@ -126,6 +148,35 @@ PROFILES: dict[str, dict] = {
         ("mnist5k", "00"): {"min_test_acc": 0.95},
     },
 }
+
+# Wall seconds of each notebook on fmnist, measured on a quiet 2-core CPU (AMD EPYC, AVX2, fp32) from a clean
+# clone: what `reproduce` announces before it starts and the weights of its whole-run progress bar. A
+# notebook or profile missing here counts DEFAULT_NOTEBOOK_S and the announcement says "unknown".
+EXPECTED_S = {
+    "quick": {"00": 70, "01": 150, "02": 40, "03": 60, "04": 15, "05": 90, "06": 10},
+    "cpu": {"00": 110, "01": 1150, "02": 150, "03": 190, "04": 90, "05": 600, "06": 10},
+}
+DEFAULT_NOTEBOOK_S = 60
+
+
+def auto_profile(cuda: bool | None = None) -> tuple[str, str]:
+    """The profile for this machine and why: ``("full", ...)`` with a CUDA device, ``("cpu", ...)`` without.
+
+    Usage: ``profile, why = auto_profile()  # ("cpu", "no CUDA device")``
+    """
+    if cuda is None:
+        import torch
+        cuda = torch.cuda.is_available()
+    return ("full", "a CUDA device is present") if cuda else ("cpu", "no CUDA device")
+
+
+def expected_seconds(profile: str, dataset: str, notebook: str | None) -> tuple[float, bool]:
+    """``(seconds, measured)``: the expected wall time of one notebook run; ``measured`` is False when the
+    value is the :data:`DEFAULT_NOTEBOOK_S` guess (a profile, dataset or notebook not in :data:`EXPECTED_S`)."""
+    table = EXPECTED_S.get(profile, {})
+    if dataset == "fmnist" and notebook in table:
+        return float(table[notebook]), True
+    return float(DEFAULT_NOTEBOOK_S), False
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -206,7 +257,8 @@ CHECKS = {
         ("apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square")), "AutoAttack attack names", distinct=True),
     "lam_grid": _list(_real(0, 1e6), "lambda values"), "k_grid": _list(_k, "top-k sizes"), "n_sanity": _int(1),
     "sanity_steps": _int(1), "eps_scales": _list(_real(0, 1e3, low_open=True), "positive multiples of eps"),
-    "train_ranges": _ranges, "eval_ranges": _ranges,
+    "train_ranges": _ranges, "eval_ranges": _ranges, "precision": _choice(("auto", "fp32", "bf16")),
+    "aa_restarts": _int(1, optional=True),
 }
 
 
@@ -254,6 +306,7 @@ class Settings:
     aa_n: int
     aa_version: str
     aa_attacks: tuple
+    aa_restarts: int | None
     lam_grid: tuple
     k_grid: tuple
     n_sanity: int
@@ -261,6 +314,7 @@ class Settings:
     eps_scales: tuple
     train_ranges: dict
     eval_ranges: dict
+    precision: str
 
     @property
     def alpha(self) -> float | None:
@@ -278,7 +332,7 @@ class Settings:
         args = dict(epochs=self.epochs, n_train=self.n_train, batch_size=self.batch_size, lr=self.lr,
                     attack_steps=self.attack_steps, alpha=self.alpha, eps_warmup_epochs=self.eps_warmup_epochs,
                     val_size=self.val_size, val_n_adv=self.val_n_adv, val_attack_steps=self.val_attack_steps,
-                    lam=self.lam, k=self.k)
+                    lam=self.lam, k=self.k, precision=self.precision)
         if self.eps != ATTACK_DEFAULTS.get(self.dataset, {}).get("eps"):
             args["eps"] = self.eps  # the dataset's radius is train()'s own default: keep the cache key as it was
         return args

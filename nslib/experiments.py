@@ -260,14 +260,15 @@ def transfer_accuracy(model, x: torch.Tensor, y: torch.Tensor, x_adv_source: tor
 def evaluate_model(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, x_adv_pgd20: torch.Tensor,
                    x_adv_transfer: torch.Tensor | None, n_long: int, long_steps: int, mim_steps: int,
                    l2_n: int, fmn_steps: int, pgd_l2_steps: int, pgd_l2_restarts: int = 1, aa_n: int,
-                   aa_version: str, aa_attacks=None, seed: int = 0, light: bool = False) -> dict:
+                   aa_version: str, aa_attacks=None, aa_restarts: int | None = None, seed: int = 0,
+                   light: bool = False) -> dict:
     """One model under the suite of E3: ``{"rows": {label: row}, "aa_warnings": [...]}``.
 
     PGD-20 comes from the cached pairs ``x_adv_pgd20`` (all of x); PGD-``long_steps`` runs on the first
     ``n_long`` images; on the first ``l2_n``, at the L2 radius 2 * eps * sqrt(pixels) / 10: FMN-L2 (minimal
     norm: robust where the smallest perturbation found exceeds the radius, plus its median) and PGD-L2 at that
     radius (``pgd_l2_steps`` x ``pgd_l2_restarts``), which a sound minimal-norm attack is never weaker than;
-    AutoAttack on the first ``aa_n``. Every row has accuracy, low, high (95% Wilson), n and wall_s. Rows:
+    AutoAttack on the first ``aa_n`` (``aa_restarts``: its APGD/FAB restarts, None: AutoAttack's own). Every row has accuracy, low, high (95% Wilson), n and wall_s. Rows:
     clean, PGD-20, FGSM, MIM-<steps>, PGD-<long>, FMN-L2, PGD-L2, AutoAttack, transfer (when
     ``x_adv_transfer`` is given). ``light=True`` stops after
     FGSM (for the vanilla model, which the attacks break anyway: only the transfer source and a reference).
@@ -297,6 +298,8 @@ def evaluate_model(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, x_adv
     aa = {"attack": "autoattack", "eps": eps, "version": aa_version, "label": "AutoAttack"}
     if aa_version == "custom":
         aa["attacks"] = list(aa_attacks)
+    if aa_restarts is not None:
+        aa["restarts"] = aa_restarts
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         r = evaluate.run_suite(model, x[:aa_n], y[:aa_n], [aa], seed=seed)[0]

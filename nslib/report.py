@@ -222,7 +222,10 @@ def _headline(comparisons: list[dict]) -> str:
     c = comparisons[0]
     name_a, name_b = c.get("names") or ("A", "B")
     std = f" +- {c['diff']['std']:.3f}" if c["diff"]["std"] is not None else ""
-    return f"{name_a} {c['a']['mean']:.3f} vs {name_b} {c['b']['mean']:.3f} ({c['diff']['mean']:+.3f}{std})"
+    # an inconclusive comparison says how large a difference this run could have called
+    detect = f"; detectable above {c['detectable']:.3f}" if c.get("verdict") == "inconclusive" \
+        and c.get("detectable") is not None else ""
+    return f"{name_a} {c['a']['mean']:.3f} vs {name_b} {c['b']['mean']:.3f} ({c['diff']['mean']:+.3f}{std}{detect})"
 
 
 def _summary(results: dict, verdicts: dict, datasets: list[str]) -> list[str]:
@@ -243,7 +246,7 @@ def _summary(results: dict, verdicts: dict, datasets: list[str]) -> list[str]:
     if seeds == {1}:
         lines += ["", "**One seed**: the spread over seeds is unknown, so no comparison can be decided; the "
                       "table shows each claim's main comparison (direction and size), not a verdict. Run with "
-                      "`--set \"seeds=[0, 1, 2]\"` (or the full profile) for verdicts."]
+                      "`--set \"seeds=[0, 1, 2]\"` (or the cpu or full profile) for verdicts."]
     return lines
 
 

@@ -31,7 +31,7 @@ from nslib.progress import read_status
 from nslib.report import profile_dir
 from nslib.store import load_json, params_key, provenance, repo_root, save_json
 
-__all__ = ["notebooks", "plan", "reproduce", "main"]
+__all__ = ["notebooks", "plan", "reproduce", "announce", "main"]
 
 REPRODUCTION = config.NOTEBOOKS  # the numbered notebooks that make up the reproduction (07+ are tools)
 
@@ -114,19 +114,29 @@ def _execute(path: Path, out_nb: Path, params: dict, status_file: Path, outcome:
         outcome["error"] = e
 
 
-def _run_one(path, out_nb, params, bar) -> BaseException | None:
-    """Execute a notebook while the terminal bar shows its kernel's progress line."""
+def _run_one(path, out_nb, params, bar, expected: float) -> BaseException | None:
+    """Execute a notebook while the terminal bar shows its kernel's progress line.
+
+    The whole-run bar counts expected seconds (:func:`nslib.config.expected_seconds`): while the notebook
+    runs it advances with the wall clock, up to 95% of the notebook's share (a slow notebook holds the bar
+    there rather than running into the next one's), so tqdm's rate is the run's speed against the
+    measured machine and its "remaining" the estimate of what is left."""
     status_file = Path(tempfile.mkdtemp(prefix="nslib-progress-")) / "status"
     outcome: dict = {}
     worker = threading.Thread(target=_execute, args=(path, out_nb, params, status_file, outcome), daemon=True)
     worker.start()
-    label, shown = f"{params['dataset']}/{path.stem}", None
+    label, shown, start, t0 = f"{params['dataset']}/{path.stem}", None, bar.n, time.perf_counter()
     while worker.is_alive():
         worker.join(timeout=0.5)
         text = f"{label}: {read_status(status_file)}".rstrip(": ")
-        if text != shown:  # redraw only on news (a log file would otherwise fill with identical lines)
+        moved = min(time.perf_counter() - t0, 0.95 * expected)
+        if text != shown or moved - (bar.n - start) >= max(1.0, expected / 100):
+            # redraw only on news or a visible step (a log file would otherwise fill with identical lines)
+            bar.n = start + moved
             bar.set_postfix_str(text, refresh=True)
             shown = text
+    bar.n = start + expected
+    bar.refresh()
     return outcome.get("error")
 
 
@@ -147,11 +157,19 @@ def reproduce(profile: str = "quick", datasets=None, only=None, resume: bool = F
     from tqdm.auto import tqdm
 
     runs = plan(profile, datasets, only, overrides, notebooks_dir)
-    bar = tqdm(runs, desc=f"reproduce ({profile})", unit="notebook", disable=not progress, file=sys.stdout)
+    expected = [config.expected_seconds(profile, d, p.name[:2])[0] for d, p, _ in runs]
+    bar = tqdm(total=sum(expected), desc=f"reproduce ({profile})", disable=not progress, file=sys.stdout,
+               bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {elapsed} elapsed, ~{remaining} left{postfix}")
     ran = set()  # datasets where a notebook was executed in this call: their report is rebuilt
     done = 0
+
+    def say(message: str) -> None:  # a line above the bar, not glued to it
+        if log is print and progress:
+            tqdm.write(message, file=sys.stdout)
+        else:
+            log(message)
     try:
-        for dataset, path, params in bar:
+        for (dataset, path, params), seconds in zip(runs, expected):
             out_dir = profile_dir(profile, dataset)
             out_nb = out_dir / path.name
             marker = out_nb.with_suffix(".done.json")
@@ -161,12 +179,13 @@ def reproduce(profile: str = "quick", datasets=None, only=None, resume: bool = F
             stale_report = path.stem.endswith("_report") and dataset in ran
             if resume and not stale_report and marker.exists() and load_json(marker).get("key") == key \
                     and out_nb.exists():
-                log(f"skip {out_nb} (done with the same settings)")
+                bar.update(seconds)
+                say(f"skip {out_nb} (done with the same settings)")
                 continue
             marker.unlink(missing_ok=True)
             out_dir.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
-            error = _run_one(path, out_nb, params, bar)
+            error = _run_one(path, out_nb, params, bar, seconds)
             if isinstance(error, KeyboardInterrupt):
                 raise error
             if error is not None:
@@ -181,7 +200,7 @@ def reproduce(profile: str = "quick", datasets=None, only=None, resume: bool = F
             done += 1
             save_json(marker, {"notebook": path.name, "key": key, "settings": cfg, "runtime_s": wall,
                                "provenance": provenance(device(), **params)})
-            log(f"done {out_nb} in {wall:.0f} s")
+            say(f"done {out_nb} in {wall:.0f} s (expected {seconds:.0f} s)")
     except KeyboardInterrupt:
         bar.close()
         cmd = " ".join(["python -m nslib reproduce --profile", profile]
@@ -191,22 +210,39 @@ def reproduce(profile: str = "quick", datasets=None, only=None, resume: bool = F
         log(f"\ninterrupted: {done} notebook(s) finished in this run and every finished training epoch are kept; "
             f"resume with: {cmd}")
         return 130
+    bar.close()
     report = profile_dir(profile) / "REPORT.md"
     if report.exists():
         log(f"report: {report}")
     return 0
 
 
+def announce(profile: str, runs, why: str | None = None) -> str:
+    """The line ``reproduce`` prints before it starts: the profile (and why it was picked), the datasets, the
+    device and the expected wall time (:data:`nslib.config.EXPECTED_S`, measured on a quiet 2-core CPU)."""
+    times = [config.expected_seconds(profile, d, p.name[:2]) for d, p, _ in runs]
+    total = sum(t for t, _ in times)
+    if all(measured for _, measured in times):
+        when = f"expected about {total / 60:.0f} min (measured on a quiet 2-core CPU; other work on the machine " \
+               f"slows it)"
+    else:
+        when = "expected time unknown (not measured for this profile and dataset)"
+    picked = f" ({why})" if why else ""
+    return (f"nslib reproduce: profile {profile!r}{picked} on {', '.join(sorted({d for d, _, _ in runs}))} "
+            f"({len(runs)} notebook runs), device {device()}; {when}")
+
+
 def main(args) -> int:
-    """Entry of ``python -m nslib reproduce`` (arguments parsed in :mod:`nslib.__main__`)."""
+    """Entry of ``python -m nslib reproduce`` (arguments parsed in :mod:`nslib.__main__`); ``--profile auto``
+    (the default) runs "full" where a CUDA device is present and "cpu" elsewhere."""
+    profile, why = (config.auto_profile() if args.profile == "auto" else (args.profile, None))
     try:
         overrides = config.parse_overrides(args.set)
         datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
         only = [o.strip() for o in args.only.split(",") if o.strip()] if args.only else None
-        runs = plan(args.profile, datasets, only, overrides)  # every check, before any work
+        runs = plan(profile, datasets, only, overrides)  # every check, before any work
     except ValueError as e:
         print(f"nslib reproduce: {e}", file=sys.stderr)
         return 2
-    print(f"nslib reproduce: profile {args.profile!r} on {', '.join(sorted({d for d, _, _ in runs}))} "
-          f"({len(runs)} notebook runs), device {device()}", flush=True)
-    return reproduce(args.profile, datasets=datasets, only=only, resume=args.resume, overrides=overrides)
+    print(announce(profile, runs, why), flush=True)
+    return reproduce(profile, datasets=datasets, only=only, resume=args.resume, overrides=overrides)

@@ -22,7 +22,7 @@ RULE = ("A comparison \"A is higher than B\" **holds** when the mean over seeds 
         "**does not hold** when the same criterion is met in the other direction; otherwise it is "
         "**inconclusive**. With a single seed the spread over seeds is unknown, so every comparison is "
         "inconclusive: the direction and the intervals are reported, but not read as a verdict (the quick "
-        "profile trains one seed; the full profile three). A claim made of several comparisons holds when "
+        "profile trains one seed; the cpu and full profiles three). A claim made of several comparisons holds when "
         "all of them hold and does not hold when any of them does not hold.")
 
 
@@ -132,9 +132,12 @@ def describe(c: dict) -> str:
     d = c["diff"]
     name_a, name_b = c.get("names") or ("A", "B")
     spread_text = f" +- {d['std']:.4f}" if d["std"] is not None else ""
+    # one seed: the report and the notebooks say it once, in one line, not in every comparison
+    reason = c["reason"] if c["n_seeds"] > 1 else c["reason"].replace("one seed: the spread over seeds is unknown", "")
+    reason = reason.lstrip("; ")
     ivs = ""
     if c["interval_a"] is not None:
         ivs = (f"; 95% intervals [{c['interval_a'][0]:.3f}, {c['interval_a'][1]:.3f}] vs "
                f"[{c['interval_b'][0]:.3f}, {c['interval_b'][1]:.3f}]")
     return (f"{c['what']}: {c['verdict']} -- {name_a} {c['a']['mean']:.4f} vs {name_b} {c['b']['mean']:.4f}, "
-            f"difference {d['mean']:+.4f}{spread_text} over {c['n_seeds']} seed(s){ivs} ({c['reason']})")
+            f"difference {d['mean']:+.4f}{spread_text} over {c['n_seeds']} seed(s){ivs}" + (f" ({reason})" if reason else ""))

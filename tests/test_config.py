@@ -78,7 +78,7 @@ def test_bad_overrides_fail_naming_the_knob(overrides, message):
 
 
 def test_bad_profile_dataset_and_notebook():
-    with pytest.raises(ValueError, match="profile must be one of quick, full, got 'fast'"):
+    with pytest.raises(ValueError, match="profile must be one of quick, cpu, full, got 'fast'"):
         config.settings("fast", "fmnist")
     with pytest.raises(ValueError, match="datasets must be drawn from .* got 'bogus'"):
         config.settings("quick", "bogus")
@@ -112,3 +112,21 @@ def test_every_profile_fits_the_embedded_datasets():
                 assert cfg.n_train is None or cfg.n_train <= left, (profile, dataset, nb, cfg.n_train, left)
                 test = data.DATASETS[dataset].test_size
                 assert max(cfg.n_pairs, cfg.n_eval if nb == "05" else 0) <= test, (profile, dataset, nb)
+
+
+def test_auto_profile_picks_by_cuda_and_every_profile_announces_a_measured_time():
+    assert config.auto_profile(cuda=True)[0] == "full"
+    assert config.auto_profile(cuda=False) == ("cpu", "no CUDA device")
+    for profile in ("quick", "cpu"):  # measured on two cores: what `reproduce` announces and its bar's weights
+        for nb in config.NOTEBOOKS:
+            seconds, measured = config.expected_seconds(profile, "fmnist", nb)
+            assert measured and seconds > 0, (profile, nb)
+    assert config.expected_seconds("full", "fmnist", "01") == (config.DEFAULT_NOTEBOOK_S, False)
+
+
+def test_the_cpu_profile_decides_with_three_seeds_on_1000_test_images():
+    """Issue 11: the main job on a CPU trains every model a verdict depends on with >= 3 seeds and reports
+    accuracies on >= 1,000 test images."""
+    cfg = config.settings("cpu", "fmnist", "05")
+    assert len(cfg.seeds) >= 3 and cfg.n_eval >= 1000 and cfg.precision == "auto"
+    assert config.profile_datasets("cpu") == ("fmnist",)

@@ -14,7 +14,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from nslib import run
+from nslib import config, run
 
 NSLIB = Path(run.__file__).parent
 
@@ -227,3 +227,25 @@ def test_ctrl_c_stops_with_one_line_naming_the_command_that_resumes(tiny, monkey
     assert rc == 130
     assert len(messages) == 1 and messages[0].strip().startswith("interrupted")
     assert "python -m nslib reproduce --profile quick --only 02 --set 'n_eval=7' --resume" in messages[0]
+
+
+def test_the_announcement_names_the_profile_why_and_the_expected_time():
+    runs = run.plan("cpu")
+    line = run.announce("cpu", runs, "no CUDA device")
+    total = sum(config.expected_seconds("cpu", "fmnist", nb)[0] for nb in config.NOTEBOOKS)
+    assert line.startswith("nslib reproduce: profile 'cpu' (no CUDA device) on fmnist (7 notebook runs)")
+    assert f"expected about {total / 60:.0f} min" in line
+    assert "expected time unknown" in run.announce("full", run.plan("full", datasets=["mnist5k"]))
+
+
+def test_the_cli_runs_the_profile_for_the_machine_by_default(monkeypatch, capsys):
+    from nslib.__main__ import main as cli_main
+
+    called = []
+    monkeypatch.setattr(run, "reproduce", lambda profile, **kw: called.append((profile, kw["only"])) or 0)
+    monkeypatch.setattr(config, "auto_profile", lambda: ("cpu", "no CUDA device"))
+    assert cli_main(["reproduce", "--only", "06"]) == 0
+    assert called == [("cpu", ["06"])]
+    assert "profile 'cpu' (no CUDA device)" in capsys.readouterr().out
+    monkeypatch.setattr(config, "auto_profile", lambda: ("full", "a CUDA device is present"))
+    assert cli_main(["reproduce", "--only", "06"]) == 0 and called[-1] == ("full", ["06"])
