@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ana.add_argument("--mean", type=float, nargs="+", default=None, help="per-channel mean the network expects")
     ana.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std the network expects")
     ana.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    ana.add_argument("--precision", default="auto", help="auto (bf16 attacks on CUDA), fp32 or bf16; sigma is fp32")
+    ana.add_argument("--precision", default="auto", help="auto (bf16 attacks where the hardware computes bf16: CUDA, AVX512-BF16/AMX CPUs), fp32 or bf16; sigma is fp32")
     ana.add_argument("--out", default=None, help="output folder (default: outputs/analysis/<model>-<data>)")
     ana.add_argument("--force", action="store_true", help="replace a non-empty --out")
 

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nslib import cache, checks, data as data_mod, experiments as ex, models as models_mod, training, viz
+from nslib import cache, checks, data as data_mod, experiments as ex, fast, models as models_mod, training, viz
 from nslib.progress import bar
 from nslib.sensitivity import layer_summary, neuron_sensitivity, top_k
 from nslib.store import atomic_write_bytes, outputs_dir, provenance, save_json
@@ -361,8 +361,8 @@ def main(args) -> int:
         if eps is None:
             raise ValueError(f"--eps must be given for --data {args.data} (it has no default radius)")
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        checks.check_choice(args.precision, "--precision", ("auto", "fp32", "bf16"))
-        amp = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
+        checks.check_choice(args.precision, "--precision", fast.PRECISIONS)
+        amp = fast.autocast_dtype(args.precision, device) is not None  # the kit's rule: bf16 where hardware has it
         out = args.out or outputs_dir("analysis", f"{args.model.replace(':', '_').replace('/', '_')}-{args.data}")
         layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
         summary = analyze(model.to(device), x, y, eps=eps, out_dir=out, attack=args.attack, steps=args.steps,

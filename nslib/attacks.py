@@ -232,7 +232,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, targ
         y (Tensor): true labels, or the target labels when ``targeted``.
         eps (float): Linf radius, >= 0.
         targeted (bool): descend the cross-entropy toward ``y`` instead of ascending it.
-        amp (bool): bf16 autocast for the forward/backward pass on CUDA (no-op on CPU).
+        amp (bool): bf16 autocast for the forward/backward pass (CUDA or CPU; see the module docstring).
 
     Shapes:
         x: [N, C, H, W] in [0, 1]; y: [N] int64; output: like ``x``.
@@ -280,7 +280,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float
             "kl" (KL(p(x) || p(x')), no labels; TRADES's inner maximisation).
         targeted (bool): move toward the classes in ``y`` (ce and margin only).
         seed (int or None): seeds the random starts; None draws one from torch's global generator.
-        amp (bool): bf16 autocast for the forward/backward passes on CUDA (no-op on CPU).
+        amp (bool): bf16 autocast for the forward/backward passes (CUDA or CPU; see the module docstring).
 
     Shapes:
         x: [N, C, H, W] in [0, 1]; y: [N] int64; output: like ``x``.
@@ -400,7 +400,7 @@ def mim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
         steps (int): iterations, >= 1.
         decay (float): momentum decay factor mu, >= 0.
         targeted (bool): descend the cross-entropy toward ``y``.
-        amp (bool): bf16 autocast for the forward/backward passes on CUDA (no-op on CPU).
+        amp (bool): bf16 autocast for the forward/backward passes (CUDA or CPU; see the module docstring).
 
     Shapes:
         x: [N, C, H, W] in [0, 1]; y: [N] int64; output: like ``x``.

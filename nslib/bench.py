@@ -53,7 +53,8 @@ def _bench_model(arch: str, device: torch.device, quick: bool):
     """
     from nslib import models, store, training
 
-    out = store.outputs_dir("bench", f"{arch}_fmnist" + ("_quick" if quick else "_pgd_at"))
+    kind = "_quick" if quick else ("_pgd_at_cpu" if device.type == "cpu" else "_pgd_at")  # different runs
+    out = store.outputs_dir("bench", f"{arch}_fmnist{kind}")
     torch.manual_seed(0)
     model = models.build(arch, "fmnist")
     if quick:

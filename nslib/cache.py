@@ -136,9 +136,11 @@ def adversarial_pairs(model, info: dict, x: torch.Tensor, y: torch.Tensor, *, ep
 
     digest = hashlib.sha256(x.detach().cpu().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest()[:12]
     precision = info.get("params", {}).get("precision", "auto")
-    amp = fast.autocast_dtype(precision, next(model.parameters()).device) is not None
+    dev = next(model.parameters()).device
+    amp = fast.autocast_dtype(precision, dev) is not None
+    batch_size = fast.attack_batch(dev, batch_size)  # the random starts are drawn per batch
     key = params_key({"eps": eps, "steps": steps, "seed": seed, "data": digest, "checkpoint": info["checkpoint"],
-                      **({"amp": "bf16"} if amp else {})})
+                      "batch": batch_size, **({"amp": "bf16"} if amp else {})})
     path = Path(info["dir"]) / "pairs" / f"pgd-{key}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)

@@ -4,11 +4,12 @@ compiled), and the precision rule of the whole kit (:func:`autocast_dtype`).
 **Precision.** "auto" means bf16 autocast where the hardware computes bf16: CUDA, and CPUs with AVX512-BF16
 or AMX (:func:`cpu_has_bf16`); fp32 elsewhere, because emulated bf16 is several times slower than fp32 (6x
 for a SmallCNN attack step on an AVX2-only EPYC). Training, the attacks inside it and the pair attacks follow
-it; the verdict numbers (accuracies, sensitivities) are always computed in fp32.
+it; the forward passes that count accuracies and compute sensitivities are always fp32 (on pairs that may
+have been crafted in bf16).
 
 An attack runs the model in eval mode, where batch norm is an affine map per channel; folding it into
 the convolution before it gives the same function with one kernel fewer per layer (on ResNet-18, the
-logits agree to about 4e-5). With ``amp=True`` in the attacks (bf16 autocast on CUDA) and channels_last
+logits agree to about 4e-5). With ``amp=True`` in the attacks (bf16 autocast) and channels_last
 memory, the convolutions run on tensor cores; ``torch.compile`` fuses the elementwise work, and mode
 "max-autotune" also tunes the kernels and replays the step as a CUDA graph. Compilation is paid once
 per model and input shape (minutes with "max-autotune"); without it everything works on the CPU too.

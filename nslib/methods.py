@@ -56,7 +56,7 @@ class Method:
 
     Args:
         loss: ``loss(net, x, y, x_adv, cfg, acts) -> (loss, logits, penalty or None)``: the fp32 scalar
-            loss of one batch, run in train mode (under autocast on CUDA); ``logits`` [N, classes] are
+            loss of one batch, run in train mode (under autocast where the precision is bf16); ``logits`` [N, classes] are
             what the training accuracy is read from; ``acts`` the recorded layer outputs when ``hooks``
             (else None); ``cfg`` the resolved :class:`nslib.training.TrainConfig`.
         attack: the PGD loss of the adversarial examples it trains against: "ce", "kl", or None (no

@@ -55,7 +55,7 @@ def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, c: float = 0.1,
         lr (float): Adam learning rate (in tanh space), > 0.
         confidence (float): required margin kappa, >= 0.
         abort_early (bool): stop an example's inner loop when its loss stalls.
-        amp (bool): bf16 autocast for the forward/backward passes on CUDA (no-op on CPU); success is
+        amp (bool): bf16 autocast for the forward/backward passes (CUDA or CPU); success is
             then decided on an extra fp32 forward pass.
 
     Shapes:
@@ -71,7 +71,7 @@ def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, c: float = 0.1,
     binary_search_steps = check_positive_int(binary_search_steps, "binary_search_steps")
     lr = check_eps(lr, "lr", allow_zero=False)
     confidence = check_eps(confidence, "confidence")
-    amp_active = amp and x.device.type == "cuda"
+    amp_active = amp and x.device.type in ("cuda", "cpu")  # as attacks._autocast
     with eval_mode(model):
         _clean_logits(model, x, y)
         n = x.shape[0]
@@ -171,7 +171,7 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "l2",
         starting_points (Tensor or None): a warm start like ``x`` (e.g. another attack's output): where
             one is adversarial, the attack starts from the boundary point found by bisection between x
             and it (10 steps); elsewhere, and when None, from x.
-        amp (bool): bf16 autocast for the forward/backward passes on CUDA (no-op on CPU); success is
+        amp (bool): bf16 autocast for the forward/backward passes (CUDA or CPU); success is
             then decided on an extra fp32 forward pass per step.
 
     Shapes:
@@ -187,7 +187,7 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "l2",
     alpha_init = check_eps(alpha_init, "alpha_init", allow_zero=False)
     alpha_final = alpha_init / 100 if alpha_final is None else check_eps(alpha_final, "alpha_final")
     gamma_init, gamma_final = _check_gamma(gamma_init, "gamma_init"), _check_gamma(gamma_final, "gamma_final")
-    amp_active = amp and x.device.type == "cuda"
+    amp_active = amp and x.device.type in ("cuda", "cpu")  # as attacks._autocast
     p, dual = (2, 2) if norm == "l2" else (float("inf"), 1)
     with eval_mode(model):
         _clean_logits(model, x, y)

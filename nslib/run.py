@@ -31,7 +31,7 @@ from nslib.progress import read_status
 from nslib.report import profile_dir
 from nslib.store import load_json, params_key, provenance, repo_root, save_json
 
-__all__ = ["notebooks", "plan", "reproduce", "announce", "main"]
+__all__ = ["notebooks", "plan", "to_run", "reproduce", "announce", "main"]
 
 REPRODUCTION = config.NOTEBOOKS  # the numbered notebooks that make up the reproduction (07+ are tools)
 
@@ -74,6 +74,29 @@ def plan(profile: str, datasets=None, only=None, overrides: dict | None = None,
             config.settings(profile, dataset, number, overrides)  # fails here, before any notebook runs
             out.append((dataset, path, {"profile": profile, "dataset": dataset, "overrides": overrides}))
     return out
+
+
+def _marker_key(profile: str, dataset: str, path: Path, params: dict) -> tuple[dict, str]:
+    """A notebook run's settings and the key its done-marker holds (settings and code)."""
+    number = path.name[:2] if path.name[:2] in config.NOTEBOOKS else None
+    cfg = config.settings(profile, dataset, number, params["overrides"]).as_dict()
+    return cfg, params_key({"settings": cfg, "source": _source_hash(path)})
+
+
+def to_run(profile: str, runs, resume: bool) -> list[bool]:
+    """Which of ``runs`` (from :func:`plan`) will execute: all without ``resume``; with it, those whose
+    done-marker is missing or stale, and a dataset's report whenever a notebook before it executes."""
+    todo, ran = [], set()
+    for dataset, path, params in runs:
+        out_nb = profile_dir(profile, dataset) / path.name
+        marker = out_nb.with_suffix(".done.json")
+        done = resume and marker.exists() and out_nb.exists() and \
+            load_json(marker).get("key") == _marker_key(profile, dataset, path, params)[1]
+        go = not done or (path.stem.endswith("_report") and dataset in ran)
+        if go:
+            ran.add(dataset)
+        todo.append(go)
+    return todo
 
 
 def _quiet_kernel_manager(log: Path):
@@ -157,10 +180,11 @@ def reproduce(profile: str = "quick", datasets=None, only=None, resume: bool = F
     from tqdm.auto import tqdm
 
     runs = plan(profile, datasets, only, overrides, notebooks_dir)
-    expected = [config.expected_seconds(profile, d, p.name[:2])[0] for d, p, _ in runs]
+    todo = to_run(profile, runs, resume)
+    # the bar counts the expected seconds of what will run (a skipped notebook counts nothing)
+    expected = [config.expected_seconds(profile, d, p.name[:2])[0] if go else 0.0 for (d, p, _), go in zip(runs, todo)]
     bar = tqdm(total=sum(expected), desc=f"reproduce ({profile})", disable=not progress, file=sys.stdout,
                bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {elapsed} elapsed, ~{remaining} left{postfix}")
-    ran = set()  # datasets where a notebook was executed in this call: their report is rebuilt
     done = 0
 
     def say(message: str) -> None:  # a line above the bar, not glued to it
@@ -169,17 +193,12 @@ def reproduce(profile: str = "quick", datasets=None, only=None, resume: bool = F
         else:
             log(message)
     try:
-        for (dataset, path, params), seconds in zip(runs, expected):
+        for (dataset, path, params), seconds, go in zip(runs, expected, todo):
             out_dir = profile_dir(profile, dataset)
             out_nb = out_dir / path.name
             marker = out_nb.with_suffix(".done.json")
-            number = path.name[:2] if path.name[:2] in config.NOTEBOOKS else None
-            cfg = config.settings(profile, dataset, number, params["overrides"]).as_dict()
-            key = params_key({"settings": cfg, "source": _source_hash(path)})
-            stale_report = path.stem.endswith("_report") and dataset in ran
-            if resume and not stale_report and marker.exists() and load_json(marker).get("key") == key \
-                    and out_nb.exists():
-                bar.update(seconds)
+            cfg, key = _marker_key(profile, dataset, path, params)
+            if not go:
                 say(f"skip {out_nb} (done with the same settings)")
                 continue
             marker.unlink(missing_ok=True)
@@ -196,7 +215,6 @@ def reproduce(profile: str = "quick", datasets=None, only=None, resume: bool = F
                     f"(the kernel's own messages: {out_nb.with_suffix('.kernel.log')})")
                 return 1
             wall = time.perf_counter() - t0
-            ran.add(dataset)
             done += 1
             save_json(marker, {"notebook": path.name, "key": key, "settings": cfg, "runtime_s": wall,
                                "provenance": provenance(device(), **params)})
@@ -217,10 +235,12 @@ def reproduce(profile: str = "quick", datasets=None, only=None, resume: bool = F
     return 0
 
 
-def announce(profile: str, runs, why: str | None = None) -> str:
+def announce(profile: str, runs, why: str | None = None, todo=None) -> str:
     """The line ``reproduce`` prints before it starts: the profile (and why it was picked), the datasets, the
-    device and the expected wall time (:data:`nslib.config.EXPECTED_S`, measured on a quiet 2-core CPU)."""
-    times = [config.expected_seconds(profile, d, p.name[:2]) for d, p, _ in runs]
+    device and the expected wall time of the runs that will execute (``todo``, from :func:`to_run`; default
+    all) (:data:`nslib.config.EXPECTED_S`, measured on a quiet 2-core CPU)."""
+    todo = [True] * len(runs) if todo is None else todo
+    times = [config.expected_seconds(profile, d, p.name[:2]) for (d, p, _), go in zip(runs, todo) if go]
     total = sum(t for t, _ in times)
     if all(measured for _, measured in times):
         when = f"expected about {total / 60:.0f} min (measured on a quiet 2-core CPU; other work on the machine " \
@@ -244,5 +264,5 @@ def main(args) -> int:
     except ValueError as e:
         print(f"nslib reproduce: {e}", file=sys.stderr)
         return 2
-    print(announce(profile, runs, why), flush=True)
+    print(announce(profile, runs, why, to_run(profile, runs, args.resume)), flush=True)
     return reproduce(profile, datasets=datasets, only=only, resume=args.resume, overrides=overrides)

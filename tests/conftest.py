@@ -41,7 +41,8 @@ def trained_smallcnn(mnist5k_test):
 
     torch.manual_seed(0)
     model = models.build("smallcnn", "mnist5k")
-    training.train(model, "mnist5k", epochs=4, batch_size=64, lr=0.05, seed=0, progress=False)
+    training.train(model, "mnist5k", epochs=4, batch_size=64, lr=0.05, seed=0, progress=False,
+                   precision="fp32")  # the same model on every CPU, bf16 hardware or not
     model.eval()
     x, y = mnist5k_test
     return model, x[:200], y[:200]

@@ -33,11 +33,15 @@ def test_cpu_has_bf16_reads_the_override_and_the_cpu_flags(monkeypatch):
     monkeypatch.setenv("NSLIB_CPU_BF16", "0")
     assert fast.cpu_has_bf16() is False
     monkeypatch.delenv("NSLIB_CPU_BF16")
-    flags = fast._cpuinfo_flags()
-    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    # the answer agrees with torch's probe and with the kernel's flags wherever either says yes
-    assert fast.cpu_has_bf16() == bool(probe or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-                                       or flags & {"avx512_bf16", "amx_bf16"})
+    # the kernel's flags alone decide when torch's probes say no
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(fast, "_cpuinfo_flags", lambda: {"avx2", "avx512_bf16"})
+    assert fast.cpu_has_bf16() is True
+    monkeypatch.setattr(fast, "_cpuinfo_flags", lambda: {"avx2", "fma"})
+    assert fast.cpu_has_bf16() is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert fast.cpu_has_bf16() is True
 
 
 def test_bf16_pgd_keeps_the_contracts_and_the_fp32_robust_accuracy(trained_smallcnn):

@@ -172,6 +172,9 @@ def test_reproduce_fails_naming_the_notebook_then_resume_redoes_only_what_is_lef
 
     messages.clear()
     (log.parent / "fail").unlink()
+    runs = run.plan("quick", notebooks_dir=nbdir)
+    assert run.to_run("quick", runs, resume=True) == [False, True, True]  # 01 done; the report follows 02
+    assert run.to_run("quick", runs, resume=False) == [True, True, True]
     rc = run.reproduce("quick", notebooks_dir=nbdir, resume=True, progress=False, log=messages.append)
     assert rc == 0
     assert log.read_text().split() == ["01", "02", "06"]
@@ -180,6 +183,8 @@ def test_reproduce_fails_naming_the_notebook_then_resume_redoes_only_what_is_lef
     assert marker["settings"]["n_eval"] == 200 and marker["settings"]["notebook"] == "02"
 
     # everything done: a resumed run executes nothing; changing a knob reruns every notebook it may affect
+    assert run.to_run("quick", runs, resume=True) == [False, False, False]
+    assert "expected about 0 min" in run.announce("quick", runs, todo=run.to_run("quick", runs, resume=True))
     run.reproduce("quick", notebooks_dir=nbdir, resume=True, progress=False, log=messages.append)
     assert log.read_text().split() == ["01", "02", "06"]
     run.reproduce("quick", notebooks_dir=nbdir, resume=True, overrides={"n_eval": 2}, progress=False,
