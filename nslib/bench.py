@@ -59,8 +59,8 @@ def _bench_model(arch: str, device: torch.device, quick: bool):
     model = models.build(arch, "fmnist")
     if quick:
         kw = dict(method="standard", epochs=1, batch_size=64, n_train=256, val_size=64, val_n_adv=16)
-    elif device.type == "cpu":  # minutes on two cores: one PGD-3 epoch on 10,000 (ResNet-18: 1,000) images
-        kw = dict(method="pgd_at", epochs=1, batch_size=128, n_train=1000 if arch == "resnet18" else 10_000,
+    elif device.type == "cpu":  # minutes on two cores: one PGD-3 epoch on 10,000 (ResNet-18: 500) images
+        kw = dict(method="pgd_at", epochs=1, batch_size=128, n_train=500 if arch == "resnet18" else 10_000,
                   attack_steps=3, alpha=2.5 * 0.1 / 3, val_size=1000, val_n_adv=200, val_attack_steps=3)
     else:
         kw = dict(method="pgd_at", epochs=3 if arch == "resnet18" else 5, batch_size=128)
