@@ -107,11 +107,12 @@ PROFILES: dict[str, dict] = {
         ("mnist5k", "00"): {"n_train": None},  # the subset has 3,500 training images after the hold-out
     },
     # CPU, the main job without a GPU (`make reproduce` there): three seeds of every model on real
-    # Fashion-MNIST, verdict numbers on 1,000 test images; about 40 minutes on two cores (EXPECTED_S).
+    # Fashion-MNIST, verdict numbers on 1,000 test images; 38.5 minutes on two cores (EXPECTED_S).
     "cpu": {
         "datasets": ("fmnist",),
-        # 12,000 images x 2 epochs, PGD-2 (alpha 1.25 eps): PGD-AT reached 76.7% clean / 66.8% PGD-5 on
-        # validation with 20,000 (one seed, 73 s); vanilla 10 epochs (89.7% at 20,000 x 8)
+        # 12,000 images x 2 epochs, PGD-2 (alpha 1.25 eps); vanilla 10 epochs. Measured (3 seeds, 1,000 test
+        # images): PGD-AT 73.8% clean / 59.0% PGD-20, TRADES 76.0 / 59.7, vanilla 87.3% (20,000 x 8 epochs
+        # reached 89.7% on validation with one seed: more vanilla data is the next step)
         "all": {"seeds": [0, 1, 2], "batch_size": 128, "lr": 0.05, "epochs": 2, "vanilla_epochs": 10,
                 "n_train": 12000, "attack_steps": 2, "val_size": 2000, "val_n_adv": 500, "val_attack_steps": 5,
                 "n_pairs": 400, "n_eval": 1000, "n_long": 200, "pgd_long_steps": 50, "mim_steps": 10,
@@ -149,12 +150,13 @@ PROFILES: dict[str, dict] = {
     },
 }
 
-# Wall seconds of each notebook on fmnist, measured on a quiet 2-core CPU (AMD EPYC, AVX2, fp32) from a clean
-# clone: what `reproduce` announces before it starts and the weights of its whole-run progress bar. A
+# Wall seconds of each notebook on fmnist on a quiet 2-core CPU (AMD EPYC, AVX2, fp32): what `reproduce`
+# announces before it starts and the weights of its whole-run progress bar. cpu: `make reproduce` from a clean
+# clone, 2026-11-29 (2,311 s in all). quick: its measured total (7-8 min, the same day) split by estimate. A
 # notebook or profile missing here counts DEFAULT_NOTEBOOK_S and the announcement says "unknown".
 EXPECTED_S = {
     "quick": {"00": 70, "01": 150, "02": 40, "03": 60, "04": 15, "05": 90, "06": 10},
-    "cpu": {"00": 110, "01": 1150, "02": 150, "03": 190, "04": 90, "05": 600, "06": 10},
+    "cpu": {"00": 84, "01": 1265, "02": 120, "03": 113, "04": 46, "05": 670, "06": 7},
 }
 DEFAULT_NOTEBOOK_S = 60
 
