@@ -144,7 +144,7 @@ def bench_attacks(device: torch.device, quick: bool) -> None:
     SmallCNN; robust accuracy within the fp32 interval. Results go to outputs/bench/attacks.json.
     """
     from nslib import data, store
-    from nslib.evaluate import robust_accuracy, wilson_interval
+    from nslib.evaluate import robust_accuracy
 
     try:
         import torchattacks
@@ -186,10 +186,9 @@ def bench_attacks(device: torch.device, quick: bool) -> None:
             except Exception as e:  # a backend that cannot compile here: report it, go on
                 print(f"{arch:<9} PGD-{steps:<3} {batch:>5} {name:<40} failed: {type(e).__name__}: {e}"[:300])
                 continue
-            correct = round(acc.robust_accuracy * n_eval)
             rows.append(dict(model=arch, attack=f"PGD-{steps}", batch=batch, eps=eps, alpha=alpha, variant=name,
                              images_per_s=batch / t, robust_accuracy=acc.robust_accuracy, n_eval=n_eval,
-                             interval=wilson_interval(correct, n_eval), flops_per_image=flops, steady_s=t,
+                             interval=(acc.low, acc.high), flops_per_image=flops, steady_s=t,
                              first_call_s=first, compile_s=max(0.0, first - t) if compiled else None))
         anchor = next((r["images_per_s"] for r in rows if r["variant"].startswith("plain")), None)
         fp32 = next((r for r in rows if r["variant"] == "nslib fp32"), None)
@@ -284,12 +283,7 @@ def _anchor_pgd_at_epoch(model, x, y, *, batch_size, eps, alpha, steps, lr, devi
     for i in range(0, len(x), batch_size):
         idx = order[i:i + batch_size]
         xb, yb = x[idx], y[idx]
-        model.eval()
-        x_adv = (xb + eps * (2 * torch.rand_like(xb) - 1)).clamp(0, 1)
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            (grad,) = torch.autograd.grad(F.cross_entropy(model(x_adv), yb), x_adv)
-            x_adv = torch.min(torch.max(x_adv.detach() + alpha * grad.sign(), xb - eps), xb + eps).clamp(0, 1)
+        x_adv = _plain_pgd(model, xb, yb, eps=eps, alpha=alpha, steps=steps)  # in eval mode
         model.train()
         loss = F.cross_entropy(model(x_adv), yb)
         opt.zero_grad(set_to_none=True)

@@ -197,10 +197,10 @@ def reproduce(profile: str = "quick", datasets=None, only=None, resume: bool = F
             out_dir = profile_dir(profile, dataset)
             out_nb = out_dir / path.name
             marker = out_nb.with_suffix(".done.json")
-            cfg, key = _marker_key(profile, dataset, path, params)
             if not go:
                 say(f"skip {out_nb} (done with the same settings)")
                 continue
+            cfg, key = _marker_key(profile, dataset, path, params)  # what the done-marker will hold
             marker.unlink(missing_ok=True)
             out_dir.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
