@@ -166,15 +166,20 @@ def pgd_pairs(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int
     return torch.cat(parts)
 
 
-def get_models(dataset: str, arch: str, names, seeds, *, vanilla_epochs: int | None = None, progress: bool = True,
-               **train_args) -> dict:
+def get_models(dataset: str, arch: str, names, seeds, *, vanilla_epochs: int | None = None,
+               vanilla: dict | None = None, progress: bool = True, **train_args) -> dict:
     """``{(name, seed): (model, info)}`` for every name and seed, trained or loaded via :func:`get_model`.
 
-    ``vanilla_epochs`` (default: ``epochs``) trains the vanilla model longer: a clean epoch costs one
-    forward-backward pass per image against ``attack_steps + 1`` or more for the adversarial methods, so
-    equal compute means more clean epochs; an undertrained vanilla model is not a vanilla baseline (it can
-    be oddly robust at small eps).
+    ``vanilla`` overrides ``train_args`` for the vanilla model alone (e.g. ``{"epochs": 3, "n_train": None}``,
+    what :attr:`nslib.config.Settings.vanilla_args` gives); ``vanilla_epochs`` is the shorthand for its epochs.
+    A clean epoch costs one forward-backward pass per image against ``attack_steps + 1`` or more for the
+    adversarial methods, so equal compute buys the vanilla model more epochs or more images; an undertrained
+    vanilla model is not a vanilla baseline (it can be oddly robust at small eps).
     """
+    extra = dict(vanilla or {})
+    if vanilla_epochs:
+        extra.setdefault("epochs", vanilla_epochs)
+
     def args(n):
-        return {**train_args, "epochs": vanilla_epochs} if n == "vanilla" and vanilla_epochs else train_args
+        return {**train_args, **extra} if n == "vanilla" else train_args
     return {(n, s): get_model(dataset, arch, n, s, progress=progress, **args(n)) for s in seeds for n in names}

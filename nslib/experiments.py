@@ -32,7 +32,7 @@ from nslib.sensitivity import capture, neuron_sensitivity, top_k
 from nslib.verdicts import compare
 
 __all__ = ["accuracy_on", "sensitivity_study", "spearman", "c1_c4_comparisons", "intervention_study",
-           "c2_comparisons", "pick_map_layer", "map_similarity", "evaluate_model", "transfer_accuracy",
+           "c1_ties", "c2_comparisons", "pick_map_layer", "map_similarity", "evaluate_model", "transfer_accuracy",
            "ablation", "sanity_checks", "c3_comparisons", "in_range", "sensitivity_numbers", "curve_numbers",
            "mean_rows"]
 
@@ -156,6 +156,30 @@ def c1_c4_comparisons(studies: dict, baselines=("pgd_at", "trades"), reference: 
                                           f"sensitivity) > 0 across {len(studies[seeds[0]])} models",
                                  names=("-Spearman", "zero")))
     return out
+
+
+def c1_ties(studies: dict, reference: str = "vanilla") -> dict:
+    """How far apart in robust accuracy the models other than ``reference`` are, against their intervals.
+
+    C1's Spearman ranks every model; where the robust models' accuracies lie within each other's 95%
+    intervals, their ranks among themselves are noise, and the correlation can only be as strong as the
+    reference's gap to them allows. Returns {"models", "low", "high" (the lowest and highest seed-mean robust
+    accuracy of those models), "half_width" (their mean Wilson half-width), "tied" (the spread is smaller than
+    one interval: high - low < 2 * half_width), "text" (one sentence for the report)}.
+    """
+    seeds = sorted(studies)
+    names = [n for n in studies[seeds[0]] if n != reference]
+    acc = {n: statistics.fmean(studies[s][n]["adv"]["accuracy"] for s in seeds) for n in names}
+    half = statistics.fmean((studies[s][n]["adv"]["high"] - studies[s][n]["adv"]["low"]) / 2
+                            for s in seeds for n in names)
+    low, high = min(acc.values()), max(acc.values())
+    tied = high - low < 2 * half
+    text = (f"The {len(names)} models other than {LABELS.get(reference, reference)} reach {100 * low:.1f}-"
+            f"{100 * high:.1f}% robust accuracy (mean over seeds), a spread {'smaller' if tied else 'larger'} than "
+            f"one 95% interval (+-{100 * half:.1f} points)" +
+            (": their order among themselves is noise, so the rank correlation over all models rests on "
+             f"{LABELS.get(reference, reference)} alone." if tied else "."))
+    return {"models": names, "low": low, "high": high, "half_width": half, "tied": tied, "text": text}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -384,9 +408,11 @@ def c3_comparisons(evals: dict, seeds, pairs=(("sns_pgd_at", "pgd_at"), ("sns_tr
     return out
 
 
-def in_range(value: float, low: float, high: float) -> bool:
-    """``low <= value <= high``: what the checked notebook cells print (never the raw float)."""
-    return low <= value <= high
+def in_range(value: float | None, low: float, high: float) -> bool:
+    """``low <= value <= high``: what the checked notebook cells print (never the raw float). A value that was
+    never measured (None, e.g. the validation PGD accuracy of a collapsed run, which has no best epoch) or NaN
+    is not in range."""
+    return value is not None and low <= value <= high
 
 
 def sensitivity_numbers(studies: dict) -> dict:

@@ -154,7 +154,7 @@ def _penalty(clean: dict, adv: dict, layers: list[str], k, relative: bool) -> to
             # is floored at 1% of the layer's mean |clean output|: a neuron silent on this batch then
             # gives a large but finite value and gradient (the analysis marks it NaN instead). The
             # floor scales with the activations, so the ratio stays invariant to rescaling them.
-            scale = a.abs().reshape(a.shape[0], a.shape[1], -1).mean(2).mean(0)  # [C]
+            scale = a.abs().mean((0, *range(2, a.dim())))  # [C], no reshape (see batch_sensitivity)
             sigma = sigma / torch.maximum(scale, 1e-2 * scale.mean().detach() + 1e-12)
         top = torch.topk(sigma.detach(), _resolve_k(k, sigma.numel(), name)).indices  # re-selected per batch
         term = sigma[top].mean()

@@ -80,13 +80,19 @@ def batch_sensitivity(acts_clean: torch.Tensor, acts_adv: torch.Tensor, relative
     if acts_clean.shape != acts_adv.shape:
         raise ValueError(f"acts_clean and acts_adv must have the same shape, got {tuple(acts_clean.shape)} "
                          f"and {tuple(acts_adv.shape)}")
-    a, b = _neurons(acts_clean, "acts_clean"), _neurons(acts_adv, "acts_adv")  # [N, C, P]
-    if a.shape[0] == 0:
+    if acts_clean.dim() < 2:
+        raise ValueError(f"acts_clean must be a layer output [N, C, ...] or [N, D], got shape {tuple(acts_clean.shape)}")
+    if acts_clean.shape[0] == 0:
         raise ValueError(f"acts_clean must hold at least one pair, got shape {tuple(acts_clean.shape)}")
-    sigma = (a - b).abs().mean(2).mean(0)  # per position, then positions, then pairs: [C]
+    # Mean over pairs and positions in one reduction (every pair has the same positions, so it equals the mean
+    # over positions, then over pairs), without reshaping: a channels_last output stays channels_last, and so
+    # does the gradient SNS sends back through it (a reshape copied it to the other layout, which made the
+    # ReLU backward pass of the whole network several times slower).
+    dims = (0, *range(2, acts_clean.dim()))
+    sigma = (acts_clean - acts_adv).abs().mean(dims)  # [C]
     if not relative:
         return sigma
-    scale = a.abs().mean(2).mean(0)  # [C]
+    scale = acts_clean.abs().mean(dims)  # [C]
     dead = scale == 0
     ratio = sigma / torch.where(dead, torch.ones_like(scale), scale)  # finite everywhere, finite grads
     return torch.where(dead, torch.full_like(ratio, math.nan), ratio), dead

@@ -36,6 +36,18 @@ def test_model_key_is_training_identity():
         cache.model_key("fmnist", "smallcnn", "vanilla", 0, epochz=3)
 
 
+def test_get_models_gives_the_vanilla_overrides_to_the_vanilla_model_only(monkeypatch):
+    calls = {}
+    monkeypatch.setattr(cache, "get_model", lambda d, a, n, s, progress=True, **kw: calls.setdefault((n, s), kw))
+    cache.get_models("fmnist", "smallcnn", ["vanilla", "pgd_at"], [0, 1], vanilla={"epochs": 3, "n_train": None},
+                     epochs=2, n_train=1000, lr=0.05)
+    assert calls[("vanilla", 1)] == {"epochs": 3, "n_train": None, "lr": 0.05}
+    assert calls[("pgd_at", 0)] == {"epochs": 2, "n_train": 1000, "lr": 0.05}
+    calls.clear()
+    cache.get_models("fmnist", "smallcnn", ["vanilla"], [0], vanilla_epochs=8, epochs=2)  # the shorthand
+    assert calls[("vanilla", 0)] == {"epochs": 8}
+
+
 @pytest.mark.slow
 def test_lam_sweep_retrains_only_the_sns_models(tmp_path, monkeypatch):
     """Issue: changing lam after a finished run crashed in training's resume check for models that do not use

@@ -42,6 +42,21 @@ def test_c1_c4_comparisons_judge_and_report_what_they_say():
     assert all(c["verdict"] == "does not hold" for c in ex.c1_c4_comparisons(flipped)["C4"])
 
 
+def test_c1_ties_says_when_the_robust_models_cannot_be_ranked():
+    def study(accs):  # white-box PGD accuracy per model, with the Wilson interval of 1,000 pairs
+        from nslib.evaluate import wilson_interval
+        return {n: {"adv": dict(zip(("accuracy", "low", "high"), (a, *wilson_interval(round(a * 1000), 1000))))}
+                for n, a in accs.items()}
+    tied = {s: study({"vanilla": 0.02, "pgd_at": 0.59 + 0.01 * s, "trades": 0.60, "sns_pgd_at": 0.58}) for s in range(3)}
+    t = ex.c1_ties(tied)
+    assert t["tied"] and t["models"] == ["pgd_at", "trades", "sns_pgd_at"]
+    assert t["low"] == pytest.approx(0.58) and t["high"] == pytest.approx(0.60)
+    assert 0.02 < t["half_width"] < 0.04  # +-3 points at n = 1,000
+    assert "58.0-60.0%" in t["text"] and "noise" in t["text"] and "Vanilla alone" in t["text"]
+    apart = {s: study({"vanilla": 0.02, "pgd_at": 0.40, "trades": 0.60}) for s in range(3)}
+    assert not ex.c1_ties(apart)["tied"] and "noise" not in ex.c1_ties(apart)["text"]
+
+
 def _row(acc, low=None, high=None):
     return {"accuracy": acc, "low": acc - 0.05 if low is None else low, "high": acc + 0.05 if high is None else high}
 
@@ -98,3 +113,4 @@ def test_mean_rows_and_in_range():
     mean = ex.mean_rows(evals, "m", [0, 1, 2])["PGD-20"]
     assert mean["accuracy"] == pytest.approx(0.3) and mean["n_seeds"] == 3
     assert ex.in_range(0.5, 0.5, 0.6) and not ex.in_range(0.61, 0.5, 0.6)
+    assert not ex.in_range(None, 0.0, 1.0) and not ex.in_range(float("nan"), 0.0, 1.0)  # a collapsed run's
