@@ -171,14 +171,18 @@ def get_models(dataset: str, arch: str, names, seeds, *, vanilla_epochs: int | N
     """``{(name, seed): (model, info)}`` for every name and seed, trained or loaded via :func:`get_model`.
 
     ``vanilla`` overrides ``train_args`` for the vanilla model alone (e.g. ``{"epochs": 3, "n_train": None}``,
-    what :attr:`nslib.config.Settings.vanilla_args` gives); ``vanilla_epochs`` is the shorthand for its epochs.
+    what :attr:`nslib.config.Settings.vanilla_args` gives); ``vanilla_epochs`` is the shorthand for its epochs
+    (given both, they must agree).
     A clean epoch costs one forward-backward pass per image against ``attack_steps + 1`` or more for the
     adversarial methods, so equal compute buys the vanilla model more epochs or more images; an undertrained
     vanilla model is not a vanilla baseline (it can be oddly robust at small eps).
     """
     extra = dict(vanilla or {})
-    if vanilla_epochs:
-        extra.setdefault("epochs", vanilla_epochs)
+    if vanilla_epochs is not None:
+        if extra.get("epochs", vanilla_epochs) != vanilla_epochs:
+            raise ValueError(f"vanilla_epochs and vanilla['epochs'] must agree when both are given, got "
+                             f"{vanilla_epochs} and {extra['epochs']}")
+        extra["epochs"] = vanilla_epochs
 
     def args(n):
         return {**train_args, **extra} if n == "vanilla" else train_args

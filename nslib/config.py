@@ -420,6 +420,15 @@ def settings(profile: str, dataset: str, notebook: str | None = None, overrides:
         CHECKS[name](name, value)
     if merged["k_eval"] not in merged["ks"]:
         raise ValueError(f"k_eval must be one of ks {list(merged['ks'])}, got {merged['k_eval']!r}")
+    left = data_mod.DATASETS[dataset].train_size - merged["val_size"]  # training images after the hold-out
+    if left < 1:
+        raise ValueError(f"val_size must leave training images of {dataset} ({data_mod.DATASETS[dataset].train_size} "
+                         f"in all), got {merged['val_size']}")
+    for name in ("n_train", "vanilla_n_train"):
+        if isinstance(merged[name], numbers.Integral) and merged[name] > left:
+            raise ValueError(f"{name} must be at most {left} on {dataset} (its training images after the "
+                             f"validation hold-out of {merged['val_size']}; None or \"all\" takes them all), "
+                             f"got {merged[name]}")
     if merged["eps"] is None:
         if dataset not in ATTACK_DEFAULTS:
             raise ValueError(f"eps must be given for dataset {dataset!r} (it has no default radius)")

@@ -3,7 +3,7 @@
 The notebooks call these and draw the figures; each function returns plain dicts (JSON-ready where it
 says so) and the claim verdicts come from :func:`nslib.verdicts.compare` (the kit's single verdict rule).
 
-- E1 (02, C1 and C4): :func:`sensitivity_study`, :func:`c1_c4_comparisons`
+- E1 (02, C1 and C4): :func:`sensitivity_study`, :func:`c1_c4_comparisons`, :func:`c1_ties`
 - E2 (03, C2): :func:`intervention_study`, :func:`c2_comparisons`
 - E4 (04, C6): :func:`map_similarity`, :func:`pick_map_layer`
 - E3 (05, C3): :func:`evaluate_model`, :func:`ablation`, :func:`sanity_checks`, :func:`c3_comparisons`
@@ -168,17 +168,22 @@ def c1_ties(studies: dict, reference: str = "vanilla") -> dict:
     one interval: high - low < 2 * half_width), "text" (one sentence for the report)}.
     """
     seeds = sorted(studies)
+    if reference not in studies[seeds[0]]:
+        raise ValueError(f"reference must be one of the models ({', '.join(studies[seeds[0]])}), got {reference!r}")
     names = [n for n in studies[seeds[0]] if n != reference]
+    if len(names) < 2:
+        raise ValueError(f"studies must hold at least two models besides {reference!r} to compare, got {names}")
     acc = {n: statistics.fmean(studies[s][n]["adv"]["accuracy"] for s in seeds) for n in names}
     half = statistics.fmean((studies[s][n]["adv"]["high"] - studies[s][n]["adv"]["low"]) / 2
                             for s in seeds for n in names)
     low, high = min(acc.values()), max(acc.values())
     tied = high - low < 2 * half
-    text = (f"The {len(names)} models other than {LABELS.get(reference, reference)} reach {100 * low:.1f}-"
-            f"{100 * high:.1f}% robust accuracy (mean over seeds), a spread {'smaller' if tied else 'larger'} than "
-            f"one 95% interval (+-{100 * half:.1f} points)" +
-            (": their order among themselves is noise, so the rank correlation over all models rests on "
-             f"{LABELS.get(reference, reference)} alone." if tied else "."))
+    ref = LABELS.get(reference, reference)
+    text = (f"The {len(names)} models other than {ref} reach {100 * low:.1f}-{100 * high:.1f}% robust accuracy "
+            f"(mean over seeds), a spread of {100 * (high - low):.1f} points, {'narrower' if tied else 'wider'} than "
+            f"one 95% interval ({100 * 2 * half:.1f} points wide)" +
+            (f": their order among themselves is noise, so the rank correlation over all models rests on {ref} "
+             "alone." if tied else "."))
     return {"models": names, "low": low, "high": high, "half_width": half, "tied": tied, "text": text}
 
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from nslib import config, training
+from nslib import cache, config, training
 
 
 def test_every_profile_and_notebook_resolves_to_valid_settings():
@@ -73,6 +73,9 @@ def test_settings_are_frozen_and_json_ready():
     ({"e2_models": ["madry"]}, r"e2_models\[0\] must be one of"),
     ({"vanilla_n_train": 0}, r'vanilla_n_train must be an integer >= 1, "all" or None, got 0'),
     ({"vanilla_n_train": "most"}, r'vanilla_n_train must be an integer >= 1, "all" or None, got \'most\''),
+    ({"vanilla_n_train": 60000}, "vanilla_n_train must be at most 59500 on fmnist .* got 60000"),
+    ({"n_train": 59501}, "n_train must be at most 59500"),
+    ({"val_size": 60000}, "val_size must leave training images of fmnist"),
 ])
 def test_bad_overrides_fail_naming_the_knob(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -143,3 +146,7 @@ def test_vanilla_args_give_the_vanilla_model_its_own_epochs_and_images():
     assert config.settings("quick", "fmnist", "02", {"vanilla_n_train": 5000}).vanilla_args["n_train"] == 5000
     cpu = config.settings("cpu", "fmnist", "02")
     assert cpu.vanilla_args["n_train"] is None and cpu.n_train == 12000  # every image for vanilla only
+    # the quick vanilla model keeps the cache key it had when get_models took only vanilla_epochs
+    _, now = cache.model_key("fmnist", quick.arch, "vanilla", 0, **{**quick.train_args, **quick.vanilla_args})
+    _, before = cache.model_key("fmnist", quick.arch, "vanilla", 0, **{**quick.train_args, "epochs": quick.vanilla_epochs})
+    assert now == before

@@ -55,6 +55,10 @@ def test_c1_ties_says_when_the_robust_models_cannot_be_ranked():
     assert "58.0-60.0%" in t["text"] and "noise" in t["text"] and "Vanilla alone" in t["text"]
     apart = {s: study({"vanilla": 0.02, "pgd_at": 0.40, "trades": 0.60}) for s in range(3)}
     assert not ex.c1_ties(apart)["tied"] and "noise" not in ex.c1_ties(apart)["text"]
+    with pytest.raises(ValueError, match="reference must be one of the models"):
+        ex.c1_ties(apart, reference="madry")
+    with pytest.raises(ValueError, match="at least two models besides 'vanilla'"):
+        ex.c1_ties({s: study({"vanilla": 0.02, "pgd_at": 0.5}) for s in range(3)})
 
 
 def _row(acc, low=None, high=None):
@@ -113,4 +117,4 @@ def test_mean_rows_and_in_range():
     mean = ex.mean_rows(evals, "m", [0, 1, 2])["PGD-20"]
     assert mean["accuracy"] == pytest.approx(0.3) and mean["n_seeds"] == 3
     assert ex.in_range(0.5, 0.5, 0.6) and not ex.in_range(0.61, 0.5, 0.6)
-    assert not ex.in_range(None, 0.0, 1.0) and not ex.in_range(float("nan"), 0.0, 1.0)  # a collapsed run's
+    assert not ex.in_range(None, 0.0, 1.0) and not ex.in_range(float("nan"), 0.0, 1.0)  # a collapsed run has no val PGD
