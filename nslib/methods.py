@@ -143,7 +143,7 @@ def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
 
 def _penalty(clean: dict, adv: dict, layers: list[str], k, relative: bool) -> torch.Tensor:
     """sum_l mean_{top-k of l} sigma_batch from the recorded outputs of both passes (keeps the graph)."""
-    from nslib.sensitivity import batch_sensitivity
+    from nslib.sensitivity import _channel_mean, batch_sensitivity
 
     penalty = None
     for name in layers:
@@ -154,7 +154,7 @@ def _penalty(clean: dict, adv: dict, layers: list[str], k, relative: bool) -> to
             # is floored at 1% of the layer's mean |clean output|: a neuron silent on this batch then
             # gives a large but finite value and gradient (the analysis marks it NaN instead). The
             # floor scales with the activations, so the ratio stays invariant to rescaling them.
-            scale = a.abs().mean((0, *range(2, a.dim())))  # [C], no reshape (see batch_sensitivity)
+            scale = _channel_mean(a.abs())  # [C], in the layer's memory layout (see batch_sensitivity)
             sigma = sigma / torch.maximum(scale, 1e-2 * scale.mean().detach() + 1e-12)
         top = torch.topk(sigma.detach(), _resolve_k(k, sigma.numel(), name)).indices  # re-selected per batch
         term = sigma[top].mean()

@@ -53,6 +53,17 @@ def _neurons(t: torch.Tensor, name: str) -> torch.Tensor:
     return t.reshape(t.shape[0], t.shape[1], -1)
 
 
+def _channel_mean(t: torch.Tensor) -> torch.Tensor:
+    """[N, C, ...] -> [C]: the mean over pairs and positions in one reduction (every pair has the same
+    positions, so it equals the mean over positions, then over pairs). A channels_last map is reduced as the
+    [N*H*W, C] matrix it is in memory, so the gradient flowing back stays channels_last too: SNS adds it to the
+    network's own gradient at each hooked layer, and a contiguous one there made that addition, the ReLU
+    backward pass and the convolutions' backward pass convert layouts at every step."""
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1]).mean(0)
+    return t.mean((0, *range(2, t.dim())))
+
+
 def batch_sensitivity(acts_clean: torch.Tensor, acts_adv: torch.Tensor, relative: bool = False):
     """Per-neuron sigma of one layer on one batch of pairs, differentiable through both inputs.
 
@@ -84,15 +95,10 @@ def batch_sensitivity(acts_clean: torch.Tensor, acts_adv: torch.Tensor, relative
         raise ValueError(f"acts_clean must be a layer output [N, C, ...] or [N, D], got shape {tuple(acts_clean.shape)}")
     if acts_clean.shape[0] == 0:
         raise ValueError(f"acts_clean must hold at least one pair, got shape {tuple(acts_clean.shape)}")
-    # Mean over pairs and positions in one reduction (every pair has the same positions, so it equals the mean
-    # over positions, then over pairs), without reshaping: a channels_last output stays channels_last, and so
-    # does the gradient SNS sends back through it (a reshape copied it to the other layout, which made the
-    # ReLU backward pass of the whole network several times slower).
-    dims = (0, *range(2, acts_clean.dim()))
-    sigma = (acts_clean - acts_adv).abs().mean(dims)  # [C]
+    sigma = _channel_mean((acts_clean - acts_adv).abs())  # [C]: mean over positions, then pairs
     if not relative:
         return sigma
-    scale = acts_clean.abs().mean(dims)  # [C]
+    scale = _channel_mean(acts_clean.abs())  # [C]
     dead = scale == 0
     ratio = sigma / torch.where(dead, torch.ones_like(scale), scale)  # finite everywhere, finite grads
     return torch.where(dead, torch.full_like(ratio, math.nan), ratio), dead

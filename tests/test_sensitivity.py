@@ -300,12 +300,16 @@ def test_batch_sensitivity_keeps_channels_last_and_reads_any_positions():
     """SNS trains channels_last: the gradient its penalty sends back must keep that layout (a reshape used to
     copy it to the contiguous one, which made the network's ReLU backward several times slower)."""
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(4, 3, 5, 5, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
-    b = torch.randn(4, 3, 5, 5, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
-    sigma = batch_sensitivity(a, b)
-    torch.testing.assert_close(sigma, (a - b).abs().mean((2, 3)).mean(0))  # positions, then pairs
-    sigma.sum().backward()
-    assert a.grad.is_contiguous(memory_format=torch.channels_last)
+    a = torch.randn(8, 16, 12, 12, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
+    b = torch.randn(8, 16, 12, 12, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
+    for relative in (False, True):
+        sigma = batch_sensitivity(a, b, relative=relative)
+        sigma = sigma[0] if relative else sigma
+        scale = a.abs().mean((2, 3)).mean(0) if relative else 1
+        torch.testing.assert_close(sigma, (a - b).abs().mean((2, 3)).mean(0) / scale)  # positions, then pairs
+        grad_a, grad_b = torch.autograd.grad(sigma.sum(), (a, b))
+        assert grad_a.is_contiguous(memory_format=torch.channels_last)  # [8, 16, 12, 12]: not both layouts
+        assert grad_b.is_contiguous(memory_format=torch.channels_last)
     seq_a, seq_b = torch.randn(4, 3, 7, generator=g), torch.randn(4, 3, 7, generator=g)  # [N, C, L]
     torch.testing.assert_close(batch_sensitivity(seq_a, seq_b), (seq_a - seq_b).abs().mean(2).mean(0))
 
