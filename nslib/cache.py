@@ -23,7 +23,7 @@ from nslib import data as data_mod, models as models_mod, training
 from nslib.progress import stage
 from nslib.store import outputs_dir, params_key, save_json, save_torch
 
-__all__ = ["MODELS", "LABELS", "device", "model_key", "get_model", "get_models", "test_set", "adversarial_pairs", "pgd_pairs"]
+__all__ = ["MODELS", "LABELS", "label", "device", "model_key", "get_model", "get_models", "c1_models", "test_set", "adversarial_pairs", "pgd_pairs"]
 
 # The reproduction's models: name -> the training method (and SNS's base) that makes it. Any other method
 # registered in nslib.methods.METHODS can be asked for by its own name too.
@@ -40,6 +40,15 @@ MODELS = {
 TRAINING_CODE = 3
 LABELS = {"vanilla": "Vanilla", "pgd_at": "PGD-AT", "trades": "TRADES", "sns_pgd_at": "SNS (PGD-AT)",
           "sns_trades": "SNS (TRADES)"}
+
+
+def label(name: str) -> str:
+    """A model's display name: :data:`LABELS`, or "PGD-AT (0.5 eps)" for ``"pgd_at@0.5eps"`` (a model trained at
+    a fraction of the radius, :func:`c1_models`)."""
+    if name in LABELS:
+        return LABELS[name]
+    base, _, scale = name.partition("@")
+    return f"{LABELS.get(base, base)} ({scale.replace('eps', ' eps')})" if scale else name
 
 
 def _spec(name: str) -> dict:
@@ -187,3 +196,26 @@ def get_models(dataset: str, arch: str, names, seeds, *, vanilla_epochs: int | N
     def args(n):
         return {**train_args, **extra} if n == "vanilla" else train_args
     return {(n, s): get_model(dataset, arch, n, s, progress=progress, **args(n)) for s in seeds for n in names}
+
+
+def c1_models(dataset: str, arch: str, seeds, scales, *, eps: float, progress: bool = True, **train_args) -> dict:
+    """PGD-AT models trained at ``scale * eps`` for each of ``scales``: C1's models of graded robustness.
+
+    C1 ranks models by robust accuracy at ``eps``; the five main models hold only two levels of it (Vanilla
+    near 0, the four robust models tied within their intervals), so a rank correlation over them mostly
+    measures noise. A model trained at a smaller radius is robust in between. Each is trained or loaded by
+    :func:`nslib.cache.get_model` with ``train_args`` (those of the other models), its radius and a
+    training step scaled with it (2.5 * radius / steps, as :attr:`nslib.config.Settings.alpha`).
+
+    Returns ``{(name, seed): (model, info)}`` with names ``"pgd_at@0.5eps"``, labelled by :func:`label`.
+    Usage: ``c1_models("fmnist", "smallcnn", [0, 1, 2], [0.5], eps=0.1, epochs=2, n_train=12000)``
+    """
+    steps = train_args.get("attack_steps") or training.ATTACK_DEFAULTS.get(dataset, {}).get("steps", 10)
+    out = {}
+    for scale in scales:
+        if not 0 < scale < 1:
+            raise ValueError(f"scales must be fractions of eps in (0, 1) (a smaller training radius), got {scale!r}")
+        args = {**train_args, "eps": scale * eps, "alpha": 2.5 * scale * eps / steps}
+        for s in seeds:
+            out[(f"pgd_at@{scale:g}eps", s)] = get_model(dataset, arch, "pgd_at", s, progress=progress, **args)
+    return out

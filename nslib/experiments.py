@@ -25,7 +25,7 @@ import warnings
 import torch
 
 from nslib import attacks, evaluate
-from nslib.cache import LABELS, adversarial_pairs, get_model
+from nslib.cache import LABELS, adversarial_pairs, get_model, label
 from nslib.intervention import intervention_curve
 from nslib.models import default_layers
 from nslib.sensitivity import capture, neuron_sensitivity, top_k
@@ -158,19 +158,22 @@ def c1_c4_comparisons(studies: dict, baselines=("pgd_at", "trades"), reference: 
     return out
 
 
-def c1_ties(studies: dict, reference: str = "vanilla") -> dict:
-    """How far apart in robust accuracy the models other than ``reference`` are, against their intervals.
+def c1_ties(studies: dict, models=None, reference: str = "vanilla") -> dict:
+    """How far apart in robust accuracy ``models`` (default: all but ``reference``) are, against their intervals.
 
-    C1's Spearman ranks every model; where the robust models' accuracies lie within each other's 95%
-    intervals, their ranks among themselves are noise, and the correlation can only be as strong as the
-    reference's gap to them allows. Returns {"models", "low", "high" (the lowest and highest seed-mean robust
-    accuracy of those models), "half_width" (their mean Wilson half-width), "tied" (the spread is smaller than
-    one interval: high - low < 2 * half_width), "text" (one sentence for the report)}.
+    C1's Spearman ranks every model; where models' accuracies lie within each other's 95% intervals, their
+    ranks among themselves are noise, and only the models that stand apart (Vanilla,
+    :func:`nslib.cache.c1_models`) give the correlation something to measure. Returns {"models", "low", "high" (the lowest and highest seed-mean
+    robust accuracy of those models), "half_width" (their mean Wilson half-width), "tied" (the spread is
+    smaller than one interval: high - low < 2 * half_width), "text" (one sentence for the report)}.
     """
     seeds = sorted(studies)
     if reference not in studies[seeds[0]]:
         raise ValueError(f"reference must be one of the models ({', '.join(studies[seeds[0]])}), got {reference!r}")
-    names = [n for n in studies[seeds[0]] if n != reference]
+    names = [n for n in studies[seeds[0]] if n != reference] if models is None else list(models)
+    unknown = [n for n in names if n not in studies[seeds[0]]]
+    if unknown:
+        raise ValueError(f"models must be drawn from the studies' models ({', '.join(studies[seeds[0]])}), got {unknown}")
     if len(names) < 2:
         raise ValueError(f"studies must hold at least two models besides {reference!r} to compare, got {names}")
     acc = {n: statistics.fmean(studies[s][n]["adv"]["accuracy"] for s in seeds) for n in names}
@@ -178,12 +181,9 @@ def c1_ties(studies: dict, reference: str = "vanilla") -> dict:
                             for s in seeds for n in names)
     low, high = min(acc.values()), max(acc.values())
     tied = high - low < 2 * half
-    ref = LABELS.get(reference, reference)
-    text = (f"The {len(names)} models other than {ref} reach {100 * low:.1f}-{100 * high:.1f}% robust accuracy "
+    text = (f"{', '.join(label(n) for n in names)} reach {100 * low:.1f}-{100 * high:.1f}% robust accuracy "
             f"(mean over seeds), a spread of {100 * (high - low):.1f} points, {'narrower' if tied else 'wider'} than "
-            f"one 95% interval ({100 * 2 * half:.1f} points wide)" +
-            (f": their order among themselves is noise, so the rank correlation over all models rests on {ref} "
-             "alone." if tied else "."))
+            f"one 95% interval ({100 * 2 * half:.1f} points wide)" + (": their order among themselves is noise." if tied else "."))
     return {"models": names, "low": low, "high": high, "half_width": half, "tied": tied, "text": text}
 
 

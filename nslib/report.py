@@ -20,7 +20,7 @@ import os
 import statistics
 from pathlib import Path
 
-from nslib.cache import LABELS, device
+from nslib.cache import LABELS, device, label
 from nslib.store import atomic_write_bytes, load_json, outputs_dir, provenance, save_json
 from nslib.verdicts import RULE, combine, describe, spread
 
@@ -142,7 +142,7 @@ def sensitivity_markdown(study: dict) -> str:
         r = study[n]
         cells = [f"{r['layer_mean']['abs'][l]:.4f} ({r['layer_mean']['rel'][l]:.3f})" for l in layers]
         pairs = f"{r['mean']['rel_pairs']:.3f}" if "rel_pairs" in r["mean"] else "-"
-        lines.append(f"| {LABELS.get(n, n)} | {r['clean']['accuracy']:.3f} | {r['adv']['accuracy']:.3f} | "
+        lines.append(f"| {label(n)} | {r['clean']['accuracy']:.3f} | {r['adv']['accuracy']:.3f} | "
                      + " | ".join(cells) + f" | {r['mean']['abs']:.4f} ({r['mean']['rel']:.3f}) | {pairs} |")
     return "\n".join(lines)
 

@@ -50,6 +50,22 @@ def test_get_models_gives_the_vanilla_overrides_to_the_vanilla_model_only(monkey
         cache.get_models("fmnist", "smallcnn", ["vanilla"], [0], vanilla_epochs=8, vanilla={"epochs": 3})
 
 
+def test_c1_models_train_pgd_at_at_a_fraction_of_eps_with_a_step_scaled_with_it(monkeypatch):
+    calls = {}
+    monkeypatch.setattr(cache, "get_model", lambda d, a, n, s, progress=True, **kw: calls.setdefault((n, s), kw) or ("m", {}))
+    out = cache.c1_models("fmnist", "smallcnn", [0, 1], [0.5], eps=0.1, epochs=2, attack_steps=2, alpha=0.125)
+    assert list(out) == [("pgd_at@0.5eps", 0), ("pgd_at@0.5eps", 1)]
+    assert calls[("pgd_at", 1)] == {"epochs": 2, "attack_steps": 2, "eps": 0.05, "alpha": pytest.approx(0.0625)}
+    calls.clear()
+    cache.c1_models("fmnist", "smallcnn", [0], [0.25], eps=0.1)  # the dataset's PGD-10: step 2.5 * 0.025 / 10
+    assert calls[("pgd_at", 0)] == {"eps": 0.025, "alpha": pytest.approx(0.00625)}
+    assert cache.c1_models("fmnist", "smallcnn", [0], [], eps=0.1) == {}
+    with pytest.raises(ValueError, match=r"scales must be fractions of eps in \(0, 1\)"):
+        cache.c1_models("fmnist", "smallcnn", [0], [1.0], eps=0.1)
+    assert cache.label("pgd_at@0.5eps") == "PGD-AT (0.5 eps)" and cache.label("trades") == "TRADES"
+    assert cache.label("mine") == "mine"
+
+
 @pytest.mark.slow
 def test_lam_sweep_retrains_only_the_sns_models(tmp_path, monkeypatch):
     """Issue: changing lam after a finished run crashed in training's resume check for models that do not use

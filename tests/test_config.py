@@ -71,11 +71,13 @@ def test_settings_are_frozen_and_json_ready():
     ({"modes": ["restore", "shuffle"]}, r"modes\[1\] must be one of"),
     ({"k_eval": 0.3}, "k_eval must be one of ks"),
     ({"e2_models": ["madry"]}, r"e2_models\[0\] must be one of"),
-    ({"vanilla_n_train": 0}, r'vanilla_n_train must be an integer >= 1, "all" or None, got 0'),
-    ({"vanilla_n_train": "most"}, r'vanilla_n_train must be an integer >= 1, "all" or None, got \'most\''),
+    ({"vanilla_n_train": 0}, "vanilla_n_train must be an integer >= 1, 'all' or None, got 0"),
+    ({"vanilla_n_train": "most"}, "vanilla_n_train must be an integer >= 1, 'all' or None, got 'most'"),
+    ({"c1_eps_scales": [1.0]}, r"c1_eps_scales\[0\] must be a number in \(0, 1\), got 1.0"),
+    ({"c1_eps_scales": [0.5, 0.5]}, "distinct"),
     ({"vanilla_n_train": 60000}, "vanilla_n_train must be at most 59500 on fmnist .* got 60000"),
     ({"n_train": 59501}, "n_train must be at most 59500"),
-    ({"val_size": 60000}, "val_size must leave training images of fmnist"),
+    ({"val_size": 60000}, "val_size must be at most 59999 on fmnist"),
 ])
 def test_bad_overrides_fail_naming_the_knob(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -140,6 +142,7 @@ def test_the_cpu_profile_decides_with_three_seeds_on_1000_test_images():
 def test_vanilla_args_give_the_vanilla_model_its_own_epochs_and_images():
     """The vanilla model's clean epochs are cheap, so it may train on more images than the adversarial models
     (issue 11: 12,000 images left it below 88%); by default it shares their images."""
+    assert config.settings("quick", "fmnist", "02", {"c1_eps_scales": []}).c1_eps_scales == ()  # none: allowed
     quick = config.settings("quick", "fmnist", "02")
     assert quick.vanilla_args == {"epochs": quick.vanilla_epochs}  # n_train shared: the quick cache key is unchanged
     assert config.settings("quick", "fmnist", "02", {"vanilla_n_train": "all"}).vanilla_args["n_train"] is None

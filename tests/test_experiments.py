@@ -52,7 +52,11 @@ def test_c1_ties_says_when_the_robust_models_cannot_be_ranked():
     assert t["tied"] and t["models"] == ["pgd_at", "trades", "sns_pgd_at"]
     assert t["low"] == pytest.approx(0.58) and t["high"] == pytest.approx(0.60)
     assert 0.02 < t["half_width"] < 0.04  # +-3 points at n = 1,000
-    assert "58.0-60.0%" in t["text"] and "noise" in t["text"] and "Vanilla alone" in t["text"]
+    assert "PGD-AT, TRADES, SNS (PGD-AT) reach 58.0-60.0%" in t["text"] and "noise" in t["text"]
+    two = ex.c1_ties(tied, models=["pgd_at", "trades"])
+    assert two["models"] == ["pgd_at", "trades"] and two["low"] == pytest.approx(0.60)
+    with pytest.raises(ValueError, match="models must be drawn from"):
+        ex.c1_ties(tied, models=["pgd_at", "madry"])
     apart = {s: study({"vanilla": 0.02, "pgd_at": 0.40, "trades": 0.60}) for s in range(3)}
     assert not ex.c1_ties(apart)["tied"] and "noise" not in ex.c1_ties(apart)["text"]
     with pytest.raises(ValueError, match="reference must be one of the models"):
