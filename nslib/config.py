@@ -157,11 +157,11 @@ PROFILES: dict[str, dict] = {
 
 # Wall seconds of each notebook on fmnist on a quiet 2-core CPU (AMD EPYC, AVX2, fp32): what `reproduce`
 # announces before it starts and the weights of its whole-run progress bar. cpu: `make reproduce` from a clean
-# clone at 45aab05, 2026-11-29 (2,243 s in all). quick: its measured total (7-8 min, the same day) split by estimate. A
+# clone at 662e98f, 2026-11-29 (2,581 s in all). quick: its measured total (7-8 min, the same day) split by estimate. A
 # notebook or profile missing here counts DEFAULT_NOTEBOOK_S and the announcement says "unknown".
 EXPECTED_S = {
     "quick": {"00": 70, "01": 150, "02": 40, "03": 60, "04": 15, "05": 90, "06": 10},
-    "cpu": {"00": 99, "01": 1177, "02": 225, "03": 210, "04": 57, "05": 465, "06": 4},
+    "cpu": {"00": 98, "01": 1263, "02": 430, "03": 227, "04": 58, "05": 493, "06": 6},
 }
 DEFAULT_NOTEBOOK_S = 60
 
