@@ -163,8 +163,8 @@ def c1_ties(studies: dict, models=None, reference: str = "vanilla") -> dict:
 
     C1's Spearman ranks every model; where models' accuracies lie within each other's 95% intervals, their
     ranks among themselves are noise, and only the models that stand apart (Vanilla,
-    :func:`nslib.cache.c1_models`) give the correlation something to measure. Returns {"models", "low", "high" (the lowest and highest seed-mean
-    robust accuracy of those models), "half_width" (their mean Wilson half-width), "tied" (the spread is
+    :func:`nslib.cache.c1_models`) give the correlation something to measure. Returns {"models", "low",
+    "high" (the lowest and highest seed-mean robust accuracy of those models), "half_width" (their mean Wilson half-width), "tied" (the spread is
     smaller than one interval: high - low < 2 * half_width), "text" (one sentence for the report)}.
     """
     seeds = sorted(studies)
