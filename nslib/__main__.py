@@ -11,13 +11,13 @@ def main(argv: list[str] | None = None) -> int:
 
     rep = sub.add_parser("reproduce", help="run the numbered notebooks with papermill into outputs/<profile>/")
     rep.add_argument("--profile", default="auto",
-                     help="auto (full with a CUDA device, cpu without), or one of nslib.config.PROFILES: "
+                     help="auto (full with a CUDA device, cpu without), or one of nslib.repro.config.PROFILES: "
                           "quick (CI's machinery check), cpu, full")
     rep.add_argument("--datasets", default=None, help="comma-separated dataset names, e.g. fmnist,mnist5k")
     rep.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 02,03")
     rep.add_argument("--resume", action="store_true", help="skip notebooks already done with the same parameters")
     rep.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                     help="override one knob of nslib.config (a Python literal), e.g. eps=0.2 or 'seeds=[0, 1, 2]'; repeatable")
+                     help="override one knob of nslib.repro.config (a Python literal), e.g. eps=0.2 or 'seeds=[0, 1, 2]'; repeatable")
 
     ana = sub.add_parser("analyze", help="neuron sensitivity of your own model: pairs, sigma per layer, top-k, "
                                          "interventions, maps -> a folder with CSV, JSON, figures, ANALYSIS.md")
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "reproduce":
-        from nslib import run
+        from nslib.repro import run
         return run.main(args)
     if args.command == "analyze":
         from nslib import analyze

@@ -17,9 +17,9 @@ activation maps of the most sensitive channels.
 
 ``--data`` is a dataset name of :mod:`nslib.data` ("fmnist", "mnist5k", "mnist", "cifar10"), or
 ``synthetic:LIKE`` (random images shaped like LIKE), or a ``.pt`` file holding ``{"x": [N, C, H, W] in [0,
-1], "y": [N]}``. The test images are the reproduction's own (:func:`nslib.cache.test_set`: a fixed
+1], "y": [N]}``. The test images are the reproduction's own (:func:`nslib.data.test_set`: a fixed
 class-stratified subset) and the PGD pairs are crafted exactly as the reproduction crafts them
-(:func:`nslib.cache.pgd_pairs`), so for a checkpoint the kit trained the numbers equal notebook 02's.
+(:func:`nslib.attacks.pgd_pairs`), so for a checkpoint the kit trained the numbers equal notebook 02's.
 
 Everything is checked before any work (a checkpoint that does not fit the architecture, a model that does
 not return logits, data of the wrong shape, an unknown layer, images outside [0, 1]); the results are
@@ -45,9 +45,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nslib import cache, checks, data as data_mod, experiments as ex, fast, models as models_mod, training, viz
+from nslib import attacks, checks, data as data_mod, fast, intervention, models as models_mod, training, viz
+from nslib.evaluate import accuracy_on
 from nslib.progress import bar
-from nslib.sensitivity import layer_summary, neuron_sensitivity, top_k
+from nslib.sensitivity import layer_summary, neuron_sensitivity, pick_map_layer, top_k
 from nslib.store import atomic_write_bytes, outputs_dir, provenance, save_json
 
 __all__ = ["load_model", "load_data", "dataset_of", "check_fit", "analyze", "main"]
@@ -152,7 +153,7 @@ def load_data(name: str, n: int | None = 1000, seed: int = 0) -> tuple[torch.Ten
     if name not in data_mod.DATASETS or name == "synthetic":
         raise ValueError(f"--data must be one of {', '.join(d for d in data_mod.DATASETS if d != 'synthetic')}, "
                          f"synthetic:LIKE or a .pt file, got {name!r}")
-    x, y = cache.test_set(name, n, seed=seed)
+    x, y = data_mod.test_set(name, n, seed=seed)
     return x, y, training.ATTACK_DEFAULTS.get(name, {}).get("eps")
 
 
@@ -187,7 +188,7 @@ def check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers=None) -
 
 def _pairs(model, x, y, *, attack, eps, steps, seed, amp) -> torch.Tensor:
     if attack == "pgd":
-        return cache.pgd_pairs(model, x, y, eps=eps, steps=steps, seed=seed, amp=amp, progress=True)
+        return attacks.pgd_pairs(model, x, y, eps=eps, steps=steps, seed=seed, amp=amp, progress=True)
     from nslib.evaluate import autoattack
 
     return autoattack(model, x.to(checks.model_device(model)), y.to(checks.model_device(model)), eps=eps,
@@ -255,12 +256,12 @@ def _run(model, x, y, names, tmp: Path, *, eps, attack, steps, k, ks, seeds, see
     rows = _layer_rows(sigma, rel, dead, k)
     curves = {}
     for mode in bar(("restore", "zero"), desc="interventions"):
-        curves[mode] = ex.intervention_study(model, x, x_adv, y, layers=_spread(names, MAX_CURVES), ks=ks,
+        curves[mode] = intervention.intervention_study(model, x, x_adv, y, layers=_spread(names, MAX_CURVES), ks=ks,
                                              modes=(mode,), seeds=seeds)[mode]
     figures = _figures(model, x, x_adv, names, sigma, rel, curves, tmp / "figures")
     params = {"eps": eps, "attack": attack, "steps": steps, "layers": names, "k": k, "ks": list(ks),
               "seeds": list(seeds), "seed": seed, "n": int(x.shape[0]), **meta}
-    summary = {"params": params, "clean": ex.accuracy_on(model, x, y), "adv": ex.accuracy_on(model, x_adv, y, x=x),
+    summary = {"params": params, "clean": accuracy_on(model, x, y), "adv": accuracy_on(model, x_adv, y, x=x),
                "layers": rows, "mean_abs": statistics.fmean(r["mean_abs"] for r in rows),
                "mean_rel": statistics.fmean(r["mean_rel"] for r in rows if not math.isnan(r["mean_rel"])),
                "curves": {mode: [{key: v for key, v in c.items() if key != "sensitivity"} for c in cs]
@@ -302,7 +303,7 @@ def _figures(model, x, x_adv, names, sigma, rel, curves, folder: Path) -> list[s
                                     title=f"{mode} k neurons on adversarial inputs: top vs random, bottom, matched")
         written.append(f"figures/intervention_{mode}.png")
     try:
-        layer = ex.pick_map_layer(model, x, layers=names)
+        layer = pick_map_layer(model, x, layers=names)
     except ValueError:  # no layer with maps (a fully connected network): no map figure
         layer = None
     if layer is not None:

@@ -33,7 +33,7 @@ import torch
 from nslib.store import data_dir
 
 __all__ = ["DATASETS", "DatasetInfo", "load", "batches", "augment_crop_flip", "stratified_split",
-           "DataUnavailable"]
+           "DataUnavailable", "test_set"]
 
 
 @dataclass(frozen=True)
@@ -270,3 +270,15 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool 
         if augment:
             xb = augment_crop_flip(xb, generator=gen)
         yield xb, y[idx]
+
+
+def test_set(dataset: str, n: int | None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed, class-stratified subset of ``n`` test images (all when None or n >= the split's size).
+
+    The same call gives the same images everywhere, so every model is analysed on the same inputs.
+    """
+    x, y = load(dataset, "test")
+    if n is None or n >= len(x):
+        return x, y
+    _, idx = stratified_split(y, n, seed=seed)
+    return x[idx], y[idx]

@@ -33,7 +33,7 @@ from nslib.checks import check_choice, check_eps, check_images, check_labels, ch
 from nslib.models import eval_mode
 
 __all__ = ["RobustAccuracy", "wilson_interval", "robust_accuracy", "min_norm_accuracy", "run_suite",
-           "format_table", "autoattack", "ATTACKS"]
+           "format_table", "autoattack", "ATTACKS", "accuracy_on"]
 
 
 def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -398,3 +398,23 @@ def format_table(rows: list[dict]) -> str:
                      f"[{100 * r['ci_low']:5.1f}, {100 * r['ci_high']:5.1f}] {r['n']:6d} {r['seed']:5d} "
                      f"{r['wall_s']:8.2f}  {r['params']}{extra}")
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def accuracy_on(model, x_adv: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None = None,
+                batch_size: int = 500) -> dict:
+    """Accuracy on ``x_adv`` (counting only examples also correct on ``x`` when given) with its 95% Wilson
+    interval: ``{"accuracy", "low", "high", "n", "correct"}`` [, "robust" bool [N] on CPU]."""
+    dev = next(model.parameters()).device
+    with eval_mode(model):
+        ok = []
+        for i in range(0, len(x_adv), batch_size):
+            yb = y[i:i + batch_size].to(dev)
+            good = model(x_adv[i:i + batch_size].to(dev)).argmax(1) == yb
+            if x is not None:
+                good &= model(x[i:i + batch_size].to(dev)).argmax(1) == yb
+            ok.append(good.cpu())
+    ok = torch.cat(ok)
+    k, n = int(ok.sum()), len(ok)
+    low, high = wilson_interval(k, n)
+    return {"accuracy": k / n, "low": low, "high": high, "n": n, "correct": k}

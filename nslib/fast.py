@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 __all__ = ["fold_bn", "prepare", "ChannelsLast", "cpu_has_bf16", "autocast_dtype", "autocast", "PRECISIONS",
-           "attack_batch"]
+           "attack_batch", "default_device"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -206,3 +206,8 @@ def prepare(model: nn.Module, *, example: torch.Tensor | None = None, fold: bool
     if compile:
         net = torch.compile(net, mode=mode, dynamic=False)
     return net
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else the CPU: where models are trained and evaluated."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -24,12 +24,12 @@ from torch import nn
 
 from nslib.checks import (check_choice, check_images, check_labels, check_logits, check_positive_int,
                           model_device)
-from nslib.models import get_layer
+from nslib.models import default_layers, get_layer
 from nslib.models import eval_mode as _eval_mode
 from nslib.hooks import _Hooks
 from nslib.sensitivity import neuron_sensitivity, resolve_k, top_k
 
-__all__ = ["intervene", "intervention_curve", "matched_choice"]
+__all__ = ["intervene", "intervention_curve", "matched_choice", "intervention_study"]
 
 MODES = ("restore", "zero")
 SELECTIONS = ("top", "random", "bottom", "matched")
@@ -311,3 +311,15 @@ def _count_correct(model, x, x_adv, y, layer, mode, configs, width, batch_size) 
                 patcher.idx = idx
                 correct[i] += (model(xab).argmax(1) == yb).sum()
     return correct.tolist()
+
+
+def intervention_study(model, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, *, layers=None, ks=(0.1,),
+                       modes=("restore", "zero"), seeds=(0, 1, 2), split_seed: int = 0) -> dict:
+    """:func:`intervention_curve` for each layer and mode: ``{mode: [curve per layer]}``.
+
+    Neurons are chosen on half of the pairs and accuracy measured on the other half (``split_seed``), so
+    the measure never sees the pairs that chose the neurons.
+    """
+    layers = default_layers(model) if layers is None else list(layers)
+    return {mode: [intervention_curve(model, x, x_adv, y, layer, list(ks), seeds=seeds, mode=mode,
+                                      split_seed=split_seed) for layer in layers] for mode in modes}

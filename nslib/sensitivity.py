@@ -34,12 +34,12 @@ from torch import nn
 
 from nslib.checks import check_images, check_logits, check_positive_int, check_choice, model_device
 from nslib.hooks import Activations, _Hooks, _layer_list, capture  # noqa: F401  (capture is public here too)
-from nslib.models import eval_mode as _eval_mode
+from nslib.models import default_layers, eval_mode as _eval_mode
 
 RELATIVE = ("ratio_of_means", "mean_of_ratios")  # the two relative sensitivities (see neuron_sensitivity)
 
 __all__ = ["capture", "Activations", "batch_sensitivity", "neuron_sensitivity", "top_k", "resolve_k",
-           "layer_summary"]
+           "layer_summary", "pick_map_layer"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -314,3 +314,15 @@ def layer_summary(results, *, k=0.1, dead=None) -> list[dict]:
                 "k": kk,
             })
     return rows
+
+
+def pick_map_layer(model, x: torch.Tensor, min_size: int = 8, layers=None) -> str:
+    """The deepest of ``layers`` (None: the default ones) whose output is a map of at least ``min_size`` x
+    ``min_size``; one forward pass of two images. ValueError when there is none."""
+    layers = default_layers(model) if layers is None else list(layers)
+    with torch.no_grad(), _eval_mode(model), capture(model, layers, detach=True) as acts:
+        model(x[:2].to(next(model.parameters()).device))
+    good = [n for n in layers if acts[n].dim() == 4 and min(acts[n].shape[-2:]) >= min_size]
+    if not good:
+        raise ValueError(f"no analysed layer of {type(model).__name__} outputs maps of at least {min_size}x{min_size}")
+    return good[-1]

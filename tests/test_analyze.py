@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from nslib import analyze, cache, models
+from nslib import analyze, attacks, models
 from nslib.__main__ import main
 from nslib.sensitivity import neuron_sensitivity
 
@@ -33,7 +33,7 @@ def test_analyze_writes_every_output_and_its_numbers_match_an_independent_comput
                               meta={"model": "test", "data": "fmnist"})
     names = models.default_layers(model)
     # the pairs and sigma, recomputed by hand with the reproduction's own pair maker
-    x_adv = cache.pgd_pairs(model, x, y, eps=eps, steps=3, seed=0)
+    x_adv = attacks.pgd_pairs(model, x, y, eps=eps, steps=3, seed=0)
     sigma = neuron_sensitivity(model, x, x_adv, layers=names)
     for row in summary["layers"]:
         assert row["mean_abs"] == pytest.approx(float(sigma[row["layer"]].mean()), rel=1e-6)
@@ -58,7 +58,7 @@ def test_an_error_midway_leaves_nothing_and_an_existing_folder_is_kept(smallcnn_
     def boom(*a, **k):
         raise RuntimeError("stopped midway")
 
-    monkeypatch.setattr(analyze.ex, "intervention_study", boom)
+    monkeypatch.setattr(analyze.intervention, "intervention_study", boom)
     with pytest.raises(RuntimeError, match="midway"):
         analyze.analyze(model, x, y, eps=eps, out_dir=tmp_path / "run", steps=1)
     assert list(tmp_path.iterdir()) == []

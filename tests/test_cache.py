@@ -1,4 +1,4 @@
-"""nslib.cache: the model cache keys on training's identity (so it and the resume check agree), takes any
+"""nslib.repro.cache: the model cache keys on training's identity (so it and the resume check agree), takes any
 registered method without other edits, and survives the sweep a user makes (run, change lam, run again)."""
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nslib import cache, training
+from nslib import training
+from nslib.repro import cache
 from nslib.methods import METHODS, Method
 
 TINY = dict(epochs=1, batch_size=64, n_train=256, val_size=100, val_n_adv=20, val_attack_steps=1, attack_steps=1,

@@ -1,11 +1,12 @@
-"""nslib.config: one table of profiles, every knob checked, derived values computed once."""
+"""nslib.repro.config: one table of profiles, every knob checked, derived values computed once."""
 from __future__ import annotations
 
 import time
 
 import pytest
 
-from nslib import cache, config, training
+from nslib import training
+from nslib.repro import cache, config
 
 
 def test_every_profile_and_notebook_resolves_to_valid_settings():

@@ -1,4 +1,4 @@
-"""nslib.experiments: the computations behind E1-E4, against independent references and hand-made cases."""
+"""nslib.repro.experiments: the computations behind E1-E4, against independent references and hand-made cases."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from nslib import experiments as ex
+from nslib import attacks
+from nslib.repro import experiments as ex
 
 
 @settings(max_examples=60, deadline=None)
@@ -101,9 +102,7 @@ def test_evaluate_model_rows_on_a_linear_model():
     model = Affine().eval()
     x = torch.rand(24, 1, 4, 4, generator=torch.Generator().manual_seed(2))
     y = model(x).argmax(1)  # every example correct clean
-    from nslib import cache
-
-    x_wb = cache.pgd_pairs(model, x, y, eps=0.1, steps=5)
+    x_wb = attacks.pgd_pairs(model, x, y, eps=0.1, steps=5)
     ev = ex.evaluate_model(model, x, y, eps=0.1, x_adv_pgd20=x_wb, x_adv_transfer=x, n_long=12, long_steps=10,
                            mim_steps=5, l2_n=16, fmn_steps=60, pgd_l2_steps=20, aa_n=8, aa_version="custom",
                            aa_attacks=["apgd-ce"])

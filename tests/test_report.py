@@ -1,7 +1,8 @@
-"""nslib.report: result files and REPORT.md from constructed results."""
+"""nslib.repro.report: result files and REPORT.md from constructed results."""
 from __future__ import annotations
 
-from nslib import report, verdicts
+from nslib import verdicts
+from nslib.repro import report
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,9 +1,7 @@
-"""nslib.run: the orchestrator. Checks before any work, papermill runs of throwaway notebooks (a failure names
-the executed notebook; --resume redoes only what is left), the CLI's exit codes, and the layering of the
-package (nothing below the orchestrator imports it)."""
+"""nslib.repro.run: the orchestrator. Checks before any work, papermill runs of throwaway notebooks (a failure names
+the executed notebook; --resume redoes only what is left) and the CLI's exit codes."""
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
@@ -14,70 +12,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from nslib import config, run
-
-NSLIB = Path(run.__file__).parent
-
-
-# ----------------------------------------------------------------------------------------------------
-# the package's layers
-
-LAYERS = {  # module -> layer; a module may import only from its own layer or below
-    "store": 0, "checks": 0, "progress": 0, "data": 1, "models": 1, "fast": 2, "attacks": 2, "sensitivity": 2,
-    "minnorm": 2, "checkpoints": 2, "hooks": 2,
-    "intervention": 3, "evaluate": 3, "training": 3, "methods": 3, "verdicts": 4, "cache": 4, "experiments": 5,
-    "analyze": 7, "viz": 6, "report": 6, "config": 7, "bench": 7, "run": 8, "__main__": 9, "__init__": 0,
-}
-
-
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nslib"):
-            if node.module == "nslib":
-                out |= {a.name for a in node.names if (NSLIB / f"{a.name}.py").exists()}
-            else:
-                out.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            out |= {a.name.split(".")[1] for a in node.names if a.name.startswith("nslib.")}
-    return out
-
-
-def test_import_graph_points_down_and_modules_stay_small():
-    modules = sorted(p for p in NSLIB.glob("*.py"))
-    for path in modules:
-        name = path.stem
-        assert name in LAYERS, f"nslib/{path.name} has no layer in this test: add it"
-        for dep in _imports(path):
-            assert LAYERS[dep] <= LAYERS[name], f"nslib.{name} (layer {LAYERS[name]}) imports nslib.{dep} " \
-                                                f"(layer {LAYERS[dep]}): an arrow up"
-        assert "run" not in _imports(path) or name == "__main__", f"nslib.{name} imports the orchestrator"
-
-
-MAX_MODULE_LINES = 450   # "read it on one screen" at module scale: about 400 lines
-MAX_FUNCTION_LINES = 80  # "a function on one screen": its code, not counting the docstring a user reads
-LONG_FUNCTIONS = {"report.write_report"}  # kept long for now: one section of REPORT.md after another
-
-
-def _code_lines(node) -> int:
-    body = node.body
-    doc = body[0] if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-        and isinstance(body[0].value.value, str) else None
-    n = node.end_lineno - node.lineno + 1
-    return n - (doc.end_lineno - doc.lineno + 1 if doc is not None else 0)
-
-
-def test_modules_and_functions_stay_small():
-    for path in NSLIB.glob("*.py"):
-        lines = path.read_text().splitlines()
-        assert len(lines) <= MAX_MODULE_LINES, f"nslib/{path.name} has {len(lines)} lines"
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                n = _code_lines(node)
-                name = f"{path.stem}.{node.name}"
-                assert n <= MAX_FUNCTION_LINES or name in LONG_FUNCTIONS, f"{name} has {n} lines of code"
-
+from nslib.repro import config, run
 
 # ----------------------------------------------------------------------------------------------------
 # the shipped notebooks

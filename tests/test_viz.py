@@ -186,7 +186,7 @@ def test_robustness_bars_name_the_seed_count_and_mark_attacks_not_run(tmp_path):
 
 
 def test_mean_rows_records_the_seed_count():
-    from nslib.experiments import mean_rows
+    from nslib.repro.experiments import mean_rows
 
     evals = {("m", s): {"rows": {"clean": _acc(a)}} for s, a in ((0, 0.6), (1, 0.8))}
     row = mean_rows(evals, "m", [0, 1])["clean"]

@@ -4,15 +4,15 @@ The notebooks call these and draw the figures; each function returns plain dicts
 says so) and the claim verdicts come from :func:`nslib.verdicts.compare` (the kit's single verdict rule).
 
 - E1 (02, C1 and C4): :func:`sensitivity_study`, :func:`c1_c4_comparisons`, :func:`c1_ties`
-- E2 (03, C2): :func:`intervention_study`, :func:`c2_comparisons`
-- E4 (04, C6): :func:`map_similarity`, :func:`pick_map_layer`
+- E2 (03, C2): :func:`nslib.intervention.intervention_study`, :func:`c2_comparisons`
+- E4 (04, C6): :func:`map_similarity`, :func:`nslib.sensitivity.pick_map_layer`
 - E3 (05, C3): :func:`evaluate_model`, :func:`ablation`, :func:`sanity_checks`, :func:`c3_comparisons`
 
-Models and pairs come from :mod:`nslib.cache`; tables and the report are in :mod:`nslib.report`.
+Models and pairs come from :mod:`nslib.repro.cache`; tables and the report are in :mod:`nslib.repro.report`.
 
 Usage::
 
-    trained = {n: nslib.cache.get_model("fmnist", "smallcnn", n, seed=0, epochs=2) for n in nslib.cache.MODELS}
+    trained = {n: nslib.repro.cache.get_model("fmnist", "smallcnn", n, seed=0, epochs=2) for n in nslib.repro.cache.MODELS}
     study = sensitivity_study({n: m for n, (m, _) in trained.items()}, {n: i for n, (_, i) in trained.items()},
                               x, y, eps=0.1)
 """
@@ -25,36 +25,15 @@ import warnings
 import torch
 
 from nslib import attacks, evaluate
-from nslib.cache import LABELS, adversarial_pairs, get_model, label
-from nslib.intervention import intervention_curve
-from nslib.models import default_layers
+from nslib.repro.cache import LABELS, adversarial_pairs, get_model, label
+from nslib.evaluate import accuracy_on
 from nslib.sensitivity import capture, neuron_sensitivity, top_k
 from nslib.verdicts import compare
 
-__all__ = ["accuracy_on", "sensitivity_study", "spearman", "c1_c4_comparisons", "intervention_study",
-           "c1_ties", "c2_comparisons", "pick_map_layer", "map_similarity", "evaluate_model", "transfer_accuracy",
+__all__ = ["sensitivity_study", "spearman", "c1_c4_comparisons",
+           "c1_ties", "c2_comparisons", "map_similarity", "evaluate_model", "transfer_accuracy",
            "ablation", "sanity_checks", "c3_comparisons", "in_range", "sensitivity_numbers", "curve_numbers",
            "mean_rows"]
-
-
-@torch.no_grad()
-def accuracy_on(model, x_adv: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None = None,
-                batch_size: int = 500) -> dict:
-    """Accuracy on ``x_adv`` (counting only examples also correct on ``x`` when given) with its 95% Wilson
-    interval: ``{"accuracy", "low", "high", "n", "correct"}`` [, "robust" bool [N] on CPU]."""
-    dev = next(model.parameters()).device
-    with attacks.eval_mode(model):
-        ok = []
-        for i in range(0, len(x_adv), batch_size):
-            yb = y[i:i + batch_size].to(dev)
-            good = model(x_adv[i:i + batch_size].to(dev)).argmax(1) == yb
-            if x is not None:
-                good &= model(x[i:i + batch_size].to(dev)).argmax(1) == yb
-            ok.append(good.cpu())
-    ok = torch.cat(ok)
-    k, n = int(ok.sum()), len(ok)
-    low, high = evaluate.wilson_interval(k, n)
-    return {"accuracy": k / n, "low": low, "high": high, "n": n, "correct": k}
 
 
 def _layer_means(sigma: dict) -> dict:
@@ -69,7 +48,7 @@ def sensitivity_study(models: dict, infos: dict, x: torch.Tensor, y: torch.Tenso
     """Per-layer neuron sensitivity of several models on the same benign images.
 
     For each model: PGD-``steps`` pairs at ``eps`` crafted against it (white-box; cached by
-    :func:`nslib.cache.adversarial_pairs`), and the control pairs crafted against ``models[source]`` (held fixed,
+    :func:`nslib.repro.cache.adversarial_pairs`), and the control pairs crafted against ``models[source]`` (held fixed,
     transferred). Five variants of sigma: "abs" and "rel" (relative, ratio of means: divided by the mean
     |clean output|) and "rel_pairs" (relative, mean of per-pair ratios, the authors' toolbox) on white-box
     pairs, "abs_transfer" and "rel_transfer" on the control pairs.
@@ -163,7 +142,7 @@ def c1_ties(studies: dict, models=None, reference: str = "vanilla") -> dict:
 
     C1's Spearman ranks every model; where models' accuracies lie within each other's 95% intervals, their
     ranks among themselves are noise, and only the models that stand apart (Vanilla,
-    :func:`nslib.cache.c1_models`) give the correlation something to measure. Returns {"models", "low",
+    :func:`nslib.repro.cache.c1_models`) give the correlation something to measure. Returns {"models", "low",
     "high" (the lowest and highest seed-mean robust accuracy of those models), "half_width" (their mean Wilson half-width), "tied" (the spread is
     smaller than one interval: high - low < 2 * half_width), "text" (one sentence for the report)}.
     """
@@ -189,18 +168,6 @@ def c1_ties(studies: dict, models=None, reference: str = "vanilla") -> dict:
 
 # ----------------------------------------------------------------------------------------------------
 # E2: intervention (C2)
-
-def intervention_study(model, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, *, layers=None, ks=(0.1,),
-                       modes=("restore", "zero"), seeds=(0, 1, 2), split_seed: int = 0) -> dict:
-    """:func:`nslib.intervention.intervention_curve` for each layer and mode: ``{mode: [curve per layer]}``.
-
-    Neurons are chosen on half of the pairs and accuracy measured on the other half (``split_seed``), so
-    the measure never sees the pairs that chose the neurons.
-    """
-    layers = default_layers(model) if layers is None else list(layers)
-    return {mode: [intervention_curve(model, x, x_adv, y, layer, list(ks), seeds=seeds, mode=mode,
-                                      split_seed=split_seed) for layer in layers] for mode in modes}
-
 
 def _at_k(curve: dict, k, selection: str) -> float:
     """Mean accuracy over seeds of ``selection`` at size ``k`` (a fraction resolved to the layer's width)."""
@@ -237,18 +204,6 @@ def c2_comparisons(studies: dict, k, label: str) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------------
 # E4: sensitive-neuron maps (C6)
-
-def pick_map_layer(model, x: torch.Tensor, min_size: int = 8, layers=None) -> str:
-    """The deepest of ``layers`` (None: the default ones) whose output is a map of at least ``min_size`` x
-    ``min_size``; one forward pass of two images. ValueError when there is none."""
-    layers = default_layers(model) if layers is None else list(layers)
-    with torch.no_grad(), attacks.eval_mode(model), capture(model, layers, detach=True) as acts:
-        model(x[:2].to(next(model.parameters()).device))
-    good = [n for n in layers if acts[n].dim() == 4 and min(acts[n].shape[-2:]) >= min_size]
-    if not good:
-        raise ValueError(f"no analysed layer of {type(model).__name__} outputs maps of at least {min_size}x{min_size}")
-    return good[-1]
-
 
 @torch.no_grad()
 def map_similarity(model, x: torch.Tensor, x_adv: torch.Tensor, layer: str, *, k=0.1, choose_n: int | None = None) -> dict:

@@ -1,7 +1,7 @@
 """The orchestrator: run the numbered notebooks headless with papermill, and the ``reproduce`` command line.
 
 ``python -m nslib reproduce --profile quick|full [--datasets ...] [--only 02,03] [--set NAME=VALUE] [--resume]``
-checks every setting of every notebook it will run first (:func:`nslib.config.settings`: an unknown name, a
+checks every setting of every notebook it will run first (:func:`nslib.repro.config.settings`: an unknown name, a
 wrong type or an unknown dataset fails at once, before any work), then executes each notebook into
 ``outputs/<profile>/<dataset>/`` with ``profile``, ``dataset`` and ``overrides`` injected. Its terminal bar
 shows the notebook and what the notebook's kernel is doing (model, epoch, step, time left; see
@@ -9,7 +9,7 @@ shows the notebook and what the notebook's kernel is doing (model, epoch, step, 
 
 Every finished notebook leaves a done-marker holding the hash of its settings and code; with ``--resume``
 a notebook whose marker matches is skipped (the report is rebuilt whenever a notebook before it ran), and
-trained models are reused through :mod:`nslib.cache` in any case. Ctrl-C stops with one line saying what
+trained models are reused through :mod:`nslib.repro.cache` in any case. Ctrl-C stops with one line saying what
 was kept and how to resume. A long run goes in chunks: ``timeout 590 python -m nslib reproduce --profile
 full --resume`` repeated until it exits 0 completes it.
 
@@ -25,10 +25,10 @@ import threading
 import time
 from pathlib import Path
 
-from nslib import config
-from nslib.cache import device
+from nslib.repro import config
+from nslib.fast import default_device as device
 from nslib.progress import read_status
-from nslib.report import profile_dir
+from nslib.repro.report import profile_dir
 from nslib.store import load_json, params_key, provenance, repo_root, save_json
 
 __all__ = ["notebooks", "plan", "to_run", "reproduce", "announce", "main"]
@@ -140,7 +140,7 @@ def _execute(path: Path, out_nb: Path, params: dict, status_file: Path, outcome:
 def _run_one(path, out_nb, params, bar, expected: float) -> BaseException | None:
     """Execute a notebook while the terminal bar shows its kernel's progress line.
 
-    The whole-run bar counts expected seconds (:func:`nslib.config.expected_seconds`): while the notebook
+    The whole-run bar counts expected seconds (:func:`nslib.repro.config.expected_seconds`): while the notebook
     runs it advances with the wall clock, up to 95% of the notebook's share (a slow notebook holds the bar
     there rather than running into the next one's), so tqdm's rate is the run's speed against the
     measured machine and its "remaining" the estimate of what is left."""
@@ -169,11 +169,11 @@ def reproduce(profile: str = "quick", datasets=None, only=None, resume: bool = F
     130 when interrupted.
 
     Args:
-        profile: a name of :data:`nslib.config.PROFILES`.
+        profile: a name of :data:`nslib.repro.config.PROFILES`.
         datasets: dataset names (default: the profile's).
         only: notebook numbers to run ("02"), default all of the reproduction (00-06).
         resume: skip notebooks already done with the same settings and code.
-        overrides: knob values applied last (``--set``), checked by :func:`nslib.config.settings`.
+        overrides: knob values applied last (``--set``), checked by :func:`nslib.repro.config.settings`.
         notebooks_dir: folder of the notebooks (default ``<repo>/notebooks``).
     """
     from papermill.exceptions import PapermillExecutionError
@@ -238,7 +238,7 @@ def reproduce(profile: str = "quick", datasets=None, only=None, resume: bool = F
 def announce(profile: str, runs, why: str | None = None, todo=None) -> str:
     """The line ``reproduce`` prints before it starts: the profile (and why it was picked), the datasets, the
     device and the expected wall time of the runs that will execute (``todo``, from :func:`to_run`; default
-    all) (:data:`nslib.config.EXPECTED_S`, measured on a quiet 2-core CPU)."""
+    all) (:data:`nslib.repro.config.EXPECTED_S`, measured on a quiet 2-core CPU)."""
     todo = [True] * len(runs) if todo is None else todo
     times = [config.expected_seconds(profile, d, p.name[:2]) for (d, p, _), go in zip(runs, todo) if go]
     total = sum(t for t, _ in times)

@@ -26,7 +26,7 @@ import numbers
 from typing import Any
 
 from nslib import data as data_mod, models as models_mod
-from nslib.cache import MODELS
+from nslib.repro.cache import MODELS
 from nslib.training import ATTACK_DEFAULTS
 
 __all__ = ["PROFILES", "NOTEBOOKS", "EXPECTED_S", "Settings", "settings", "parse_overrides", "check_datasets",
@@ -338,7 +338,7 @@ class Settings:
 
     @property
     def train_args(self) -> dict:
-        """Keyword arguments of :func:`nslib.cache.get_model` (and so of :func:`nslib.training.train`)."""
+        """Keyword arguments of :func:`nslib.repro.cache.get_model` (and so of :func:`nslib.training.train`)."""
         args = dict(epochs=self.epochs, n_train=self.n_train, batch_size=self.batch_size, lr=self.lr,
                     attack_steps=self.attack_steps, alpha=self.alpha, eps_warmup_epochs=self.eps_warmup_epochs,
                     val_size=self.val_size, val_n_adv=self.val_n_adv, val_attack_steps=self.val_attack_steps,
@@ -350,7 +350,7 @@ class Settings:
     @property
     def vanilla_args(self) -> dict:
         """What the vanilla model trains with instead of :attr:`train_args` (``vanilla`` of
-        :func:`nslib.cache.get_models`): its own epochs and, when ``vanilla_n_train`` is set, its own images."""
+        :func:`nslib.repro.cache.get_models`): its own epochs and, when ``vanilla_n_train`` is set, its own images."""
         out = {"epochs": self.vanilla_epochs}
         if self.vanilla_n_train is not None:
             out["n_train"] = None if self.vanilla_n_train == "all" else self.vanilla_n_train

@@ -20,7 +20,8 @@ import os
 import statistics
 from pathlib import Path
 
-from nslib.cache import LABELS, device, label
+from nslib.fast import default_device as device
+from nslib.repro.cache import LABELS, label
 from nslib.store import atomic_write_bytes, load_json, outputs_dir, provenance, save_json
 from nslib.verdicts import RULE, combine, describe, spread
 

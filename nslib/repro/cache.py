@@ -3,7 +3,7 @@
 - **Models** (:func:`get_model`, :func:`get_models`): every trained model lives in
   ``outputs/models/<dataset>/<name>/<key>/`` where ``key`` hashes every parameter that shaped it, so a notebook
   trains what is missing, resumes what was interrupted, and never reuses a model trained with other parameters.
-- **Test images** (:func:`test_set`): a fixed, class-stratified subset, the same for every model.
+- **Test images**: :func:`nslib.data.test_set`, a fixed, class-stratified subset, the same for every model.
 - **Adversarial pairs** (:func:`adversarial_pairs`): PGD pairs cached per model and attack parameters, so
   02, 03, 04 and 05 analyse the very same pairs.
 
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from nslib import data as data_mod, models as models_mod, training
+from nslib import attacks, fast, models as models_mod, training
 from nslib.progress import stage
 from nslib.store import outputs_dir, params_key, save_json, save_torch
 
-__all__ = ["MODELS", "LABELS", "label", "device", "model_key", "get_model", "get_models", "c1_models", "test_set", "adversarial_pairs", "pgd_pairs"]
+__all__ = ["MODELS", "LABELS", "label", "model_key", "get_model", "get_models", "c1_models", "adversarial_pairs"]
 
 # The reproduction's models: name -> the training method (and SNS's base) that makes it. Any other method
 # registered in nslib.methods.METHODS can be asked for by its own name too.
@@ -58,11 +58,6 @@ def _spec(name: str) -> dict:
         return {"method": name}
     raise ValueError(f"name must be one of {', '.join(MODELS)} or a method of nslib.methods.METHODS "
                      f"({', '.join(training.METHODS)}), got {name!r}")
-
-
-def device() -> torch.device:
-    """CUDA when available, else the CPU: where models are trained and evaluated."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def model_key(dataset: str, arch: str, name: str, seed: int, **train_args) -> tuple[dict, str]:
@@ -111,24 +106,12 @@ def get_model(dataset: str, arch: str, name: str, seed: int = 0, *, checkpoint: 
     train_s = time.perf_counter() - t0
     save_json(out / "params.json", params)
     which = checkpoint if (out / f"{checkpoint}.pt").exists() else "last"
-    model, _ = training.load_checkpoint(out / f"{which}.pt", device=device())
+    model, _ = training.load_checkpoint(out / f"{which}.pt", device=fast.default_device())
     info = {"name": name, "label": LABELS.get(name, name), "key": key, "dir": str(out), "checkpoint": which,
             "status": result["status"], "collapsed": result["status"] == "collapsed",
             "history": result["history"], "best": result["best"], "params": params,
             "train_s": train_s if train_s > 1.0 else 0.0}
     return model, info
-
-
-def test_set(dataset: str, n: int | None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed, class-stratified subset of ``n`` test images (all when None or n >= the split's size).
-
-    The same call gives the same images everywhere, so every model is analysed on the same inputs.
-    """
-    x, y = data_mod.load(dataset, "test")
-    if n is None or n >= len(x):
-        return x, y
-    _, idx = data_mod.stratified_split(y, n, seed=seed)
-    return x[idx], y[idx]
 
 
 def adversarial_pairs(model, info: dict, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 20,
@@ -141,8 +124,6 @@ def adversarial_pairs(model, info: dict, x: torch.Tensor, y: torch.Tensor, *, ep
     and on a CPU with bf16 hardware, :func:`nslib.fast.autocast_dtype`); bf16 pairs are keyed apart.
     The sensitivities computed from them are fp32. Returns x_adv like ``x`` on the CPU.
     """
-    from nslib import fast
-
     digest = hashlib.sha256(x.detach().cpu().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest()[:12]
     precision = info.get("params", {}).get("precision", "auto")
     dev = next(model.parameters()).device
@@ -153,26 +134,9 @@ def adversarial_pairs(model, info: dict, x: torch.Tensor, y: torch.Tensor, *, ep
     path = Path(info["dir"]) / "pairs" / f"pgd-{key}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
-    x_adv = pgd_pairs(model, x, y, eps=eps, steps=steps, seed=seed, batch_size=batch_size, amp=amp)
+    x_adv = attacks.pgd_pairs(model, x, y, eps=eps, steps=steps, seed=seed, batch_size=batch_size, amp=amp)
     save_torch(path, x_adv)
     return x_adv
-
-
-def pgd_pairs(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 20, seed: int = 0,
-              batch_size: int | None = None, amp: bool = False, progress: bool = False) -> torch.Tensor:
-    """The reproduction's pairs, uncached: Linf PGD-``steps`` with random start (step 2.5 eps / steps) in
-    batches of ``batch_size`` (None: 500 on a GPU, 128 on a CPU), the batch starting at image i seeded
-    with ``seed + i``; x_adv like ``x``, on the CPU."""
-    from nslib import attacks, fast
-    from nslib.progress import bar
-
-    dev = next(model.parameters()).device
-    batch_size = fast.attack_batch(dev, batch_size)
-    parts = []
-    for i in bar(range(0, len(x), batch_size), desc=f"PGD-{steps} pairs", disable=not progress):
-        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
-        parts.append(attacks.pgd(model, xb, yb, eps=eps, steps=steps, seed=seed + i, amp=amp).cpu())
-    return torch.cat(parts)
 
 
 def get_models(dataset: str, arch: str, names, seeds, *, vanilla_epochs: int | None = None,
@@ -180,7 +144,7 @@ def get_models(dataset: str, arch: str, names, seeds, *, vanilla_epochs: int | N
     """``{(name, seed): (model, info)}`` for every name and seed, trained or loaded via :func:`get_model`.
 
     ``vanilla`` overrides ``train_args`` for the vanilla model alone (e.g. ``{"epochs": 3, "n_train": None}``,
-    what :attr:`nslib.config.Settings.vanilla_args` gives); ``vanilla_epochs`` is the shorthand for its epochs
+    what :attr:`nslib.repro.config.Settings.vanilla_args` gives); ``vanilla_epochs`` is the shorthand for its epochs
     (given both, they must agree).
     A clean epoch costs one forward-backward pass per image against ``attack_steps + 1`` or more for the
     adversarial methods, so equal compute buys the vanilla model more epochs or more images; an undertrained
@@ -204,8 +168,8 @@ def c1_models(dataset: str, arch: str, seeds, scales, *, eps: float, progress: b
     C1 ranks models by robust accuracy at ``eps``; the five main models hold only two levels of it (Vanilla
     near 0, the four robust models tied within their intervals), so a rank correlation over them mostly
     measures noise. A model trained at a smaller radius is robust in between. Each is trained or loaded by
-    :func:`nslib.cache.get_model` with ``train_args`` (those of the other models), its radius and a
-    training step scaled with it (2.5 * radius / steps, as :attr:`nslib.config.Settings.alpha`).
+    :func:`nslib.repro.cache.get_model` with ``train_args`` (those of the other models), its radius and a
+    training step scaled with it (2.5 * radius / steps, as :attr:`nslib.repro.config.Settings.alpha`).
 
     Returns ``{(name, seed): (model, info)}`` with names ``"pgd_at@0.5eps"``, labelled by :func:`label`.
     Usage: ``c1_models("fmnist", "smallcnn", [0, 1, 2], [0.5], eps=0.1, epochs=2, n_train=12000)``

@@ -1,0 +1,99 @@
+"""The folder shows the layers. The library (``nslib/*.py``: what a user imports) never imports the reproduction
+(``nslib/repro/``: settings, caches, E1-E4, the report, papermill runs); inside each, imports point down a fixed
+order; modules and functions stay small enough to read."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import nslib
+
+NSLIB = Path(nslib.__file__).parent
+LIBRARY = sorted(NSLIB.glob("*.py"))
+REPRODUCTION = sorted((NSLIB / "repro").glob("*.py"))
+
+LAYERS = {  # module -> layer; a module may import only from its own layer or below
+    "store": 0, "checks": 0, "progress": 0, "__init__": 0, "data": 1, "models": 1,
+    "fast": 2, "attacks": 2, "sensitivity": 2, "minnorm": 2, "checkpoints": 2, "hooks": 2,
+    "intervention": 3, "evaluate": 3, "training": 3, "methods": 3, "verdicts": 4, "viz": 6, "analyze": 7, "bench": 7,
+    "repro.__init__": 10, "repro.cache": 10, "repro.experiments": 11, "repro.report": 12, "repro.config": 13,
+    "repro.run": 14, "__main__": 20,
+}
+
+
+def _name(path: Path) -> str:
+    return f"repro.{path.stem}" if path.parent.name == "repro" else path.stem
+
+
+KNOWN = {_name(p) for p in LIBRARY + REPRODUCTION} | {"repro"}  # what `from nslib[.x] import name` can name
+
+
+def _imports(path: Path) -> set[str]:
+    """The kit's modules a file imports (``attacks``, ``repro.cache``, or ``repro`` for the package itself),
+    wherever the import statement stands: at the module head or inside a function."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "nslib":
+            mod = node.module.split(".", 1)[1] if "." in node.module else ""
+            for a in node.names:
+                full = f"{mod}.{a.name}" if mod else a.name
+                if full in KNOWN:
+                    out.add(full)
+                elif mod:
+                    out.add(mod)
+        elif isinstance(node, ast.Import):
+            out |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("nslib.")}
+    return out
+
+
+def test_the_library_never_imports_the_reproduction():
+    assert len(LIBRARY) > 15 and len(REPRODUCTION) >= 5, "the kit's modules were not found"
+    for path in LIBRARY:
+        if path.name == "__main__.py":  # the command line sits on top of both
+            continue
+        bad = sorted(m for m in _imports(path) if m == "repro" or m.startswith("repro."))
+        assert not bad, f"nslib/{path.name} (the library) imports the reproduction: {bad}"
+
+
+def test_the_check_sees_every_form_of_import(tmp_path):
+    """The oracle of the tests here: imports of the reproduction at a module's head and inside a function."""
+    bad = tmp_path / "bad.py"
+    for src, want in [("def f():\n    from nslib.repro import cache\n", "repro.cache"),
+                      ("from nslib import repro\n", "repro"), ("import nslib.repro.run\n", "repro.run"),
+                      ("from nslib.repro.cache import get_model\n", "repro.cache"), ("from nslib import attacks\n", "attacks")]:
+        bad.write_text(src)
+        assert want in _imports(bad), src
+
+
+def test_imports_point_down():
+    for path in LIBRARY + REPRODUCTION:
+        name = _name(path)
+        assert name in LAYERS, f"{path} has no layer in this test: add it"
+        for dep in _imports(path):
+            dep = "repro.__init__" if dep == "repro" else dep
+            assert LAYERS[dep] <= LAYERS[name], f"nslib.{name} (layer {LAYERS[name]}) imports nslib.{dep} " \
+                                                f"(layer {LAYERS[dep]}): an arrow up"
+
+
+MAX_MODULE_LINES = 450   # "read it on one screen" at module scale: about 400 lines
+MAX_FUNCTION_LINES = 80  # "a function on one screen": its code, not counting the docstring a user reads
+LONG_FUNCTIONS = {"repro.report.write_report"}  # kept long for now: one section of REPORT.md after another
+
+
+def _code_lines(node) -> int:
+    body = node.body
+    doc = body[0] if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+        and isinstance(body[0].value.value, str) else None
+    n = node.end_lineno - node.lineno + 1
+    return n - (doc.end_lineno - doc.lineno + 1 if doc is not None else 0)
+
+
+def test_modules_and_functions_stay_small():
+    for path in LIBRARY + REPRODUCTION:
+        lines = path.read_text().splitlines()
+        assert len(lines) <= MAX_MODULE_LINES, f"{path} has {len(lines)} lines"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = _code_lines(node)
+                name = f"{_name(path)}.{node.name}"
+                assert n <= MAX_FUNCTION_LINES or name in LONG_FUNCTIONS, f"{name} has {n} lines of code"
