@@ -1,16 +1,20 @@
-"""The reproduction's settings: every profile in one table, one function that returns a run's frozen settings.
+"""The reproduction's settings: every knob declared once, each profile as its differences, one function that
+returns a run's frozen settings.
 
 A **knob** is anything a user may change with ``python -m nslib reproduce --set NAME=VALUE`` (or a notebook's
-``overrides`` parameter). :data:`PROFILES` holds each profile's values in layers, later layers winning::
+``overrides`` parameter). :data:`KNOBS` declares each one once: its default (the quick profile's value), its
+check and what it means, with its unit; ``train=True`` marks a keyword of :func:`nslib.training.train`, which
+then joins :attr:`Settings.train_args` (and so the model cache's key). :data:`PROFILES` holds what each profile
+changes, in layers, later layers winning::
 
-    quick["all"] < quick[notebook] < profile["all"] < profile[notebook] < profile[dataset]
+    defaults < quick[notebook] < profile["all"] < profile[notebook] < profile[dataset]
         < profile[(dataset, notebook)] < overrides
 
-``quick`` is complete (every knob has its value there); the other profiles list what they change.
-:func:`settings` merges the layers, checks every value (unknown name, wrong type, out of range: a
-``ValueError`` naming the knob, what it expects and what it got, before any work), derives what follows
-from the knobs (``eps`` from the dataset when not set, the training attack's step ``alpha``) and returns a
-frozen :class:`Settings`. Notebooks receive only ``profile``, ``dataset`` and ``overrides`` from papermill.
+:func:`settings` merges the layers, checks every value (unknown name, wrong type, out of range: a ``ValueError``
+naming the knob, what it expects and what it got, before any work), derives what follows from the knobs (``eps``
+from the dataset when not set, the training attack's step ``alpha``) and returns a frozen :class:`Settings`
+whose attributes are the knobs (``cfg.n_pairs``). Notebooks receive only ``profile``, ``dataset`` and
+``overrides`` from papermill.
 
 Usage::
 
@@ -23,16 +27,21 @@ import ast
 import dataclasses
 import difflib
 import numbers
-from typing import Any
+from typing import Any, Callable
 
-from nslib import data as data_mod, models as models_mod
+import torch
+
+from nslib import data as data_mod, models as models_mod, training
 from nslib.repro.cache import MODELS
 from nslib.training import ATTACK_DEFAULTS
 
-__all__ = ["PROFILES", "NOTEBOOKS", "EXPECTED_S", "Settings", "settings", "parse_overrides", "check_datasets",
-           "profile_datasets", "auto_profile", "expected_seconds"]
+__all__ = ["KNOBS", "Knob", "PROFILES", "NOTEBOOKS", "REPORT_NOTEBOOK", "EXPECTED_S", "Settings", "settings_class", "settings",
+           "parse_overrides", "check_datasets", "profile_datasets", "auto_profile", "expected_seconds"]
 
+# The reproduction's numbered notebooks, in run order; the report notebook reads every other's results, so it
+# runs last and again whenever a notebook before it ran. Notebooks numbered otherwise (07) are tools.
 NOTEBOOKS = ("00", "01", "02", "03", "04", "05", "06")
+REPORT_NOTEBOOK = "06"
 
 # Expected ranges of the checked notebook cells: loose enough to hold on any CPU and seed, tight enough to catch
 # a broken run (a model at chance, an attack that does nothing). Quick values come from runs of 2,000 images x
@@ -46,64 +55,10 @@ _FULL_RANGES = {"train_ranges": {"vanilla_clean": (0.85, 1.0), "robust_clean": (
                 "eval_ranges": {"clean": (0.70, 1.0), "aa": (0.30, 0.98), "vanilla_pgd": (0.0, 0.05)}}
 
 PROFILES: dict[str, dict] = {
-    # CPU, minutes: checks the machinery (what CI and nbval run); one seed, so it decides nothing.
+    # CPU, minutes: checks the machinery (what CI and nbval run); one seed, so it decides nothing. Its values for
+    # every notebook are the knobs' defaults (KNOBS); it lists only where a notebook or dataset differs.
     "quick": {
         "datasets": ("fmnist",),
-        "all": {
-            # the models (01-05)
-            "arch": "smallcnn",          # "smallcnn" (28x28), "vgg16" or "resnet18"
-            "seeds": [0],                # training seeds; verdicts need at least 2
-            "eps": None,                 # Linf radius of training and evaluation (None: the dataset's, docs/PAPER.md)
-            "epochs": 2,                 # passes over the n_train images (adversarial and SNS models)
-            "vanilla_epochs": 8,         # passes for the vanilla model: about the compute of 2 adversarial epochs
-            "n_train": 2000,             # training images (None: all left after the validation hold-out)
-            "vanilla_n_train": None,     # the vanilla model's training images (None: n_train; "all": every image left)
-            "batch_size": 32,            # images per SGD step
-            "lr": 0.05,                  # peak learning rate (SGD, momentum 0.9, cosine schedule per step)
-            "attack_steps": 3,           # PGD steps of the training attack (None: the dataset's default)
-            "eps_warmup_epochs": 0,      # epochs over which the training eps ramps up linearly from 0
-            "val_size": 500,             # validation images held out of the training data
-            "val_n_adv": 200,            # validation images attacked after each epoch: picks the best checkpoint
-            "val_attack_steps": 5,       # PGD steps of that validation attack
-            "lam": 0.01,                 # SNS penalty weight lambda (dimensionless)
-            "k": 0.1,                    # SNS top-k: fraction of each layer's neurons penalised ("sensitive")
-            # 00: clean training goal
-            "min_test_acc": 0.85,        # notebook 00's test-accuracy goal
-            # E1 (02) and E4 (04)
-            "n_pairs": 200,              # test images, the same for every model (paper: 1,000)
-            "pair_steps": 20,            # PGD steps crafting each pair (random start, step 2.5 * eps / steps)
-            "c1_eps_scales": [],         # C1 (02): PGD-AT also trained at these fractions of eps (graded robustness)
-            # E2 (03)
-            "e2_models": ["vanilla", "pgd_at"],  # models analysed
-            "ks": [0.05, 0.1, 0.25],     # numbers of neurons patched, as fractions of each layer's neurons
-            "k_eval": 0.1,               # the size at which C2 is judged (a value of ks)
-            "selection_seeds": [0, 1, 2],  # seeds of the random and matched choices
-            "modes": ["restore", "zero"],  # restore the neurons to their benign values, or set them to zero
-            # E4 (04)
-            "n_maps": 4,                 # images shown per figure
-            "k_maps": 3,                 # most sensitive channels shown per figure
-            "map_layer": None,           # layer drawn (None: the deepest default layer with maps of 8x8 or more)
-            # E3 (05)
-            "n_eval": 200,               # test images for clean, FGSM, PGD-20, MIM and transfer
-            "n_long": 100,               # test images for the long PGD run
-            "pgd_long_steps": 50,        # steps of the long PGD run (paper: 100)
-            "mim_steps": 10,             # MIM iterations (step eps / steps, decay 1)
-            "l2_n": 50,                  # test images for the L2 rows (FMN and PGD-L2, at radius 2 eps sqrt(pixels) / 10)
-            "fmn_steps": 50,             # FMN-L2 steps (minimal norm; one gradient each; Pintor et al. 2021)
-            "pgd_l2_steps": 20,          # PGD-L2 steps at that radius (the check that FMN is not weaker)
-            "pgd_l2_restarts": 1,        # PGD-L2 random restarts (per-example worst case kept)
-            "aa_n": 50,                  # test images for AutoAttack
-            "aa_version": "custom",      # "standard" (APGD-CE, APGD-T, FAB-T, Square) or "custom" with aa_attacks
-            "aa_attacks": ["apgd-ce", "apgd-dlr"],  # AutoAttack's attacks when aa_version is "custom"
-            "aa_restarts": None,         # restarts of AutoAttack's APGD/FAB (None: its own: 5 in "custom", 1 in "standard")
-            "lam_grid": [0.0, 0.01, 0.1],  # SNS (PGD-AT) lambda ablation, first seed (0 is PGD-AT itself)
-            "k_grid": [0.1, 0.3],        # SNS (PGD-AT) top-k ablation, first seed
-            "n_sanity": 50,              # test images for the eps sweep of the sanity checks
-            "sanity_steps": 10,          # PGD steps of the eps sweep
-            "eps_scales": [0.5, 1, 2, 4, 8],  # the sweep's radii as multiples of eps (capped at 1)
-            "precision": "auto",         # training and pair attacks: "auto" (bf16 on CUDA and bf16-capable CPUs), "fp32", "bf16"
-            **_QUICK_RANGES,
-        },
         # 00's clean SmallCNN run: larger subset, larger batches, a few epochs
         "00": {"n_train": 20000, "epochs": 4, "batch_size": 64},
         ("mnist5k", "00"): {"n_train": None},  # the subset has 3,500 training images after the hold-out
@@ -172,7 +127,6 @@ def auto_profile(cuda: bool | None = None) -> tuple[str, str]:
     Usage: ``profile, why = auto_profile()  # ("cpu", "no CUDA device")``
     """
     if cuda is None:
-        import torch
         cuda = torch.cuda.is_available()
     return ("full", "a CUDA device is present") if cuda else ("cpu", "no CUDA device")
 
@@ -246,85 +200,103 @@ def _ranges(name, v):
         _fail(name, "a dict of (low, high) ranges", v)
 
 
-CHECKS = {
-    "arch": _choice(models_mod.ARCHS), "seeds": _list(_int(0), "seeds (integers >= 0)", distinct=True),
-    "eps": _real(0, 1, low_open=True, optional=True), "epochs": _int(1), "vanilla_epochs": _int(1),
-    "n_train": _int(1, optional=True), "vanilla_n_train": _int(1, optional=True, word="all"),
-    "batch_size": _int(1), "lr": _real(0, 10, low_open=True),
-    "attack_steps": _int(1, optional=True), "eps_warmup_epochs": _int(0), "val_size": _int(1), "val_n_adv": _int(0),
-    "val_attack_steps": _int(1), "lam": _real(0, 1e6), "k": _k, "min_test_acc": _real(0, 1),
-    "n_pairs": _int(2), "pair_steps": _int(1),
-    "c1_eps_scales": _list(_real(0, 1, low_open=True, high_open=True), "fractions of eps", distinct=True, empty=True),
-    "e2_models": _list(_choice(tuple(MODELS)), "model names", distinct=True),
-    "ks": _list(_k, "top-k sizes"), "k_eval": _k, "selection_seeds": _list(_int(0), "seeds", distinct=True),
-    "modes": _list(_choice(("restore", "zero")), "modes", distinct=True), "n_maps": _int(1), "k_maps": _int(1),
-    "map_layer": lambda name, v: v is None or isinstance(v, str) or _fail(name, "a dotted layer name or None", v),
-    "n_eval": _int(1), "n_long": _int(1), "pgd_long_steps": _int(1), "mim_steps": _int(1),
-    "l2_n": _int(1), "fmn_steps": _int(1), "pgd_l2_steps": _int(1), "pgd_l2_restarts": _int(1), "aa_n": _int(1),
-    "aa_version": _choice(("standard", "custom")), "aa_attacks": _list(_choice(
-        ("apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square")), "AutoAttack attack names", distinct=True),
-    "lam_grid": _list(_real(0, 1e6), "lambda values"), "k_grid": _list(_k, "top-k sizes"), "n_sanity": _int(1),
-    "sanity_steps": _int(1), "eps_scales": _list(_real(0, 1e3, low_open=True), "positive multiples of eps"),
-    "train_ranges": _ranges, "eval_ranges": _ranges, "precision": _choice(("auto", "fp32", "bf16")),
-    "aa_restarts": _int(1, optional=True),
-}
-
-
 @dataclasses.dataclass(frozen=True)
-class Settings:
-    """The frozen settings of one notebook run: every knob of :data:`PROFILES` (lists become tuples), plus
-    ``profile``, ``dataset`` and ``notebook``. ``eps`` is resolved (the dataset's radius when not set)."""
-    profile: str
-    dataset: str
-    notebook: str | None
-    arch: str
-    seeds: tuple
-    eps: float
-    epochs: int
-    vanilla_epochs: int
-    n_train: int | None
-    vanilla_n_train: int | str | None
-    batch_size: int
-    lr: float
-    attack_steps: int | None
-    eps_warmup_epochs: int
-    val_size: int
-    val_n_adv: int
-    val_attack_steps: int
-    lam: float
-    k: Any
-    min_test_acc: float
-    n_pairs: int
-    pair_steps: int
-    c1_eps_scales: tuple
-    e2_models: tuple
-    ks: tuple
-    k_eval: Any
-    selection_seeds: tuple
-    modes: tuple
-    n_maps: int
-    k_maps: int
-    map_layer: str | None
-    n_eval: int
-    n_long: int
-    pgd_long_steps: int
-    mim_steps: int
-    l2_n: int
-    fmn_steps: int
-    pgd_l2_steps: int
-    pgd_l2_restarts: int
-    aa_n: int
-    aa_version: str
-    aa_attacks: tuple
-    aa_restarts: int | None
-    lam_grid: tuple
-    k_grid: tuple
-    n_sanity: int
-    sanity_steps: int
-    eps_scales: tuple
-    train_ranges: dict
-    eval_ranges: dict
-    precision: str
+class Knob:
+    """One knob: its default (the quick profile's value), its check ``check(name, value)`` (raises ValueError
+    naming the knob), what it means with its unit, and whether it is a keyword of :func:`nslib.training.train`."""
+    default: Any
+    check: Callable[[str, Any], None]
+    doc: str
+    train: bool = False
+
+
+def _model_name(name, v):
+    """A model of the reproduction (:data:`nslib.repro.cache.MODELS`) or any registered training method."""
+    if v not in MODELS and v not in training.METHODS:
+        _fail(name, "a model of nslib.repro.cache.MODELS (" + ", ".join(MODELS) + ") or a method of "
+              "nslib.methods.METHODS (" + ", ".join(training.METHODS) + ")", v)
+
+
+_AA_ATTACKS = ("apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square")
+KNOBS: dict[str, Knob] = {
+    # the models (01-05)
+    "arch": Knob("smallcnn", _choice(models_mod.ARCHS), '"smallcnn" (28x28), "vgg16" or "resnet18"'),
+    "seeds": Knob([0], _list(_int(0), "seeds (integers >= 0)", distinct=True), "training seeds; verdicts need at least 2"),
+    "eps": Knob(None, _real(0, 1, low_open=True, optional=True),
+                "Linf radius of training and evaluation (None: the dataset's, docs/PAPER.md)"),
+    "epochs": Knob(2, _int(1), "passes over the n_train images (adversarial and SNS models)", train=True),
+    "vanilla_epochs": Knob(8, _int(1), "passes for the vanilla model: about the compute of 2 adversarial epochs"),
+    "n_train": Knob(2000, _int(1, optional=True), "training images (None: all left after the validation hold-out)",
+                    train=True),
+    "vanilla_n_train": Knob(None, _int(1, optional=True, word="all"),
+                            'the vanilla model\'s training images (None: n_train; "all": every image left)'),
+    "batch_size": Knob(32, _int(1), "images per SGD step", train=True),
+    "lr": Knob(0.05, _real(0, 10, low_open=True), "peak learning rate (SGD, momentum 0.9, cosine schedule per step)",
+               train=True),
+    "attack_steps": Knob(3, _int(1, optional=True), "PGD steps of the training attack (None: the dataset's default)",
+                         train=True),
+    "eps_warmup_epochs": Knob(0, _int(0), "epochs over which the training eps ramps up linearly from 0", train=True),
+    "val_size": Knob(500, _int(1), "validation images held out of the training data", train=True),
+    "val_n_adv": Knob(200, _int(0), "validation images attacked after each epoch: picks the best checkpoint",
+                      train=True),
+    "val_attack_steps": Knob(5, _int(1), "PGD steps of that validation attack", train=True),
+    "lam": Knob(0.01, _real(0, 1e6), "SNS penalty weight lambda (dimensionless)", train=True),
+    "k": Knob(0.1, _k, 'SNS top-k: fraction of each layer\'s neurons penalised ("sensitive")', train=True),
+    "precision": Knob("auto", _choice(("auto", "fp32", "bf16")),
+                      'training and pair attacks: "auto" (bf16 on CUDA and bf16-capable CPUs), "fp32", "bf16"',
+                      train=True),
+    # 00: clean training goal
+    "min_test_acc": Knob(0.85, _real(0, 1), "notebook 00's test-accuracy goal"),
+    # E1 (02) and E4 (04)
+    "n_pairs": Knob(200, _int(2), "test images, the same for every model (paper: 1,000)"),
+    "pair_steps": Knob(20, _int(1), "PGD steps crafting each pair (random start, step 2.5 * eps / steps)"),
+    "c1_eps_scales": Knob([], _list(_real(0, 1, low_open=True, high_open=True), "fractions of eps", distinct=True,
+                                    empty=True), "C1 (02): PGD-AT also trained at these fractions of eps"),
+    # E2 (03)
+    "e2_models": Knob(["vanilla", "pgd_at"], _list(_model_name, "model names", distinct=True), "models analysed"),
+    "ks": Knob([0.05, 0.1, 0.25], _list(_k, "top-k sizes"), "numbers of neurons patched, as fractions of each layer's"),
+    "k_eval": Knob(0.1, _k, "the size at which C2 is judged (a value of ks)"),
+    "selection_seeds": Knob([0, 1, 2], _list(_int(0), "seeds", distinct=True), "seeds of the random and matched choices"),
+    "modes": Knob(["restore", "zero"], _list(_choice(("restore", "zero")), "modes", distinct=True),
+                  "restore the neurons to their benign values, or set them to zero"),
+    # E4 (04)
+    "n_maps": Knob(4, _int(1), "images shown per figure"),
+    "k_maps": Knob(3, _int(1), "most sensitive channels shown per figure"),
+    "map_layer": Knob(None, lambda name, v: v is None or isinstance(v, str) or _fail(name, "a dotted layer name or None", v),
+                      "layer drawn (None: the deepest default layer with maps of 8x8 or more)"),
+    # E3 (05)
+    "n_eval": Knob(200, _int(1), "test images for clean, FGSM, PGD-20, MIM and transfer"),
+    "n_long": Knob(100, _int(1), "test images for the long PGD run"),
+    "pgd_long_steps": Knob(50, _int(1), "steps of the long PGD run (paper: 100)"),
+    "mim_steps": Knob(10, _int(1), "MIM iterations (step eps / steps, decay 1)"),
+    "l2_n": Knob(50, _int(1), "test images for the L2 rows (FMN and PGD-L2, at radius 2 eps sqrt(pixels) / 10)"),
+    "fmn_steps": Knob(50, _int(1), "FMN-L2 steps (minimal norm; one gradient each; Pintor et al. 2021)"),
+    "pgd_l2_steps": Knob(20, _int(1), "PGD-L2 steps at that radius (the check that FMN is not weaker)"),
+    "pgd_l2_restarts": Knob(1, _int(1), "PGD-L2 random restarts (per-example worst case kept)"),
+    "aa_n": Knob(50, _int(1), "test images for AutoAttack"),
+    "aa_version": Knob("custom", _choice(("standard", "custom")),
+                       '"standard" (APGD-CE, APGD-T, FAB-T, Square) or "custom" with aa_attacks'),
+    "aa_attacks": Knob(["apgd-ce", "apgd-dlr"], _list(_choice(_AA_ATTACKS), "AutoAttack attack names", distinct=True),
+                       "AutoAttack's attacks when aa_version is \"custom\""),
+    "aa_restarts": Knob(None, _int(1, optional=True),
+                        'restarts of AutoAttack\'s APGD/FAB (None: its own: 5 in "custom", 1 in "standard")'),
+    "lam_grid": Knob([0.0, 0.01, 0.1], _list(_real(0, 1e6), "lambda values"),
+                     "SNS (PGD-AT) lambda ablation, first seed (0 is PGD-AT itself)"),
+    "k_grid": Knob([0.1, 0.3], _list(_k, "top-k sizes"), "SNS (PGD-AT) top-k ablation, first seed"),
+    "n_sanity": Knob(50, _int(1), "test images for the eps sweep of the sanity checks"),
+    "sanity_steps": Knob(10, _int(1), "PGD steps of the eps sweep"),
+    "eps_scales": Knob([0.5, 1, 2, 4, 8], _list(_real(0, 1e3, low_open=True), "positive multiples of eps"),
+                       "the sweep's radii as multiples of eps (capped at 1)"),
+    # the checked notebook cells
+    "train_ranges": Knob(_QUICK_RANGES["train_ranges"], _ranges, "01's expected (low, high) validation accuracies"),
+    "eval_ranges": Knob(_QUICK_RANGES["eval_ranges"], _ranges, "05's expected (low, high) test accuracies"),
+}
+CHECKS = {name: knob.check for name, knob in KNOBS.items()}  # name -> check(name, value)
+
+
+
+class _Derived:
+    """What follows from the knobs: the training attack's step, the keyword arguments of training, JSON."""
 
     @property
     def alpha(self) -> float | None:
@@ -338,11 +310,10 @@ class Settings:
 
     @property
     def train_args(self) -> dict:
-        """Keyword arguments of :func:`nslib.repro.cache.get_model` (and so of :func:`nslib.training.train`)."""
-        args = dict(epochs=self.epochs, n_train=self.n_train, batch_size=self.batch_size, lr=self.lr,
-                    attack_steps=self.attack_steps, alpha=self.alpha, eps_warmup_epochs=self.eps_warmup_epochs,
-                    val_size=self.val_size, val_n_adv=self.val_n_adv, val_attack_steps=self.val_attack_steps,
-                    lam=self.lam, k=self.k, precision=self.precision)
+        """Keyword arguments of :func:`nslib.repro.cache.get_model` (and so of :func:`nslib.training.train`):
+        every knob declared ``train=True``, the derived ``alpha``, and ``eps`` when it is not the dataset's."""
+        args = {name: getattr(self, name) for name, knob in KNOBS.items() if knob.train}
+        args["alpha"] = self.alpha
         if self.eps != ATTACK_DEFAULTS.get(self.dataset, {}).get("eps"):
             args["eps"] = self.eps  # the dataset's radius is train()'s own default: keep the cache key as it was
         return args
@@ -361,6 +332,18 @@ class Settings:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out = {key: list(v) if isinstance(v, tuple) else v for key, v in out.items()}
         return {**out, "alpha": self.alpha}
+
+
+def settings_class() -> type:
+    """The class of :func:`settings`' results: a frozen dataclass with profile, dataset, notebook and one field per
+    knob of :data:`KNOBS` (lists become tuples; eps resolved), made from KNOBS so a knob is declared in one place."""
+    cls = dataclasses.make_dataclass("Settings", [("profile", str), ("dataset", str), ("notebook", "str | None")]
+                                     + [(name, Any) for name in KNOBS], bases=(_Derived,), frozen=True)
+    cls.__module__ = __name__  # make_dataclass's own module argument needs Python 3.12
+    return cls
+
+
+Settings = settings_class()
 
 
 def profile_datasets(profile: str) -> tuple[str, ...]:
@@ -386,8 +369,8 @@ def check_datasets(datasets) -> list[str]:
 
 
 def _unknown(name) -> ValueError:
-    near = difflib.get_close_matches(name, CHECKS, n=3)
-    hint = f"; did you mean {', '.join(near)}?" if near else f"; knobs: {', '.join(sorted(CHECKS))}"
+    near = difflib.get_close_matches(name, KNOBS, n=3)
+    hint = f"; did you mean {', '.join(near)}?" if near else f"; knobs: {', '.join(sorted(KNOBS))}"
     return ValueError(f"unknown parameter {name!r}{hint}")
 
 
@@ -404,17 +387,17 @@ def settings(profile: str, dataset: str, notebook: str | None = None, overrides:
         raise ValueError(f"notebook must be one of {', '.join(NOTEBOOKS)} or None, got {notebook!r}")
     overrides = dict(overrides or {})
     for name in overrides:
-        if name not in CHECKS:
+        if name not in KNOBS:
             raise _unknown(name)
     quick, prof = PROFILES["quick"], PROFILES[profile]
-    merged: dict = {}
-    for layer in (quick["all"], quick.get(notebook, {}), quick.get(dataset, {}), quick.get((dataset, notebook), {}))\
-            if profile == "quick" else (quick["all"], quick.get(notebook, {}), prof["all"], prof.get(notebook, {}),
+    merged = {name: knob.default for name, knob in KNOBS.items()}
+    for layer in (quick.get(notebook, {}), quick.get(dataset, {}), quick.get((dataset, notebook), {}))\
+            if profile == "quick" else (quick.get(notebook, {}), prof.get("all", {}), prof.get(notebook, {}),
                                         prof.get(dataset, {}), prof.get((dataset, notebook), {})):
         merged.update(layer)
     merged.update(overrides)
     for name, value in merged.items():
-        CHECKS[name](name, value)
+        KNOBS[name].check(name, value)
     if merged["k_eval"] not in merged["ks"]:
         raise ValueError(f"k_eval must be one of ks {list(merged['ks'])}, got {merged['k_eval']!r}")
     left = data_mod.DATASETS[dataset].train_size - merged["val_size"]  # training images after the hold-out
@@ -439,7 +422,7 @@ def parse_overrides(items) -> dict:
         if "=" not in item:
             raise ValueError(f"--set takes NAME=VALUE, got {item!r}")
         name, text = (s.strip() for s in item.split("=", 1))
-        if name not in CHECKS:
+        if name not in KNOBS:
             raise _unknown(name)
         try:
             value = ast.literal_eval(text)
