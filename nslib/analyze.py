@@ -46,14 +46,20 @@ import torch
 from torch import nn
 
 from nslib import attacks, checks, data as data_mod, fast, intervention, models as models_mod, training, viz
+from nslib import evaluate
 from nslib.evaluate import accuracy_on
 from nslib.progress import bar
 from nslib.sensitivity import layer_summary, neuron_sensitivity, pick_map_layer, top_k
 from nslib.store import atomic_write_bytes, outputs_dir, provenance, save_json
 
-__all__ = ["load_model", "load_data", "dataset_of", "check_fit", "analyze", "main"]
+__all__ = ["load_model", "load_data", "dataset_of", "check_fit", "pair_attacks", "analyze", "main"]
 
-ATTACKS = ("pgd", "autoattack")
+
+
+def pair_attacks() -> list[str]:
+    """The attacks ``--attack`` takes: every fixed-radius attack of :data:`nslib.evaluate.ATTACKS`."""
+    return [name for name, a in evaluate.ATTACKS.items() if not a.min_norm]
+
 MAX_CURVES = 4  # layers with intervention curves, evenly spaced over the analysed ones (each costs 2 x 24 passes)
 
 
@@ -187,12 +193,11 @@ def check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers=None) -
 # the analysis
 
 def _pairs(model, x, y, *, attack, eps, steps, seed, amp) -> torch.Tensor:
+    """PGD: the reproduction's pairs (so a kit checkpoint gives notebook 02's numbers); any other fixed-radius
+    attack of :data:`nslib.evaluate.ATTACKS` at its defaults (AutoAttack: standard)."""
     if attack == "pgd":
         return attacks.pgd_pairs(model, x, y, eps=eps, steps=steps, seed=seed, amp=amp, progress=True)
-    from nslib.evaluate import autoattack
-
-    return autoattack(model, x.to(checks.model_device(model)), y.to(checks.model_device(model)), eps=eps,
-                      seed=seed)[0].cpu()
+    return evaluate.craft(model, x, y, {"attack": attack, "eps": eps}, seed=seed)
 
 
 def _layer_rows(sigma: dict, rel: dict, dead: dict, k) -> list[dict]:
@@ -223,7 +228,7 @@ def analyze(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, o
     eps = checks.check_eps(eps, "--eps", allow_zero=False)
     if eps > 1:
         raise ValueError(f"--eps must be a Linf radius in (0, 1] (images are in [0, 1]), got {eps:g}")
-    checks.check_choice(attack, "--attack", ATTACKS)
+    checks.check_choice(attack, "--attack", pair_attacks())
     checks.check_k(k, "--k")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not force:

@@ -13,27 +13,24 @@ Usage::
 """
 from __future__ import annotations
 
-import logging
 import math
-import re
 import statistics
-import sys
 import time
-import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
 
 from nslib import attacks as _attacks, minnorm
+from nslib.autoattack import autoattack
 from nslib.fast import attack_batch
-from nslib.attacks import NORMS, _check_model, _clean_logits, _l2_exact, _l2_project, _linf_box
 from nslib.checks import check_choice, check_eps, check_images, check_labels, check_logits, check_positive_int, \
     model_device
 from nslib.models import eval_mode
 
 __all__ = ["RobustAccuracy", "wilson_interval", "robust_accuracy", "min_norm_accuracy", "run_suite",
-           "format_table", "autoattack", "ATTACKS", "accuracy_on"]
+           "format_table", "autoattack", "Attack", "ATTACKS", "attack_label", "craft", "accuracy_on"]
 
 
 def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -175,149 +172,68 @@ def min_norm_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv:
     return out
 
 
-# -----------------------------------------------------------------------------------------------------
-# AutoAttack (pyautoattack, wrapped)
+@dataclass(frozen=True)
+class Attack:
+    """One entry of :data:`ATTACKS`: the attack function and what :func:`run_suite` needs to know about it.
 
-_AA_NAMES = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
-_AA_STANDARD = {"standard": ["apgd-ce", "apgd-t", "fab-t", "square"], "plus":
-                ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"], "rand": ["apgd-ce", "apgd-dlr"]}
-_AA_ACC = re.compile(r"robust accuracy after ([A-Za-z-]+): ([0-9.]+)%")
-_AA_INIT = re.compile(r"initial accuracy: ([0-9.]+)%")
-
-
-class _Capture(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-
-def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
-               version: str = "standard", attacks: list[str] | None = None, seed: int = 0,
-               batch_size: int = 500, restarts: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    r"""AutoAttack, 'Reliable Evaluation of Adversarial Robustness with an Ensemble of Diverse
-    Parameter-free Attacks' [https://arxiv.org/abs/2003.01690], the reference code (``pyautoattack``).
-
-    A wrapper, not a reimplementation. Around ``AutoAttack.run_standard_evaluation`` it: puts the model
-    in eval mode and restores every module's flag; sets the parameters' ``requires_grad`` off and their
-    ``.grad`` aside (FAB calls ``.backward()``, which would add into them) and restores both; saves and
-    restores torch's global random state (the sub-attacks reseed it) and any ``sys.settrace`` function
-    (its dynamic-defense check clears it); re-emits AutoAttack's check warnings (randomised or dynamic
-    defense, probabilities as outputs, too few classes, Square beating the gradient attacks) as Python
-    ``UserWarning``; and reads the robust accuracy after each attack from its debug log, which it keeps
-    out of the user's logging.
-
-    Args:
-        model (nn.Module): maps images in [0, 1] to logits.
-        x (Tensor): clean images, never modified.
-        y (Tensor): true labels.
-        eps (float): radius, >= 0.
-        norm (str): "linf" or "l2".
-        version (str): "standard" (APGD-CE, APGD-T, FAB-T, Square), "plus", "rand", or "custom" with
-            ``attacks`` a list drawn from "apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t".
-        attacks (list or None): the attacks of ``version="custom"``.
-        seed (int): AutoAttack's seed (its sub-attacks reseed torch with it).
-        batch_size (int): examples per AutoAttack batch.
-        restarts (int or None): restarts of the untargeted APGD and FAB attacks; None keeps AutoAttack's
-            own (1 in "standard"; 5 in "custom", where its constructor's default stays).
-
-    Shapes:
-        x: [N, C, H, W] in [0, 1]; y: [N] int64; output: like ``x``.
-
-    Returns:
-        (x_adv, accuracy): ``x_adv`` holds the first successful adversarial example per example (``x``
-        where none was found), inside [0, 1] and the eps-ball; ``accuracy`` maps "clean" and then each
-        attack run, in order, to the robust accuracy after it (a fraction; AutoAttack logs it to 0.01
-        percentage points). Attacks skipped because no example was left robust map to 0.0.
-
-    Raises:
-        ImportError: pyautoattack is not installed (``pip install nslib[autoattack]``).
-        ValueError, TypeError: bad input (see the module docstring), an unknown version or attack.
-
-    Usage: ``x_adv, acc = autoattack(model, x, y, eps=0.3)``
+    ``fn(model, x, y, **params) -> x_adv`` (or ``(x_adv, details)``); ``label(params)`` is the name a person
+    reads, computed from the parameters that ran (``{"steps": 10}`` -> "PGD-10"); ``min_norm``: it returns the
+    smallest perturbation it found and takes no radius (robust accuracy at a ``"radius"`` of the suite entry);
+    ``seeded``: it takes ``seed``; ``whole_batch``: it runs once over all of x and batches by itself.
     """
-    try:
-        from pyautoattack import AutoAttack
-    except ImportError as e:  # an optional extra
-        raise ImportError("autoattack needs the package pyautoattack: pip install 'nslib[autoattack]' "
-                          "(or pip install pyautoattack)") from e
-    eps = check_eps(eps)
-    norm = check_choice(norm, "norm", NORMS)
-    version = check_choice(version, "version", ("standard", "plus", "rand", "custom"))
-    batch_size = check_positive_int(batch_size, "batch_size")
-    if restarts is not None:
-        restarts = check_positive_int(restarts, "restarts")
-    if version == "custom":
-        if not attacks or any(a not in _AA_NAMES for a in attacks):
-            raise ValueError(f"attacks must be a non-empty list drawn from {', '.join(_AA_NAMES)} for "
-                             f"version='custom', got {attacks!r}")
-        order = list(attacks)
-    elif attacks is not None:
-        raise ValueError(f"attacks is only used with version='custom', got version={version!r}")
-    else:
-        order = _AA_STANDARD[version]
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-
-    _check_model(model)
-    logger = logging.getLogger("auto-attack")
-    capture = _Capture()
-    params = list(model.parameters())
-    saved = [(p, p.requires_grad, p.grad) for p in params]
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() \
-        else None
-    trace = sys.gettrace()
-    log_state = (logger.level, logger.propagate)
-    with eval_mode(model):
-        _clean_logits(model, x, y)
-        try:
-            for p in params:
-                p.grad = None
-                p.requires_grad_(False)
-            logger.addHandler(capture)
-            logger.setLevel(logging.DEBUG)
-            logger.propagate = False  # its per-batch debug lines stay out of the user's handlers
-            aa = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, version=version,
-                            attacks=attacks if version == "custom" else None, seed=seed, device=x.device)
-            if restarts is not None:
-                aa.apgd.n_restarts = aa.fab.n_restarts = restarts
-            x_adv, _ = aa.run_standard_evaluation(x.detach(), y.detach().to(x.device), batch_size=batch_size)
-        finally:
-            logger.removeHandler(capture)
-            logger.setLevel(log_state[0])
-            logger.propagate = log_state[1]
-            sys.settrace(trace)
-            for p, req, grad in saved:
-                p.requires_grad_(req)
-                p.grad = grad
-            torch.set_rng_state(cpu_rng)
-            if cuda_rng is not None:
-                torch.cuda.set_rng_state_all(cuda_rng)
-    accuracy: dict[str, float] = {}
-    for rec in capture.records:
-        msg = rec.getMessage()
-        if rec.levelno >= logging.WARNING:
-            warnings.warn(f"AutoAttack: {msg}", UserWarning, stacklevel=2)
-        elif (mt := _AA_INIT.search(msg)) is not None:
-            accuracy["clean"] = float(mt.group(1)) / 100
-        elif (mt := _AA_ACC.search(msg)) is not None:
-            accuracy[mt.group(1).lower()] = float(mt.group(2)) / 100
-    for name in order:  # attacks skipped once nothing was left robust
-        accuracy.setdefault(name, 0.0)
-    if norm == "linf":
-        lo, hi = _linf_box(x, eps)
-        x_adv = torch.min(torch.max(x_adv.to(x.dtype), lo), hi)
-    else:
-        x_adv = _l2_exact(x, _l2_project(x, x_adv.to(x.dtype), eps), eps)
-    return x_adv, accuracy
+    fn: Callable
+    label: Callable[[dict], str]
+    min_norm: bool = False
+    seeded: bool = False
+    whole_batch: bool = False
 
 
-ATTACKS = {"fgsm": _attacks.fgsm, "pgd": _attacks.pgd, "mim": _attacks.mim, "cw_l2": minnorm.cw_l2,
-           "fmn": minnorm.fmn, "autoattack": autoattack}
-MIN_NORM = ("cw_l2", "fmn")  # attacks with no radius: they return the smallest perturbation found
+_NORM_LABELS = {"linf": "Linf", "l2": "L2"}
+
+
+def _steps_label(name: str, default_steps: int) -> Callable[[dict], str]:
+    """"PGD-10", "PGD-L2-20 x3" (restarts), "MIM-10": the attack, its norm when not Linf, steps, restarts."""
+    def label(p: dict) -> str:
+        norm = "" if p.get("norm", "linf") == "linf" else f"-{_NORM_LABELS[p['norm']]}"
+        restarts = f" x{p['restarts']}" if p.get("restarts", 1) > 1 else ""
+        return f"{name}{norm}-{p.get('steps', default_steps)}{restarts}"
+    return label
+
+
+# name -> Attack: the one place an attack is declared for run_suite, the E3 suite and `analyze --attack`
+ATTACKS = {
+    "fgsm": Attack(_attacks.fgsm, label=lambda p: "FGSM"),
+    "pgd": Attack(_attacks.pgd, label=_steps_label("PGD", 10), seeded=True),
+    "mim": Attack(_attacks.mim, label=_steps_label("MIM", 10)),
+    "cw_l2": Attack(minnorm.cw_l2, label=lambda p: "C&W-L2", min_norm=True),
+    "fmn": Attack(minnorm.fmn, label=lambda p: f"FMN-{_NORM_LABELS[p.get('norm', 'l2')]}", min_norm=True),
+    "autoattack": Attack(autoattack, label=lambda p: "AutoAttack" + (" (custom)" if p.get("version") == "custom"
+                                                                      else ""), seeded=True, whole_batch=True),
+}
+
+
+def craft(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: dict, *, seed: int = 0,
+          batch_size: int | None = None) -> torch.Tensor:
+    """Adversarial examples of one fixed-radius attack ``spec`` (``{"attack": name, **params}``, see
+    :data:`ATTACKS`) in batches on the model's device, each batch seeded with ``seed`` (an attack that batches by
+    itself runs once); x_adv like ``x``, on the CPU. ValueError for an unknown or a minimal-norm attack."""
+    if not isinstance(spec, dict) or spec.get("attack") not in ATTACKS or ATTACKS[spec["attack"]].min_norm:
+        raise ValueError(f"spec must name a fixed-radius attack of ATTACKS "
+                         f"({', '.join(n for n, a in ATTACKS.items() if not a.min_norm)}), got {spec!r}")
+    entry, device = ATTACKS[spec["attack"]], model_device(model)
+    kwargs = {k: v for k, v in spec.items() if k != "attack"} | ({"seed": seed} if entry.seeded else {})
+    step = x.shape[0] if entry.whole_batch else attack_batch(device, batch_size)
+    parts = []
+    for i in range(0, x.shape[0], step):
+        torch.manual_seed(seed)
+        out = entry.fn(model, x[i:i + step].to(device), y[i:i + step].to(device), **kwargs)
+        parts.append((out[0] if isinstance(out, tuple) else out).cpu())
+    return torch.cat(parts)
+
+
+def attack_label(spec: dict) -> str:
+    """The name a person reads for a suite entry ``{"attack": name, **params}``, from its parameters."""
+    return ATTACKS[spec["attack"]].label({k: v for k, v in spec.items() if k != "attack"})
 
 
 def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[dict], *, batch_size: int | None = None,
@@ -325,17 +241,17 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[di
     """Run a list of attacks; return one row per attack (a list of dicts, ready for pandas or a CSV).
 
     Each entry of ``suite`` is ``{"attack": name, **parameters}`` with ``name`` in :data:`ATTACKS`
-    ("fgsm", "pgd", "mim", "cw_l2", "fmn", "autoattack"); an optional ``"label"`` names the row (default:
-    the attack's name). ``seed`` goes to the attacks that take one (pgd, autoattack) and seeds torch before
-    each attack. The minimal-norm attacks ("cw_l2", "fmn") take a ``"radius"`` (in their norm: L2, or
-    fmn's ``"norm"``) for their robust accuracy and also report the median smallest perturbation;
-    "autoattack" runs once over all of ``x`` (it batches by itself) and reports the robust accuracy after
-    each of its attacks.
+    ("fgsm", "pgd", "mim", "cw_l2", "fmn", "autoattack"). ``seed`` goes to the attacks that take one (pgd,
+    autoattack) and seeds torch before each attack. The minimal-norm attacks ("cw_l2", "fmn") take a
+    ``"radius"`` (in their norm: L2, or fmn's ``"norm"``) for their robust accuracy and also report the median
+    smallest perturbation; "autoattack" runs once over all of ``x`` (it batches by itself) and reports the
+    robust accuracy after each of its attacks.
 
-    Row keys: attack, params, clean_accuracy, robust_accuracy, ci_low, ci_high, n, seed, wall_s, and
-    median_l2 or median_linf (minimal-norm attacks) or per_attack (autoattack).
+    Row keys: attack (the entry's name), label (:func:`attack_label`, computed from the parameters), params,
+    clean_accuracy, robust_accuracy, ci_low, ci_high, n, seed, wall_s, and median_l2 or median_linf
+    (minimal-norm attacks) or per_attack (autoattack).
 
-    Usage: ``run_suite(model, x, y, [{"attack": "pgd", "eps": 0.1, "steps": 20, "label": "PGD-20"}])``
+    Usage: ``run_suite(model, x, y, [{"attack": "pgd", "eps": 0.1, "steps": 20}])  # row label "PGD-20"``
     """
     check_images(x)
     check_labels(y, x.shape[0])
@@ -345,19 +261,22 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[di
         if not isinstance(spec, dict) or spec.get("attack") not in ATTACKS:
             raise ValueError(f"each suite entry must be a dict with 'attack' one of {', '.join(ATTACKS)}, "
                              f"got {spec!r}")
-        params = {k: v for k, v in spec.items() if k not in ("attack", "label")}
-        name, label = spec["attack"], spec.get("label", spec["attack"])
+        if "label" in spec:
+            raise ValueError(f"suite entries take no 'label' (a row's label is computed from its parameters: "
+                             f"attack_label), got {spec!r}")
+        params = {k: v for k, v in spec.items() if k != "attack"}
+        name, entry = spec["attack"], ATTACKS[spec["attack"]]
         kwargs = dict(params)
-        if name in ("pgd", "autoattack"):
+        if entry.seeded:
             kwargs.setdefault("seed", seed)
         torch.manual_seed(seed)
-        row = {"attack": label, "params": params, "seed": seed}
-        if name in MIN_NORM:
+        row = {"attack": name, "label": entry.label(params), "params": params, "seed": seed}
+        if entry.min_norm:
             radius, norm = kwargs.pop("radius", None), kwargs.get("norm", "l2")
             t0 = time.perf_counter()
             device = model_device(model)
-            parts = [ATTACKS[name](model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device),
-                                   **kwargs).cpu() for i in range(0, x.shape[0], batch_size)]
+            parts = [entry.fn(model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device),
+                              **kwargs).cpu() for i in range(0, x.shape[0], batch_size)]
             wall = time.perf_counter() - t0
             res = min_norm_accuracy(model, x.cpu(), y.cpu(), torch.cat(parts), radius=radius, norm=norm)
             row.update(clean_accuracy=res["clean_accuracy"],
@@ -365,7 +284,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[di
                        ci_low=res.get("low", float("nan")), ci_high=res.get("high", float("nan")),
                        n=x.shape[0], wall_s=wall, **{f"median_{norm}": res["median_norm"]})
         else:
-            fn = ATTACKS[name]
+            fn = entry.fn
             details = {}
 
             def attack(m, xb, yb, fn=fn, kwargs=kwargs, details=details):
@@ -375,13 +294,13 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[di
                     out = out[0]
                 return out
 
-            bs = x.shape[0] if name == "autoattack" else batch_size
-            if name == "autoattack":
+            bs = x.shape[0] if entry.whole_batch else batch_size
+            if entry.whole_batch:
                 kwargs.setdefault("batch_size", batch_size)
             res = robust_accuracy(model, x, y, attack, batch_size=bs, progress=progress)
             row.update(clean_accuracy=res.clean_accuracy, robust_accuracy=res.robust_accuracy, ci_low=res.low,
                        ci_high=res.high, n=res.n, wall_s=res.wall_s)
-            if name == "autoattack":
+            if details:
                 row["per_attack"] = dict(details)
         rows.append(row)
     return rows
@@ -394,7 +313,7 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         extra = "".join(f" median {label} {r[key]:.3f}" for key, label in (("median_l2", "L2"), ("median_linf", "Linf"))
                         if key in r)
-        lines.append(f"{r['attack']:<14} {100 * r['clean_accuracy']:6.1f} {100 * r['robust_accuracy']:7.1f} "
+        lines.append(f"{r['label']:<14} {100 * r['clean_accuracy']:6.1f} {100 * r['robust_accuracy']:7.1f} "
                      f"[{100 * r['ci_low']:5.1f}, {100 * r['ci_high']:5.1f}] {r['n']:6d} {r['seed']:5d} "
                      f"{r['wall_s']:8.2f}  {r['params']}{extra}")
     return "\n".join(lines)

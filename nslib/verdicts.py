@@ -12,9 +12,12 @@ from __future__ import annotations
 import math
 import statistics
 
-__all__ = ["VERDICTS", "RULE", "spread", "compare", "combine", "verdict_line", "describe"]
+__all__ = ["VERDICTS", "ROLES", "RULE", "spread", "compare", "judged", "combine", "verdict_line", "describe"]
 
 VERDICTS = ("holds", "does not hold", "inconclusive", "not testable offline")
+# A comparison's role in its claim: "judged" decides the claim's verdict; "control" is reported beside it
+# (a reference, a variant, a sanity context) and never enters the verdict.
+ROLES = ("judged", "control")
 
 RULE = ("A comparison \"A is higher than B\" **holds** when the mean over seeds of the paired difference "
         "A - B exceeds twice its standard deviation over seeds *and* the 95% intervals of the two "
@@ -42,7 +45,8 @@ def _mean_interval(intervals):
     return (statistics.fmean(lo for lo, _ in intervals), statistics.fmean(hi for _, hi in intervals))
 
 
-def compare(a, b, *, intervals_a=None, intervals_b=None, what: str = "A > B", names=("A", "B")) -> dict:
+def compare(a, b, *, intervals_a=None, intervals_b=None, what: str = "A > B", names=("A", "B"),
+            role: str = "judged", key: dict | None = None) -> dict:
     """Judge "a is higher than b" by the verdict rule (:data:`RULE`).
 
     Args:
@@ -52,15 +56,20 @@ def compare(a, b, *, intervals_a=None, intervals_b=None, what: str = "A > B", na
             quantity has none (sensitivities).
         what: a short description, e.g. "SNS (PGD-AT) > PGD-AT, AutoAttack accuracy".
         names: what a and b are, for the words of :func:`describe` (e.g. ("SNS (PGD-AT)", "PGD-AT")).
+        role: "judged" (decides the claim) or "control" (reported beside it, never judged): :data:`ROLES`.
+        key: what is compared, as data (e.g. ``{"claim": "C3", "model": "sns_pgd_at", "base": "pgd_at",
+            "row": "autoattack"}``), returned as ``id``; ``what`` and ``names`` are its words for a person.
 
     Returns:
-        a dict: what, verdict (one of "holds", "does not hold", "inconclusive"), reason, n_seeds,
+        a dict: id, role, what, verdict (one of "holds", "does not hold", "inconclusive"), reason, n_seeds,
         a (spread of a), b (spread of b), diff (spread of a - b), interval_a, interval_b (seed-averaged
         intervals or None), overlap (bool or None), names, and detectable: the smallest |mean difference|
         this comparison could have called with its spread and intervals (None with one seed).
 
     Usage: ``compare([0.41, 0.43, 0.40], [0.37, 0.38, 0.36], what="SNS > PGD-AT")["verdict"]``
     """
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     a, b = [float(v) for v in a], [float(v) for v in b]
     if not a or len(a) != len(b):
         raise ValueError(f"a and b must hold one value per seed, paired (same length >= 1); got {len(a)} and "
@@ -72,7 +81,7 @@ def compare(a, b, *, intervals_a=None, intervals_b=None, what: str = "A > B", na
     ia, ib = _mean_interval(intervals_a), _mean_interval(intervals_b)
     overlap = None if ia is None or ib is None else not (ia[0] > ib[1] or ib[0] > ia[1])
     iv_text = "" if overlap is None else ("; intervals overlap" if overlap else "; intervals disjoint")
-    out = {"what": what, "names": list(names), "n_seeds": len(a), "a": spread(a), "b": spread(b), "diff": d,
+    out = {"id": dict(key or {}), "role": role, "what": what, "names": list(names), "n_seeds": len(a), "a": spread(a), "b": spread(b), "diff": d,
            "interval_a": ia, "interval_b": ib, "overlap": overlap, "detectable": None}
     if len(a) < 2:
         out.update(verdict="inconclusive", reason=f"one seed: the spread over seeds is unknown{iv_text}")
@@ -94,12 +103,19 @@ def compare(a, b, *, intervals_a=None, intervals_b=None, what: str = "A > B", na
     return out
 
 
+def judged(comparisons) -> list[dict]:
+    """The comparisons that decide a claim (role "judged"), in order."""
+    return [c for c in comparisons if c.get("role", "judged") == "judged"]
+
+
 def combine(verdicts) -> str:
     """One verdict from several: "holds" if all hold, "does not hold" if any does not, else inconclusive.
 
-    "not testable offline" entries are ignored unless every entry is one.
+    ``verdicts`` holds verdict words or :func:`compare` dicts; dicts of role "control" are left out (they are
+    reported, never judged). "not testable offline" entries are ignored unless every entry is one.
     """
-    vs = [v["verdict"] if isinstance(v, dict) else v for v in verdicts]
+    vs = [v["verdict"] if isinstance(v, dict) else v for v in verdicts
+          if not isinstance(v, dict) or v.get("role", "judged") == "judged"]
     for v in vs:
         if v not in VERDICTS:
             raise ValueError(f"verdicts must be drawn from {VERDICTS}, got {v!r}")
@@ -114,9 +130,9 @@ def combine(verdicts) -> str:
 
 
 def verdict_line(claim: str, comparisons) -> str:
-    """``"C3: inconclusive (one seed: ...)"``: the claim's combined verdict and why, with no raw numbers
-    (what the notebooks' checked cells print, stable across machines)."""
-    comparisons = list(comparisons)
+    """``"C3: inconclusive (one seed: ...)"``: the claim's combined verdict over its judged comparisons and why,
+    with no raw numbers (what the notebooks' checked cells print, stable across machines)."""
+    comparisons = judged(comparisons)
     verdict = combine(comparisons)
     n = min(c["n_seeds"] for c in comparisons)
     if n < 2:
@@ -139,5 +155,6 @@ def describe(c: dict) -> str:
     if c["interval_a"] is not None:
         ivs = (f"; 95% intervals [{c['interval_a'][0]:.3f}, {c['interval_a'][1]:.3f}] vs "
                f"[{c['interval_b'][0]:.3f}, {c['interval_b'][1]:.3f}]")
-    return (f"{c['what']}: {c['verdict']} -- {name_a} {c['a']['mean']:.4f} vs {name_b} {c['b']['mean']:.4f}, "
+    control = " (control, not judged)" if c.get("role") == "control" else ""
+    return (f"{c['what']}{control}: {c['verdict']} -- {name_a} {c['a']['mean']:.4f} vs {name_b} {c['b']['mean']:.4f}, "
             f"difference {d['mean']:+.4f}{spread_text} over {c['n_seeds']} seed(s){ivs}" + (f" ({reason})" if reason else ""))

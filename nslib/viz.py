@@ -2,8 +2,7 @@
 
 - :func:`plot_layer_sensitivity`: per-layer distribution of neuron sensitivity, one colour per model (E1).
 - :func:`plot_intervention_curve`: accuracy vs k, one line per selection, a band over seeds (E2).
-- :func:`plot_sensitive_neuron_maps`: inputs, adversarial inputs and the activation maps of the most
-  sensitive channels on each, upsampled and overlaid (E4).
+- :func:`plot_sensitive_neuron_maps`: benign and adversarial inputs, the most sensitive channels' maps overlaid (E4).
 
 Every figure has labelled axes and a title, is written atomically (through :mod:`nslib.store`) to
 ``path`` + ".png" and ".pdf" (default: ``outputs/figures/<name>``) and is returned, open, for display.
@@ -338,7 +337,8 @@ def plot_robustness_bars(table, *, title: str = "Robust accuracy per attack", pa
     (Vanilla is run on a few only), its slot is hatched and says "not run" instead of being left out.
 
     Args:
-        table: {model name: {attack: {"accuracy", "low", "high", "n_seeds"}}} (fractions in [0, 1]), as
+        table: {model name: {row id: {"accuracy", "low", "high", "n_seeds"[, "label"]}}} (fractions in [0, 1]; the
+            axis shows each row's "label", else its id), as
             from :func:`nslib.repro.experiments.mean_rows`: values averaged over ``n_seeds`` seeds. A row without
             ``n_seeds`` (one from :func:`nslib.repro.experiments.evaluate_model`) counts as one seed.
         title, path: the figure's title; where to save (default ``outputs/figures/robustness_bars``).
@@ -367,7 +367,8 @@ def plot_robustness_bars(table, *, title: str = "Robust accuracy per attack", pa
     n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"  # differs only if models do
     seeds = "one seed" if counts == [1] else f"mean over {n} seeds"
     bars = "95% interval over the test images" + (", averaged over seeds" if counts != [1] else "")
-    ax.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right")
+    labels = [next(rows[a].get("label", a) for rows in table.values() if a in rows) for a in attacks]
+    ax.set_xticks(range(len(attacks)), labels, rotation=30, ha="right")
     ax.set(xlabel="attack", ylabel="accuracy (95% interval)", ylim=(0, 1))
     ax.set_title(f"{title}\n{seeds}; error bars: {bars}", fontsize="medium")
     ax.grid(axis="y", alpha=0.3)
@@ -381,16 +382,16 @@ def plot_robustness_bars(table, *, title: str = "Robust accuracy per attack", pa
     return fig
 
 
-def plot_ablation(rows, *, param: str, metrics=("clean", "PGD-20"), title: str | None = None, path=None):
+def plot_ablation(rows, *, param: str, metrics=("clean", "pgd"), title: str | None = None, path=None):
     """Accuracy against one hyperparameter (e.g. SNS's lambda or k), one line per metric.
 
     Args:
-        rows: a list of {"value": number, metric: {"accuracy", "low", "high"}, "collapsed": bool} (as from
+        rows: a list of {"value": number, metric: {"accuracy", "low", "high"[, "label"]}, "collapsed": bool} (as from
             :func:`nslib.repro.experiments.ablation`). A collapsed run was stopped, so its accuracy is no
             result: it is not drawn, the lines break there, and a red cross at the bottom marks it.
         param: the hyperparameter's name (x axis label); a log axis is used when all values are
             positive and span more than a decade (a value of 0 is drawn at the left edge, labelled).
-        metrics: which accuracies to draw.
+        metrics: which accuracies to draw (keys of the rows; the legend shows each one's "label" where it has one).
         title, path: the figure's title; where to save (default ``outputs/figures/ablation_<param>``).
 
     Returns: the Figure.
@@ -408,7 +409,7 @@ def plot_ablation(rows, *, param: str, metrics=("clean", "PGD-20"), title: str |
         acc = [math.nan if r.get("collapsed") else r[m]["accuracy"] for r in rows]
         err = [[0.0 if r.get("collapsed") else r[m]["accuracy"] - r[m]["low"] for r in rows],
                [0.0 if r.get("collapsed") else r[m]["high"] - r[m]["accuracy"] for r in rows]]
-        ax.errorbar(xs, acc, yerr=err, marker="o", capsize=3, label=m, color=f"C{i}")
+        ax.errorbar(xs, acc, yerr=err, marker="o", capsize=3, label=rows[0][m].get("label", m), color=f"C{i}")
     collapsed = [x for x, r in zip(xs, rows) if r.get("collapsed")]
     if collapsed:
         ax.plot(collapsed, [0.02] * len(collapsed), ls="none", marker="x", color="red", markersize=10,
@@ -424,12 +425,14 @@ def plot_ablation(rows, *, param: str, metrics=("clean", "PGD-20"), title: str |
     return fig
 
 
-def plot_eps_curves(curves, *, title: str = "Accuracy under PGD-20 as the radius grows", path=None):
+def plot_eps_curves(curves, *, attack: str, title: str | None = None, path=None):
     """Robust accuracy against eps, one line per model (the sanity check: it must fall towards 0).
 
     Args:
         curves: {model name: [(eps, accuracy), ...]}.
-        title, path: the figure's title; where to save (default ``outputs/figures/eps_curves``).
+        attack: the attack that ran, as a person reads it (``nslib.evaluate.attack_label(spec)``: "PGD-10").
+        title, path: the figure's title (default: "Accuracy under <attack> as the radius grows"); where to save
+            (default ``outputs/figures/eps_curves``).
 
     Returns: the Figure.
     """
@@ -438,7 +441,8 @@ def plot_eps_curves(curves, *, title: str = "Accuracy under PGD-20 as the radius
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for i, (name, pts) in enumerate(curves.items()):
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name, color=f"C{i}")
-    ax.set(xlabel="eps (Linf radius)", ylabel="accuracy under PGD-20", ylim=(0, 1), title=title)
+    title = title or f"Accuracy under {attack} as the radius grows"
+    ax.set(xlabel="eps (Linf radius)", ylabel=f"accuracy under {attack}", ylim=(0, 1), title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()

@@ -53,9 +53,10 @@ def test_get_models_gives_the_vanilla_overrides_to_the_vanilla_model_only(monkey
 
 def test_c1_models_train_pgd_at_at_a_fraction_of_eps_with_a_step_scaled_with_it(monkeypatch):
     calls = {}
-    monkeypatch.setattr(cache, "get_model", lambda d, a, n, s, progress=True, **kw: calls.setdefault((n, s), kw) or ("m", {}))
+    monkeypatch.setattr(cache, "get_model", lambda d, a, n, s, progress=True, **kw: (calls.setdefault((n, s), kw), ("m", {}))[1])
     out = cache.c1_models("fmnist", "smallcnn", [0, 1], [0.5], eps=0.1, epochs=2, attack_steps=2, alpha=0.125)
     assert list(out) == [("pgd_at@0.5eps", 0), ("pgd_at@0.5eps", 1)]
+    assert out[("pgd_at@0.5eps", 1)][1] == {"name": "pgd_at@0.5eps", "label": "PGD-AT (0.5 eps)"}  # from the scale
     assert calls[("pgd_at", 1)] == {"epochs": 2, "attack_steps": 2, "eps": 0.05, "alpha": pytest.approx(0.0625)}
     calls.clear()
     cache.c1_models("fmnist", "smallcnn", [0], [0.25], eps=0.1)  # the dataset's PGD-10: step 2.5 * 0.025 / 10
@@ -63,7 +64,7 @@ def test_c1_models_train_pgd_at_at_a_fraction_of_eps_with_a_step_scaled_with_it(
     assert cache.c1_models("fmnist", "smallcnn", [0], [], eps=0.1) == {}
     with pytest.raises(ValueError, match=r"scales must be fractions of eps in \(0, 1\)"):
         cache.c1_models("fmnist", "smallcnn", [0], [1.0], eps=0.1)
-    assert cache.label("pgd_at@0.5eps") == "PGD-AT (0.5 eps)" and cache.label("trades") == "TRADES"
+    assert cache.label("trades") == "TRADES"
     assert cache.label("mine") == "mine"
 
 

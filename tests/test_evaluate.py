@@ -114,11 +114,12 @@ def test_run_suite_table(one_thread):
     l2_robust = int(((m > 0) & (m > radius * d.norm(dim=1))).sum()) / 40
     assert (linf_robust, l2_robust) == (21 / 40, 27 / 40)  # strictly between none and the clean 30 / 40
     suite = [{"attack": "fgsm", "eps": eps},
-             {"attack": "pgd", "eps": eps, "steps": 5, "label": "PGD-5"},
+             {"attack": "pgd", "eps": eps, "steps": 5},
              {"attack": "cw_l2", "steps": 100, "binary_search_steps": 5, "radius": radius},  # within 9% of optima
              {"attack": "autoattack", "eps": eps, "version": "custom", "attacks": ["apgd-ce"]}]
     rows = evaluate.run_suite(model, x, y, suite, batch_size=15, seed=1)
-    assert [r["attack"] for r in rows] == ["fgsm", "PGD-5", "cw_l2", "autoattack"]
+    assert [r["attack"] for r in rows] == ["fgsm", "pgd", "cw_l2", "autoattack"]
+    assert [r["label"] for r in rows] == ["FGSM", "PGD-5", "C&W-L2", "AutoAttack (custom)"]  # from the parameters
     expected = [linf_robust, linf_robust, l2_robust, linf_robust]
     for r, robust in zip(rows, expected):
         assert r["clean_accuracy"] == 0.75 and r["robust_accuracy"] == pytest.approx(robust), r["attack"]

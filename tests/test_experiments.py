@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from nslib import attacks
-from nslib.repro import experiments as ex
+from nslib import attacks, verdicts, viz
+from nslib.repro import cache, config, experiments as ex, report
 
 
 @settings(max_examples=60, deadline=None)
@@ -25,7 +25,7 @@ def test_spearman_matches_scipy(pairs):
 
 def _study(means_by_model):
     """A minimal sensitivity_study result: per model, its mean per variant and its PGD accuracy."""
-    return {n: {"mean": {v: m for v in ("abs", "rel", "rel_pairs", "abs_transfer", "rel_transfer")},
+    return {n: {"label": n.upper(), "mean": {v: m for v in ("abs", "rel", "rel_pairs", "abs_transfer", "rel_transfer")},
                 "adv": {"accuracy": acc}} for n, (m, acc) in means_by_model.items()}
 
 
@@ -33,20 +33,26 @@ def test_c1_c4_comparisons_judge_and_report_what_they_say():
     studies = {s: _study({"vanilla": (0.9 + 0.01 * s, 0.1), "pgd_at": (0.3, 0.5), "trades": (0.2 + 0.01 * s, 0.6)})
                for s in range(3)}
     comps = ex.c1_c4_comparisons(studies)
-    assert len(comps["C4"]) == 4 and all(c["verdict"] == "holds" for c in comps["C4"])  # 2 baselines x abs, rel
-    judged = " ".join(c["what"] for c in comps["C4"])
-    assert "ratio of means" in judged and "per-pair" not in judged  # the toolbox's variant is reported only
-    assert sum("per-pair ratios" in c["what"] for c in comps["C4_control"]) == 2
-    assert all(c["verdict"] == "holds" for c in comps["C1"])  # lower sensitivity, higher robust accuracy
+    c4 = verdicts.judged(ex.of_claim(comps, "C4"))
+    assert len(c4) == 4 and all(c["verdict"] == "holds" for c in c4)  # 2 baselines x abs, rel
+    assert [(c["id"]["base"], c["id"]["variant"], c["id"]["pairs"]) for c in c4] == \
+        [("pgd_at", "abs", "own"), ("pgd_at", "rel", "own"), ("trades", "abs", "own"), ("trades", "rel", "own")]
+    controls = [c for c in ex.of_claim(comps, "C4") if c["role"] == "control"]
+    assert sorted({(c["id"]["variant"], c["id"]["pairs"]) for c in controls}) == \
+        [("abs", "transfer"), ("rel", "transfer"), ("rel_pairs", "own")]  # the toolbox's variant is reported only
+    assert "ratio of means" in " ".join(c["what"] for c in c4) and "VANILLA > PGD_AT" in c4[0]["what"]  # labels
+    c1 = ex.of_claim(comps, "C1")
+    assert len(c1) == 2 and all(c["verdict"] == "holds" for c in c1)  # lower sensitivity, higher robust accuracy
     flipped = {s: _study({"vanilla": (0.1, 0.1), "pgd_at": (0.3, 0.5), "trades": (0.5 + 0.01 * s, 0.6)})
                for s in range(3)}
-    assert all(c["verdict"] == "does not hold" for c in ex.c1_c4_comparisons(flipped)["C4"])
+    assert all(c["verdict"] == "does not hold" for c in verdicts.judged(ex.of_claim(ex.c1_c4_comparisons(flipped), "C4")))
 
 
 def test_c1_ties_says_when_the_robust_models_cannot_be_ranked():
     def study(accs):  # white-box PGD accuracy per model, with the Wilson interval of 1,000 pairs
         from nslib.evaluate import wilson_interval
-        return {n: {"adv": dict(zip(("accuracy", "low", "high"), (a, *wilson_interval(round(a * 1000), 1000))))}
+        return {n: {"label": cache.label(n),
+                    "adv": dict(zip(("accuracy", "low", "high"), (a, *wilson_interval(round(a * 1000), 1000))))}
                 for n, a in accs.items()}
     tied = {s: study({"vanilla": 0.02, "pgd_at": 0.59 + 0.01 * s, "trades": 0.60, "sns_pgd_at": 0.58}) for s in range(3)}
     t = ex.c1_ties(tied)
@@ -66,8 +72,9 @@ def test_c1_ties_says_when_the_robust_models_cannot_be_ranked():
         ex.c1_ties({s: study({"vanilla": 0.02, "pgd_at": 0.5}) for s in range(3)})
 
 
-def _row(acc, low=None, high=None):
-    return {"accuracy": acc, "low": acc - 0.05 if low is None else low, "high": acc + 0.05 if high is None else high}
+def _row(acc, low=None, high=None, label="row"):
+    return {"accuracy": acc, "low": acc - 0.05 if low is None else low, "high": acc + 0.05 if high is None else high,
+            "label": label}
 
 
 class Affine(nn.Module):
@@ -86,16 +93,34 @@ def test_sanity_checks_flag_strong_attacks_that_are_weaker_than_plain_ones():
     model = Affine().eval()
     x = torch.rand(20, 1, 4, 4, generator=torch.Generator().manual_seed(1))
     y = model(x).argmax(1)
-    good = {"clean": _row(1.0), "PGD-20": _row(0.5), "FGSM": _row(0.6), "AutoAttack": _row(0.45),
-            "FMN-L2": _row(0.30), "PGD-L2": _row(0.32, 0.2, 0.45), "transfer": _row(0.7)}
+    good = {"clean": _row(1.0), "pgd": _row(0.5, label="PGD-20"), "fgsm": _row(0.6, label="FGSM"),
+            "autoattack": _row(0.45, label="AutoAttack"), "fmn_l2": _row(0.30, label="FMN-L2"),
+            "pgd_l2": _row(0.32, 0.2, 0.45, label="PGD-L2-20"), "transfer": _row(0.7)}
     r = ex.sanity_checks(model, x, y, good, eps=0.1, scales=(1, 20), steps=10)
+    checks = {c["id"]: c for c in r["checks"]}
     assert r["ok"], r["checks"]
-    assert r["checks"]["AutoAttack accuracy not above PGD-20's"] and r["checks"]["FMN-L2 accuracy not above PGD-L2's"]
-    bad = {**good, "AutoAttack": _row(0.7), "FMN-L2": _row(0.6)}
+    assert checks["autoattack_not_above_pgd"]["ok"] and checks["fmn_l2_not_above_pgd_l2"]["ok"]
+    assert checks["autoattack_not_above_pgd"]["text"] == "AutoAttack accuracy not above PGD-20's"  # from the rows
+    bad = {**good, "autoattack": _row(0.7, label="AutoAttack"), "fmn_l2": _row(0.6, label="FMN-L2")}
     r = ex.sanity_checks(model, x, y, bad, eps=0.1, scales=(1, 20), steps=10)
+    checks = {c["id"]: c for c in r["checks"]}
     assert not r["ok"]
-    assert not r["checks"]["AutoAttack accuracy not above PGD-20's"]
-    assert not r["checks"]["FMN-L2 accuracy not above PGD-L2's"]
+    assert not checks["autoattack_not_above_pgd"]["ok"] and not checks["fmn_l2_not_above_pgd_l2"]["ok"]
+
+
+def test_the_eps_sweep_is_named_by_the_attack_that_ran(tmp_path):
+    """sanity_steps sets the sweep's steps; the label in the results, the figure and the report follows it."""
+    model = Affine().eval()
+    x = torch.rand(12, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = model(x).argmax(1)
+    rows = {"pgd": _row(0.5, label="PGD-20"), "fgsm": _row(0.6, label="FGSM")}
+    for steps in (10, 7):
+        cfg = config.settings("quick", "fmnist", "05", {"sanity_steps": steps})
+        r = ex.sanity_checks(model, x, y, rows, eps=0.1, scales=(1, 20), steps=cfg.sanity_steps)
+        assert r["label"] == f"PGD-{steps}" and r["attack"] == {"attack": "pgd", "steps": steps}
+        ax = viz.plot_eps_curves({"M": r["eps_curve"]}, attack=r["label"], path=tmp_path / "eps").axes[0]
+        assert f"PGD-{steps}" in ax.get_ylabel() and "PGD-20" not in ax.get_title()
+        assert f"PGD-{steps} accuracy by eps" in report.sanity_markdown({"m": r})
 
 
 def test_evaluate_model_rows_on_a_linear_model():
@@ -103,21 +128,27 @@ def test_evaluate_model_rows_on_a_linear_model():
     x = torch.rand(24, 1, 4, 4, generator=torch.Generator().manual_seed(2))
     y = model(x).argmax(1)  # every example correct clean
     x_wb = attacks.pgd_pairs(model, x, y, eps=0.1, steps=5)
-    ev = ex.evaluate_model(model, x, y, eps=0.1, x_adv_pgd20=x_wb, x_adv_transfer=x, n_long=12, long_steps=10,
-                           mim_steps=5, l2_n=16, fmn_steps=60, pgd_l2_steps=20, aa_n=8, aa_version="custom",
-                           aa_attacks=["apgd-ce"])
+    cfg = config.settings("quick", "fmnist", "05", {"eps": 0.1, "pair_steps": 5, "n_long": 12, "pgd_long_steps": 10,
+                                                    "mim_steps": 5, "l2_n": 16, "fmn_steps": 60, "aa_n": 8,
+                                                    "aa_attacks": ["apgd-ce"]})
+    suite = ex.e3_suite(cfg, pixels=16)
+    ev = ex.evaluate_model(model, x, y, suite, pairs={"own": x_wb, "vanilla": x})
     rows = ev["rows"]
-    assert list(rows) == ["clean", "PGD-20", "FGSM", "MIM-5", "PGD-10", "FMN-L2", "PGD-L2", "AutoAttack", "transfer"]
+    assert list(rows) == ["clean", "pgd", "fgsm", "mim", "pgd_long", "fmn_l2", "pgd_l2", "autoattack", "transfer"]
+    assert [r["label"] for r in rows.values()] == ["clean", "PGD-5", "FGSM", "MIM-5", "PGD-10", "FMN-L2", "PGD-L2-20",
+                                                   "AutoAttack (custom)", "transfer"]  # from each row's parameters
     assert rows["clean"]["accuracy"] == 1.0 and rows["transfer"]["accuracy"] == 1.0  # x itself "transferred"
-    assert rows["FMN-L2"]["radius"] == rows["PGD-L2"]["radius"] == round(2 * 0.1 * 4 / 10, 3)
+    assert rows["fmn_l2"]["radius"] == rows["pgd_l2"]["radius"] == ex.l2_radius(0.1, 16) == round(2 * 0.1 * 4 / 10, 3)
     # on a linear model FMN finds the exact minimal perturbation: it is never weaker than PGD-L2 at the radius
-    assert rows["FMN-L2"]["accuracy"] <= rows["PGD-L2"]["accuracy"] + 1e-9
-    assert rows["FMN-L2"]["n"] == rows["PGD-L2"]["n"] == 16 and rows["AutoAttack"]["n"] == 8
+    assert rows["fmn_l2"]["accuracy"] <= rows["pgd_l2"]["accuracy"] + 1e-9
+    assert rows["fmn_l2"]["n"] == rows["pgd_l2"]["n"] == 16 and rows["autoattack"]["n"] == 8
+    light = ex.evaluate_model(model, x, y, suite, pairs={"own": x_wb, "vanilla": None}, light=True)["rows"]
+    assert list(light) == ["clean", "pgd", "fgsm"]  # Vanilla: no transfer from itself
 
 
 def test_mean_rows_and_in_range():
-    evals = {("m", s): {"rows": {"PGD-20": _row(0.2 + 0.1 * s)}} for s in range(3)}
-    mean = ex.mean_rows(evals, "m", [0, 1, 2])["PGD-20"]
-    assert mean["accuracy"] == pytest.approx(0.3) and mean["n_seeds"] == 3
+    evals = {("m", s): {"rows": {"pgd": _row(0.2 + 0.1 * s, label="PGD-20")}} for s in range(3)}
+    mean = ex.mean_rows(evals, "m", [0, 1, 2])["pgd"]
+    assert mean["accuracy"] == pytest.approx(0.3) and mean["n_seeds"] == 3 and mean["label"] == "PGD-20"
     assert ex.in_range(0.5, 0.5, 0.6) and not ex.in_range(0.61, 0.5, 0.6)
     assert not ex.in_range(None, 0.0, 1.0) and not ex.in_range(float("nan"), 0.0, 1.0)  # a collapsed run has no val PGD

@@ -203,10 +203,10 @@ def test_run_suite_runs_fmn_as_a_min_norm_attack():
     y, opt, target = linear_optimum(model, x, "l2")
     assert bool(((target > 0) & (target < 1)).all())
     radius = float(opt.sort().values[2:4].mean())  # between the 3rd and 4th smallest: half are robust
-    rows = evaluate.run_suite(model, x, y, [{"attack": "fmn", "radius": radius, "label": "FMN"},
+    rows = evaluate.run_suite(model, x, y, [{"attack": "fmn", "radius": radius},
                                             {"attack": "fmn", "norm": "linf", "steps": 30, "radius": 0.01}],
                               batch_size=4)
-    assert rows[0]["attack"] == "FMN" and rows[0]["clean_accuracy"] == 1.0
+    assert rows[0]["label"] == "FMN-L2" and rows[1]["label"] == "FMN-Linf" and rows[0]["clean_accuracy"] == 1.0
     assert rows[0]["robust_accuracy"] == 0.5 and rows[0]["params"] == {"radius": radius}
     assert rows[0]["median_l2"] == pytest.approx(float(opt.median()), rel=0.01)
     assert rows[1]["median_linf"] > 0 and "median Linf" in evaluate.format_table(rows)

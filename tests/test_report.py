@@ -1,6 +1,8 @@
 """nslib.repro.report: result files and REPORT.md from constructed results."""
 from __future__ import annotations
 
+import pytest
+
 from nslib import verdicts
 from nslib.repro import report
 
@@ -16,7 +18,8 @@ def test_write_report_from_constructed_results(tmp_path, monkeypatch):
     report.save_result("quick", "fmnist", "05_sns_robustness",
                     {"claims": {"C3": {"verdict": verdicts.combine([holds]), "comparisons": [holds], "summary": "s",
                                        "figures": [str(tmp_path / "quick" / "fmnist" / "figures" / "x.png")]}},
-                     "sections": {"sanity (05)": "- **PGD-AT**: passes every check.", "baselines (05)": "| t |"},
+                     "sections": [report.section("sanity", "sanity", "- **PGD-AT**: passes every check."),
+                                  report.section("baselines", "baselines", "| t |")],
                      "runtime_s": 12.0}, {"profile": "quick", "dataset": "fmnist", "seeds": [0, 1, 2]})
     report.save_result("quick", "fmnist", "02_neuron_sensitivity",
                     {"claims": {"C4": {"verdict": verdicts.combine([weak]), "comparisons": [weak]}}, "runtime_s": 3.0},
@@ -47,7 +50,7 @@ def test_report_says_one_seed_once_and_reads_runtimes_from_the_markers(tmp_path,
     for d in ("fmnist", "mnist5k"):
         report.save_result("quick", d, "05_sns_robustness", {"claims": {"C3": {"verdict": "inconclusive",
                            "comparisons": [one]}}}, {"seeds": [0]})
-    report.save_result("quick", "fmnist", "00_data_and_models", {"sections": {"check (00)": "goal 0.85: met"}}, {})
+    report.save_result("quick", "fmnist", "00_data_and_models", {"sections": [report.section("check", "check", "goal 0.85: met")]}, {})
     from nslib.store import save_json
     save_json(tmp_path / "quick" / "fmnist" / "06_report.done.json",
               {"notebook": "06_report.ipynb", "runtime_s": 4.2, "provenance": {"device_name": "cpu"}})
@@ -66,3 +69,27 @@ def test_describe_and_detectable_difference():
     assert c["detectable"] == __import__("pytest").approx(0.10)
     line = verdicts.describe(c)
     assert "SNS 0.4967 vs PGD-AT 0.4767" in line and "could detect differences above 0.1000" in line
+
+
+def test_sections_go_where_their_kind_says_and_a_new_claim_is_reported(tmp_path, monkeypatch):
+    """Sections are routed by their kind (data), not by their titles; a claim CLAIMS does not list yet (a new
+    notebook's) is still in the report, under its own statement; a control comparison never decides."""
+    monkeypatch.setenv("NSLIB_OUTPUTS", str(tmp_path))
+    holds = verdicts.compare([0.5, 0.52, 0.51], [0.4, 0.41, 0.39], what="toy > base", names=("toy", "base"))
+    worse = verdicts.compare([0.3, 0.31, 0.29], [0.4, 0.41, 0.39], what="toy > base (control)", role="control")
+    assert verdicts.combine([holds, worse]) == "holds" and worse["verdict"] == "does not hold"
+    report.save_result("quick", "fmnist", "08_toy", {
+        "claims": {"C7": {"verdict": verdicts.combine([holds, worse]), "comparisons": [worse, holds],
+                          "statement": "Toys are robust."}},
+        "sections": [report.section("sanity", "baselines of the sanity kind", "SANITY-BODY"),
+                     report.section("ablation", "sanity-titled ablation", "ABLATION-BODY")]},
+        {"profile": "quick", "dataset": "fmnist", "seeds": [0, 1, 2]})
+    text = report.write_report("quick").read_text()
+    assert "## C7: Toys are robust." in text
+    assert "| C7 | **holds**: toy 0.510 vs base 0.400" in text  # the headline is the judged comparison
+    sanity = text.index("## Evaluation sanity")
+    other = text.index("## Other sections")
+    assert sanity < text.index("SANITY-BODY") < other < text.index("ABLATION-BODY")
+    assert report.report_verdicts("quick")["C7"] == {"fmnist": "holds"}
+    with pytest.raises(ValueError, match="kind must be one of"):
+        report.section("sanity (05)", "t", "md")

@@ -146,7 +146,7 @@ def _acc(a):
 
 def test_ablation_breaks_lines_at_collapsed_runs_and_explains_the_cross(tmp_path):
     # lam = 1 and lam = 100 collapsed: their accuracies are of a stopped run and must not join a line
-    rows = [{"value": v, "clean": _acc(c), "PGD-20": _acc(p), "collapsed": bad}
+    rows = [{"value": v, "clean": _acc(c), "pgd": dict(_acc(p), label="PGD-20"), "collapsed": bad}
             for v, c, p, bad in [(0, 0.8, 0.4, False), (0.1, 0.78, 0.42, False), (1, 0.1, 0.1, True),
                                  (10, 0.7, 0.45, False), (100, 0.1, 0.1, True)]]
     fig = viz.plot_ablation(rows, param="lam", path=tmp_path / "lam")
@@ -155,6 +155,7 @@ def test_ablation_breaks_lines_at_collapsed_runs_and_explains_the_cross(tmp_path
     labelled(ax)
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any(t.startswith("collapsed") and "not a result" in t for t in labels)
+    assert "PGD-20" in labels and "pgd" not in labels  # each metric's own label, not its key
     collapsed_x = (1.0, 100.0)  # the log axis keeps positive values where they are
     for container in ax.containers:
         xs, ys = container.lines[0].get_data()
@@ -183,6 +184,14 @@ def test_robustness_bars_name_the_seed_count_and_mark_attacks_not_run(tmp_path):
     assert "mean over 3 seeds" in viz.plot_robustness_bars(three, path=tmp_path / "three").axes[0].get_title()
     full = viz.plot_robustness_bars({"PGD-AT": table["PGD-AT"]}, path=tmp_path / "full").axes[0]
     assert not full.texts and not any(t.get_text().startswith("not run") for t in full.get_legend().get_texts())
+
+
+def test_eps_curves_name_the_attack_that_ran(tmp_path):
+    fig = viz.plot_eps_curves({"PGD-AT": [(0.05, 0.6), (0.1, 0.4), (0.2, 0.0)]}, attack="PGD-7",
+                              path=tmp_path / "eps")
+    written(tmp_path / "eps")
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "accuracy under PGD-7" and "PGD-7" in ax.get_title() and "PGD-20" not in ax.get_title()
 
 
 def test_mean_rows_records_the_seed_count():

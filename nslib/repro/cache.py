@@ -43,12 +43,9 @@ LABELS = {"vanilla": "Vanilla", "pgd_at": "PGD-AT", "trades": "TRADES", "sns_pgd
 
 
 def label(name: str) -> str:
-    """A model's display name: :data:`LABELS`, or "PGD-AT (0.5 eps)" for ``"pgd_at@0.5eps"`` (a model trained at
-    a fraction of the radius, :func:`c1_models`)."""
-    if name in LABELS:
-        return LABELS[name]
-    base, _, scale = name.partition("@")
-    return f"{LABELS.get(base, base)} ({scale.replace('eps', ' eps')})" if scale else name
+    """A model's display name: :data:`LABELS`, or the name itself (a method a user registered). The models of
+    :func:`c1_models` carry their own label in ``info["label"]``, computed from their radius."""
+    return LABELS.get(name, name)
 
 
 def _spec(name: str) -> dict:
@@ -171,7 +168,8 @@ def c1_models(dataset: str, arch: str, seeds, scales, *, eps: float, progress: b
     :func:`nslib.repro.cache.get_model` with ``train_args`` (those of the other models), its radius and a
     training step scaled with it (2.5 * radius / steps, as :attr:`nslib.repro.config.Settings.alpha`).
 
-    Returns ``{(name, seed): (model, info)}`` with names ``"pgd_at@0.5eps"``, labelled by :func:`label`.
+    Returns ``{(name, seed): (model, info)}``: names (ids) ``"pgd_at@0.5eps"``, ``info["name"]`` the same and
+    ``info["label"]`` "PGD-AT (0.5 eps)", both computed from the scale (never parsed back).
     Usage: ``c1_models("fmnist", "smallcnn", [0, 1, 2], [0.5], eps=0.1, epochs=2, n_train=12000)``
     """
     steps = train_args.get("attack_steps") or training.ATTACK_DEFAULTS.get(dataset, {}).get("steps", 10)
@@ -180,6 +178,8 @@ def c1_models(dataset: str, arch: str, seeds, scales, *, eps: float, progress: b
         if not 0 < scale < 1:
             raise ValueError(f"scales must be fractions of eps in (0, 1) (a smaller training radius), got {scale!r}")
         args = {**train_args, "eps": scale * eps, "alpha": 2.5 * scale * eps / steps}
+        name = f"pgd_at@{scale:g}eps"
         for s in seeds:
-            out[(f"pgd_at@{scale:g}eps", s)] = get_model(dataset, arch, "pgd_at", s, progress=progress, **args)
+            model, info = get_model(dataset, arch, "pgd_at", s, progress=progress, **args)
+            out[(name, s)] = model, {**info, "name": name, "label": f"{LABELS['pgd_at']} ({scale:g} eps)"}
     return out

@@ -6,7 +6,8 @@ says so) and the claim verdicts come from :func:`nslib.verdicts.compare` (the ki
 - E1 (02, C1 and C4): :func:`sensitivity_study`, :func:`c1_c4_comparisons`, :func:`c1_ties`
 - E2 (03, C2): :func:`nslib.intervention.intervention_study`, :func:`c2_comparisons`
 - E4 (04, C6): :func:`map_similarity`, :func:`nslib.sensitivity.pick_map_layer`
-- E3 (05, C3): :func:`evaluate_model`, :func:`ablation`, :func:`sanity_checks`, :func:`c3_comparisons`
+- E3 (05, C3): :func:`e3_suite`, :func:`evaluate_model`, :func:`ablation`, :func:`sanity_checks`,
+  :func:`c3_comparisons`
 
 Models and pairs come from :mod:`nslib.repro.cache`; tables and the report are in :mod:`nslib.repro.report`.
 
@@ -25,13 +26,14 @@ import warnings
 import torch
 
 from nslib import attacks, evaluate
-from nslib.repro.cache import LABELS, adversarial_pairs, get_model, label
+from nslib.repro.cache import adversarial_pairs, get_model, label
 from nslib.evaluate import accuracy_on
-from nslib.sensitivity import capture, neuron_sensitivity, top_k
+from nslib.sensitivity import capture, neuron_sensitivity, resolve_k, top_k
 from nslib.verdicts import compare
 
-__all__ = ["sensitivity_study", "spearman", "c1_c4_comparisons",
-           "c1_ties", "c2_comparisons", "map_similarity", "evaluate_model", "transfer_accuracy",
+__all__ = ["sensitivity_study", "spearman", "c1_c4_comparisons", "of_claim",
+           "c1_ties", "c2_comparisons", "map_similarity", "l2_radius", "e3_suite", "row_label", "evaluate_model",
+           "transfer_accuracy",
            "ablation", "sanity_checks", "c3_comparisons", "in_range", "sensitivity_numbers", "curve_numbers",
            "mean_rows"]
 
@@ -53,7 +55,8 @@ def sensitivity_study(models: dict, infos: dict, x: torch.Tensor, y: torch.Tenso
     |clean output|) and "rel_pairs" (relative, mean of per-pair ratios, the authors' toolbox) on white-box
     pairs, "abs_transfer" and "rel_transfer" on the control pairs.
 
-    Returns: {name: {"clean", "adv" (accuracy dicts of :func:`accuracy_on` on the white-box pairs),
+    Returns: {name: {"label" (the model's, from its info), "clean", "adv" (accuracy dicts of :func:`accuracy_on`
+    on the white-box pairs),
     "sigma": {variant: {layer: Tensor}}, "layer_mean": {variant: {layer: float}}, "mean": {variant:
     float, the mean over layers of the per-layer mean, NaN (dead) neurons skipped}}}.
     """
@@ -70,7 +73,8 @@ def sensitivity_study(models: dict, infos: dict, x: torch.Tensor, y: torch.Tenso
             s = neuron_sensitivity(model, x, x_adv, layers=layers, relative=relative)
             sig[key] = {k: v.cpu() for k, v in (s[0] if relative else s).items()}
         layer_mean = {v: _layer_means(s) for v, s in sig.items()}
-        out[name] = {"clean": accuracy_on(model, x, y), "adv": accuracy_on(model, pairs[name], y, x=x),
+        out[name] = {"label": infos[name].get("label", label(name)),
+                     "clean": accuracy_on(model, x, y), "adv": accuracy_on(model, pairs[name], y, x=x),
                      "sigma": sig, "layer_mean": layer_mean,
                      "mean": {v: statistics.fmean(lm.values()) for v, lm in layer_mean.items()}}
     return out
@@ -101,40 +105,48 @@ _VARIANT_NAMES = {"abs": "absolute", "rel": "relative (ratio of means)",
                   "rel_pairs": "relative (mean of per-pair ratios, the authors' toolbox)"}
 
 
-def c1_c4_comparisons(studies: dict, baselines=("pgd_at", "trades"), reference: str = "vanilla") -> dict:
+def c1_c4_comparisons(studies: dict, baselines=("pgd_at", "trades"), reference: str = "vanilla") -> list[dict]:
     """The comparisons of C1 and C4 from per-seed :func:`sensitivity_study` results ``{seed: study}``.
 
     C4 ("adversarial training reduces neuron sensitivity"): for each baseline, the reference's mean
     sensitivity is higher than the baseline's, on white-box pairs, absolute *and* relative (ratio of means;
-    the relative variant rules out mere rescaling); reported beside them, not judged: the transferred
-    control, and the relative sensitivity as the authors' toolbox computes it (mean of per-pair ratios).
+    the relative variant rules out mere rescaling): judged; reported beside them as controls: the transferred
+    pairs, and the relative sensitivity as the authors' toolbox computes it (mean of per-pair ratios).
     C1 ("robustness is explained by sensitivity"): across all models, the Spearman correlation between
-    white-box robust accuracy and mean sensitivity is negative: compare(-rho, 0) per variant.
+    white-box robust accuracy and mean sensitivity is negative: compare(-rho, 0) per variant, judged.
 
-    Returns {"C4": [...], "C4_control": [...], "C1": [...]} lists of :func:`nslib.verdicts.compare` dicts.
+    Returns a list of :func:`nslib.verdicts.compare` dicts, each with its ``id`` ({"claim", ...}) and ``role``.
     """
     seeds = sorted(studies)
-    out = {"C4": [], "C4_control": [], "C1": []}
+    first = studies[seeds[0]]
+    ref = first[reference]["label"]
+    out = []
     for base in baselines:
-        for key, variant, suffix in (("C4", "abs", ""), ("C4_control", "abs", "_transfer"), ("C4", "rel", ""),
-                                     ("C4_control", "rel", "_transfer"), ("C4_control", "rel_pairs", "")):
-            a = [studies[s][reference]["mean"][variant + suffix] for s in seeds]
-            b = [studies[s][base]["mean"][variant + suffix] for s in seeds]
-            pairs = "white-box pairs" if not suffix else f"pairs transferred from {LABELS[reference]}"
-            what = (f"{LABELS[reference]} > {LABELS.get(base, base)}, mean {_VARIANT_NAMES[variant]} "
-                    f"sensitivity, {pairs}")
-            out[key].append(compare(a, b, what=what, names=(LABELS[reference], LABELS.get(base, base))))
+        for variant, pairs, role in (("abs", "own", "judged"), ("abs", "transfer", "control"), ("rel", "own", "judged"),
+                                     ("rel", "transfer", "control"), ("rel_pairs", "own", "control")):
+            key = variant + ("_transfer" if pairs == "transfer" else "")
+            a = [studies[s][reference]["mean"][key] for s in seeds]
+            b = [studies[s][base]["mean"][key] for s in seeds]
+            where = "white-box pairs" if pairs == "own" else f"pairs transferred from {ref}"
+            what = f"{ref} > {first[base]['label']}, mean {_VARIANT_NAMES[variant]} sensitivity, {where}"
+            out.append(compare(a, b, what=what, names=(ref, first[base]["label"]), role=role,
+                               key={"claim": "C4", "model": reference, "base": base, "variant": variant, "pairs": pairs}))
     for variant in ("abs", "rel"):
         rhos = []
         for s in seeds:
             names = list(studies[s])
             rhos.append(spearman([studies[s][n]["adv"]["accuracy"] for n in names],
                                  [studies[s][n]["mean"][variant] for n in names]))
-        out["C1"].append(compare([-r for r in rhos], [0.0] * len(rhos),
-                                     what=f"-Spearman(robust accuracy, mean {'relative' if variant == 'rel' else 'absolute'} "
-                                          f"sensitivity) > 0 across {len(studies[seeds[0]])} models",
-                                 names=("-Spearman", "zero")))
+        out.append(compare([-r for r in rhos], [0.0] * len(rhos),
+                           what=f"-Spearman(robust accuracy, mean {_VARIANT_NAMES[variant].split(' (')[0]} "
+                                f"sensitivity) > 0 across {len(first)} models",
+                           names=("-Spearman", "zero"), key={"claim": "C1", "variant": variant}))
     return out
+
+
+def of_claim(comparisons, claim: str) -> list[dict]:
+    """The comparisons whose id names ``claim``, in order."""
+    return [c for c in comparisons if c["id"].get("claim") == claim]
 
 
 def c1_ties(studies: dict, models=None, reference: str = "vanilla") -> dict:
@@ -160,7 +172,7 @@ def c1_ties(studies: dict, models=None, reference: str = "vanilla") -> dict:
                             for s in seeds for n in names)
     low, high = min(acc.values()), max(acc.values())
     tied = high - low < 2 * half
-    text = (f"{', '.join(label(n) for n in names)} reach {100 * low:.1f}-{100 * high:.1f}% robust accuracy "
+    text = (f"{', '.join(studies[seeds[0]][n]['label'] for n in names)} reach {100 * low:.1f}-{100 * high:.1f}% robust accuracy "
             f"(mean over seeds), a spread of {100 * (high - low):.1f} points, {'narrower' if tied else 'wider'} than "
             f"one 95% interval ({100 * 2 * half:.1f} points wide)" + (": their order among themselves is noise." if tied else "."))
     return {"models": names, "low": low, "high": high, "half_width": half, "tied": tied, "text": text}
@@ -171,20 +183,19 @@ def c1_ties(studies: dict, models=None, reference: str = "vanilla") -> dict:
 
 def _at_k(curve: dict, k, selection: str) -> float:
     """Mean accuracy over seeds of ``selection`` at size ``k`` (a fraction resolved to the layer's width)."""
-    from nslib.sensitivity import resolve_k
-
     kk = resolve_k(k, curve["width"], curve["layer"])
     acc = [r["accuracy"] for r in curve["rows"] if r["selection"] == selection and r["k"] == kk]
     return statistics.fmean(acc)
 
 
-def c2_comparisons(studies: dict, k, label: str) -> list[dict]:
-    """C2 from per-seed curves of one mode ``{seed: [curve per layer]}``; ``label`` names model and mode.
+def c2_comparisons(studies: dict, k, *, model: str, mode: str, model_label: str) -> list[dict]:
+    """C2 from per-seed curves of one model and mode ``{seed: [curve per layer]}``.
 
-    For the restore mode: at size ``k``, restoring the top-k
-    sensitive neurons recovers more accuracy than restoring k random ones, than the k least sensitive,
-    and (control) than random neurons with the same total sensitivity ("matched"); each value is the mean
-    over layers. The Wilson interval of the top-k accuracy is pooled over layers' measuring pairs."""
+    At size ``k``, patching the top-k sensitive neurons (restoring them to their benign values, or zeroing them)
+    moves adversarial accuracy more than patching k random ones, than the k least sensitive, and than random
+    neurons with the same total sensitivity ("matched"); each value is the mean over layers. Judged: restoring,
+    top vs random and bottom; the matched control and every zeroing comparison are controls. The Wilson
+    interval of each accuracy is pooled over layers' measuring pairs."""
     seeds = sorted(studies)
     out = []
     for other in ("random", "bottom", "matched"):
@@ -196,9 +207,11 @@ def c2_comparisons(studies: dict, k, label: str) -> list[dict]:
             n = sum(c["n_eval"] for c in curves)
             ia.append(evaluate.wilson_interval(round(a[-1] * n), n))
             ib.append(evaluate.wilson_interval(round(b[-1] * n), n))
+        role = "judged" if mode == "restore" and other != "matched" else "control"
         out.append(compare(a, b, intervals_a=ia, intervals_b=ib,
-                               what=f"{label}: top-{k} > {other}-{k} neurons patched, adversarial accuracy "
-                                    f"(mean over layers)", names=(f"top-{k}", f"{other}-{k}")))
+                           what=f"{model_label}, {mode}: top-{k} > {other}-{k} neurons patched, adversarial "
+                                f"accuracy (mean over layers)", names=(f"top-{k}", f"{other}-{k}"), role=role,
+                           key={"claim": "C2", "model": model, "mode": mode, "k": k, "other": other}))
     return out
 
 
@@ -241,68 +254,92 @@ def transfer_accuracy(model, x: torch.Tensor, y: torch.Tensor, x_adv_source: tor
     return accuracy_on(model, x_adv_source, y, x=x)
 
 
-def evaluate_model(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, x_adv_pgd20: torch.Tensor,
-                   x_adv_transfer: torch.Tensor | None, n_long: int, long_steps: int, mim_steps: int,
-                   l2_n: int, fmn_steps: int, pgd_l2_steps: int, pgd_l2_restarts: int = 1, aa_n: int,
-                   aa_version: str, aa_attacks=None, aa_restarts: int | None = None, seed: int = 0,
-                   light: bool = False) -> dict:
-    """One model under the suite of E3: ``{"rows": {label: row}, "aa_warnings": [...]}``.
+def l2_radius(eps: float, pixels: int) -> float:
+    """E3's L2 radius for a Linf radius ``eps``: 2 * eps * sqrt(pixels) / 10, to 3 decimals (0.56 for eps 0.1
+    on 28x28)."""
+    return round(2 * eps * math.sqrt(pixels) / 10, 3)
 
-    PGD-20 comes from the cached pairs ``x_adv_pgd20`` (all of x); PGD-``long_steps`` runs on the first
-    ``n_long`` images; on the first ``l2_n``, at the L2 radius 2 * eps * sqrt(pixels) / 10: FMN-L2 (minimal
-    norm: robust where the smallest perturbation found exceeds the radius, plus its median) and PGD-L2 at that
-    radius (``pgd_l2_steps`` x ``pgd_l2_restarts``), which a sound minimal-norm attack is never weaker than;
-    AutoAttack on the first ``aa_n`` (``aa_restarts``: its APGD/FAB restarts, None: AutoAttack's own). Every row has accuracy, low, high (95% Wilson), n and wall_s. Rows:
-    clean, PGD-20, FGSM, MIM-<steps>, PGD-<long>, FMN-L2, PGD-L2, AutoAttack, transfer (when
-    ``x_adv_transfer`` is given). ``light=True`` stops after
-    FGSM (for the vanilla model, which the attacks break anyway: only the transfer source and a reference).
+
+def e3_suite(cfg, pixels: int) -> list[dict]:
+    """E3's rows as data, built once from the settings ``cfg`` (:func:`nslib.repro.config.settings`).
+
+    Each row: ``id`` (what the comparisons, checks and tables key on), ``attack`` (a
+    :func:`nslib.evaluate.run_suite` entry; None for clean accuracy), ``n`` (on the first n test images; None:
+    all), ``pairs`` ("own": the cached PGD pairs against the model itself; "vanilla": those against Vanilla,
+    transferred; absent: the attack runs here) and ``light`` (also run for Vanilla, which every attack breaks).
     """
-    rows = {"clean": accuracy_on(model, x, y), "PGD-20": accuracy_on(model, x_adv_pgd20, y, x=x)}
+    eps, radius = cfg.eps, l2_radius(cfg.eps, pixels)
+    pairs = {"attack": "pgd", "eps": eps, "steps": cfg.pair_steps}
+    aa = {"attack": "autoattack", "eps": eps, "version": cfg.aa_version,
+          **({"attacks": list(cfg.aa_attacks)} if cfg.aa_version == "custom" else {}),
+          **({"restarts": cfg.aa_restarts} if cfg.aa_restarts is not None else {})}
+    return [
+        {"id": "clean", "attack": None, "light": True},
+        {"id": "pgd", "attack": pairs, "pairs": "own", "light": True},
+        {"id": "fgsm", "attack": {"attack": "fgsm", "eps": eps}, "light": True},
+        {"id": "mim", "attack": {"attack": "mim", "eps": eps, "steps": cfg.mim_steps}},
+        {"id": "pgd_long", "attack": {"attack": "pgd", "eps": eps, "steps": cfg.pgd_long_steps}, "n": cfg.n_long},
+        {"id": "fmn_l2", "attack": {"attack": "fmn", "steps": cfg.fmn_steps, "radius": radius}, "n": cfg.l2_n},
+        {"id": "pgd_l2", "attack": {"attack": "pgd", "norm": "l2", "eps": radius, "steps": cfg.pgd_l2_steps,
+                                    "restarts": cfg.pgd_l2_restarts}, "n": cfg.l2_n},
+        {"id": "autoattack", "attack": aa, "n": cfg.aa_n},
+        {"id": "transfer", "attack": pairs, "pairs": "vanilla", "light": True},
+    ]
 
-    def put(r, **extra):
-        rows[r["attack"]] = {"accuracy": r["robust_accuracy"], "low": r["ci_low"], "high": r["ci_high"], "n": r["n"],
-                             "wall_s": r["wall_s"], **extra}
 
-    put(evaluate.run_suite(model, x, y, [{"attack": "fgsm", "eps": eps, "label": "FGSM"}], seed=seed)[0])
-    if light:
-        if x_adv_transfer is not None:
-            rows["transfer"] = transfer_accuracy(model, x, y, x_adv_transfer)
-        return {"rows": rows, "aa_warnings": []}
-    put(evaluate.run_suite(model, x, y, [{"attack": "mim", "eps": eps, "steps": mim_steps, "label": f"MIM-{mim_steps}"}],
-                           seed=seed)[0])
-    put(evaluate.run_suite(model, x[:n_long], y[:n_long], [{"attack": "pgd", "eps": eps, "steps": long_steps,
-                                                            "label": f"PGD-{long_steps}"}], seed=seed)[0])
-    radius = round(2 * eps * math.sqrt(x[0].numel()) / 10, 3)
-    r = evaluate.run_suite(model, x[:l2_n], y[:l2_n], [{"attack": "fmn", "steps": fmn_steps, "radius": radius,
-                                                        "label": "FMN-L2"}], seed=seed)[0]
-    put(r, radius=radius, median_l2=r["median_l2"])
-    put(evaluate.run_suite(model, x[:l2_n], y[:l2_n], [{"attack": "pgd", "norm": "l2", "eps": radius, "steps": pgd_l2_steps,
-                                                        "restarts": pgd_l2_restarts, "label": "PGD-L2"}], seed=seed)[0],
-        radius=radius)
-    aa = {"attack": "autoattack", "eps": eps, "version": aa_version, "label": "AutoAttack"}
-    if aa_version == "custom":
-        aa["attacks"] = list(aa_attacks)
-    if aa_restarts is not None:
-        aa["restarts"] = aa_restarts
+def row_label(row: dict) -> str:
+    """What a person reads for an E3 row: "clean", "transfer", or the attack's label from its parameters."""
+    if row["attack"] is None:
+        return "clean"
+    return "transfer" if row.get("pairs") == "vanilla" else evaluate.attack_label(row["attack"])
+
+
+def _run_row(model, x, y, row: dict, pairs: dict, seed: int) -> dict:
+    """One E3 row's numbers: accuracy, low, high, n (and correct, wall_s, radius, median_l2, per_attack)."""
+    if row["attack"] is None:
+        return accuracy_on(model, x, y)
+    if "pairs" in row:
+        return accuracy_on(model, pairs[row["pairs"]], y, x=x)
+    n = row.get("n") or len(x)
+    r = evaluate.run_suite(model, x[:n], y[:n], [row["attack"]], seed=seed)[0]
+    extra = {k: r[k] for k in ("median_l2", "median_linf", "per_attack") if k in r}
+    if evaluate.ATTACKS[row["attack"]["attack"]].min_norm or row["attack"].get("norm") == "l2":
+        extra["radius"] = row["attack"].get("radius", row["attack"].get("eps"))
+    return {"accuracy": r["robust_accuracy"], "low": r["ci_low"], "high": r["ci_high"], "n": r["n"],
+            "wall_s": r["wall_s"], **extra}
+
+
+def evaluate_model(model, x: torch.Tensor, y: torch.Tensor, suite: list[dict], *, pairs: dict, seed: int = 0,
+                   light: bool = False) -> dict:
+    """One model under E3's ``suite`` (:func:`e3_suite`): ``{"rows": {id: row}, "aa_warnings": [...]}``.
+
+    ``pairs`` maps "own" to the cached PGD pairs against the model (all of x) and "vanilla" to those against
+    Vanilla (None for Vanilla itself: no transfer row). Every row holds id, label (:func:`row_label`), attack
+    (its spec), accuracy, low, high (95% Wilson), n, and what its attack adds (wall_s, radius, median_l2,
+    per_attack). ``light=True`` runs only the rows marked light (Vanilla: a reference and the transfer source).
+    """
+    rows = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        r = evaluate.run_suite(model, x[:aa_n], y[:aa_n], [aa], seed=seed)[0]
-    put(r, per_attack=r.get("per_attack", {}))
-    if x_adv_transfer is not None:
-        rows["transfer"] = transfer_accuracy(model, x, y, x_adv_transfer)
-    aa_warnings = [str(w.message) for w in caught if "AutoAttack" in str(w.message)]
-    return {"rows": rows, "aa_warnings": aa_warnings}
+        for row in suite:
+            if (light and not row.get("light")) or (row.get("pairs") and pairs.get(row["pairs"]) is None):
+                continue
+            rows[row["id"]] = {"id": row["id"], "label": row_label(row), "attack": row["attack"],
+                               **_run_row(model, x, y, row, pairs, seed)}
+    return {"rows": rows, "aa_warnings": [str(w.message) for w in caught if "AutoAttack" in str(w.message)]}
 
 
-def ablation(dataset: str, arch: str, name: str, values, param: str, x, y, *, eps: float, seed: int = 0,
+def ablation(dataset: str, arch: str, name: str, values, param: str, x, y, *, eps: float, steps: int, seed: int = 0,
              zero_is: str | None = None, progress: bool = True, **train_args) -> list[dict]:
-    """Train ``name`` for each value of ``param`` (e.g. lam) and measure clean and PGD-20 accuracy.
+    """Train ``name`` for each value of ``param`` (e.g. lam) and measure clean accuracy and accuracy on PGD-``steps``
+    pairs (the cached pairs of the other notebooks).
 
     ``zero_is`` names the model a value of 0 stands for (SNS with lam = 0 is its base method), which is
-    then loaded instead of trained. Returns one row per value: value, model, status, clean, PGD-20
-    (accuracy dicts), collapsed (bool).
+    then loaded instead of trained. Returns one row per value: value, model, status, clean, pgd (accuracy
+    dicts; pgd's "label" names the attack), collapsed (bool).
     """
     rows = []
+    attack = {"attack": "pgd", "eps": eps, "steps": steps}
     for v in values:
         args = dict(train_args)
         if v == 0 and zero_is is not None:
@@ -310,9 +347,10 @@ def ablation(dataset: str, arch: str, name: str, values, param: str, x, y, *, ep
         else:
             args[param] = v
             model, info = get_model(dataset, arch, name, seed, progress=progress, **args)
-        x_adv = adversarial_pairs(model, info, x, y, eps=eps, steps=20, seed=seed)
+        x_adv = adversarial_pairs(model, info, x, y, eps=eps, steps=steps, seed=seed)
         rows.append({"value": v, "model": info["label"], "status": info["status"], "collapsed": info["collapsed"],
-                     "clean": accuracy_on(model, x, y), "PGD-20": accuracy_on(model, x_adv, y, x=x)})
+                     "clean": accuracy_on(model, x, y),
+                     "pgd": {**accuracy_on(model, x_adv, y, x=x), "label": evaluate.attack_label(attack)}})
     return rows
 
 
@@ -322,49 +360,56 @@ def sanity_checks(model, x: torch.Tensor, y: torch.Tensor, rows: dict, *, eps: f
 
     - accuracy falls towards 0 as eps grows: PGD-``steps`` at eps * each scale on ``x``; non-increasing
       (within ``tolerance``) and <= 0.05 at the largest radius (capped at 1);
-    - no black-box attack beats the white-box ones: transfer accuracy >= PGD-20 accuracy - tolerance,
-      and FGSM (one step) >= PGD-20 - tolerance;
-    - the strong attacks are not weaker than the plain ones: AutoAttack accuracy <= the upper end of PGD-20's
-      95% interval, and the minimal-norm FMN-L2 accuracy at its radius <= the upper end of PGD-L2's there;
+    - no black-box attack beats the white-box ones: transfer accuracy >= the PGD pairs' accuracy - tolerance,
+      and FGSM (one step) >= the PGD pairs' - tolerance;
+    - the strong attacks are not weaker than the plain ones: AutoAttack accuracy <= the upper end of the PGD
+      pairs' 95% interval, and the minimal-norm FMN-L2 accuracy at its radius <= the upper end of PGD-L2's there;
     - AutoAttack's own warnings are listed; any warning flags the model.
 
-    Returns {"eps_curve": [(eps, accuracy)], "checks": {name: bool}, "warnings": [...], "ok": bool}.
+    ``rows`` are :func:`evaluate_model`'s, keyed by id. Returns {"attack" (the sweep's spec), "label" (its name:
+    "PGD-10"), "eps_curve": [(eps, accuracy)], "checks": [{"id", "text", "ok"}], "warnings", "ok"}.
     """
+    attack = {"attack": "pgd", "steps": steps}
     curve = []
+    dev = next(model.parameters()).device
     for s in scales:
         e = min(1.0, eps * s)
-        x_adv = attacks.pgd(model, x.to(next(model.parameters()).device), y.to(next(model.parameters()).device),
-                            eps=e, steps=steps, seed=seed).cpu()
+        x_adv = attacks.pgd(model, x.to(dev), y.to(dev), eps=e, steps=steps, seed=seed).cpu()
         curve.append((e, accuracy_on(model, x_adv, y, x=x)["accuracy"]))
     accs = [a for _, a in curve]
-    checks = {
-        "accuracy non-increasing in eps": all(b <= a + tolerance for a, b in zip(accs, accs[1:])),
-        f"accuracy <= 0.05 at eps {curve[-1][0]:.3g}": accs[-1] <= 0.05,
-        "FGSM no stronger than PGD-20": rows["FGSM"]["accuracy"] >= rows["PGD-20"]["accuracy"] - tolerance,
-    }
-    for strong, plain in (("AutoAttack", "PGD-20"), ("FMN-L2", "PGD-L2")):
+    acc = {i: r["accuracy"] for i, r in rows.items()}
+    name = {i: r["label"] for i, r in rows.items()}
+    checks = [("monotone", "accuracy non-increasing in eps", all(b <= a + tolerance for a, b in zip(accs, accs[1:]))),
+              ("vanishes", f"accuracy <= 0.05 at eps {curve[-1][0]:.3g}", accs[-1] <= 0.05),
+              ("fgsm_weaker", f"{name['fgsm']} no stronger than {name['pgd']}", acc["fgsm"] >= acc["pgd"] - tolerance)]
+    for strong, plain in (("autoattack", "pgd"), ("fmn_l2", "pgd_l2")):
         if strong in rows and plain in rows:
-            checks[f"{strong} accuracy not above {plain}'s"] = rows[strong]["accuracy"] <= rows[plain]["high"]
+            checks.append((f"{strong}_not_above_{plain}", f"{name[strong]} accuracy not above {name[plain]}'s",
+                           acc[strong] <= rows[plain]["high"]))
     if "transfer" in rows:
-        checks["transfer no stronger than PGD-20"] = rows["transfer"]["accuracy"] >= rows["PGD-20"]["accuracy"] - tolerance
-    checks["no AutoAttack warnings"] = not aa_warnings
-    return {"eps_curve": curve, "checks": checks, "warnings": list(aa_warnings), "ok": all(checks.values())}
+        checks.append(("transfer_weaker", f"transfer no stronger than {name['pgd']}", acc["transfer"] >= acc["pgd"] - tolerance))
+    checks.append(("no_aa_warnings", "no AutoAttack warnings", not aa_warnings))
+    checks = [{"id": i, "text": t, "ok": bool(ok)} for i, t, ok in checks]
+    return {"attack": attack, "label": evaluate.attack_label(attack), "eps_curve": curve, "checks": checks,
+            "warnings": list(aa_warnings), "ok": all(c["ok"] for c in checks)}
 
 
 def c3_comparisons(evals: dict, seeds, pairs=(("sns_pgd_at", "pgd_at"), ("sns_trades", "trades")),
-                   judged=("AutoAttack", "transfer"), reported=("PGD-20",)) -> dict:
-    """C3 from ``evals[(name, seed)]["rows"]``: SNS above its base on AutoAttack and on transfer (judged)
-    and on PGD-20 (reported only). Returns {"judged": [...], "reported": [...]} of compare dicts."""
-    out = {"judged": [], "reported": []}
+                   judged=("autoattack", "transfer"), reported=("pgd",)) -> list[dict]:
+    """C3 from ``evals[(name, seed)]["rows"]`` (keyed by row id): SNS above its base on the ``judged`` rows
+    (AutoAttack and transfer) and, as controls, on the ``reported`` ones (the PGD pairs). Returns a list of
+    :func:`nslib.verdicts.compare` dicts with ids {"claim": "C3", "model", "base", "row"} and roles."""
+    out = []
     for sns, base in pairs:
-        for key, attack_names in (("judged", judged), ("reported", reported)):
-            for attack in attack_names:
-                ra = [evals[(sns, s)]["rows"][attack] for s in seeds]
-                rb = [evals[(base, s)]["rows"][attack] for s in seeds]
-                out[key].append(compare(
+        for role, row_ids in (("judged", judged), ("control", reported)):
+            for row in row_ids:
+                ra = [evals[(sns, s)]["rows"][row] for s in seeds]
+                rb = [evals[(base, s)]["rows"][row] for s in seeds]
+                out.append(compare(
                     [r["accuracy"] for r in ra], [r["accuracy"] for r in rb],
                     intervals_a=[(r["low"], r["high"]) for r in ra], intervals_b=[(r["low"], r["high"]) for r in rb],
-                    what=f"{LABELS[sns]} > {LABELS[base]}, {attack} accuracy", names=(LABELS[sns], LABELS[base])))
+                    what=f"{label(sns)} > {label(base)}, {ra[0]['label']} accuracy", names=(label(sns), label(base)),
+                    role=role, key={"claim": "C3", "model": sns, "base": base, "row": row}))
     return out
 
 
@@ -389,10 +434,11 @@ def curve_numbers(curves: dict) -> dict:
 
 
 def mean_rows(evals: dict, name: str, seeds) -> dict:
-    """{attack: {"accuracy", "low", "high", "n_seeds"}} averaged over seeds, for one model (n_seeds: how many,
-    so a figure can say what it averages)."""
-    attacks_ = evals[(name, seeds[0])]["rows"]
+    """{row id: {"accuracy", "low", "high", "n_seeds", "label"}} averaged over seeds, for one model (n_seeds: how
+    many, so a figure can say what it averages)."""
+    rows = evals[(name, seeds[0])]["rows"]
     return {a: {**{key: statistics.fmean(evals[(name, s)]["rows"][a][key] for s in seeds)
-                   for key in ("accuracy", "low", "high")}, "n_seeds": len(seeds)} for a in attacks_}
+                   for key in ("accuracy", "low", "high")}, "n_seeds": len(seeds), "label": rows[a].get("label", a)}
+            for a in rows}
 
 

@@ -21,11 +21,12 @@ import statistics
 from pathlib import Path
 
 from nslib.fast import default_device as device
-from nslib.repro.cache import LABELS, label
+from nslib.repro.cache import label
 from nslib.store import atomic_write_bytes, load_json, outputs_dir, provenance, save_json
-from nslib.verdicts import RULE, combine, describe, spread
+from nslib.verdicts import RULE, combine, describe, judged, spread
 
-__all__ = ["CLAIMS", "profile_dir", "figures_dir", "save_result", "load_result", "load_results", "rows_markdown",
+__all__ = ["CLAIMS", "SECTION_KINDS", "section", "claims_of", "profile_dir", "figures_dir", "save_result", "load_result",
+           "load_results", "rows_markdown",
            "markdown_table", "checkpoint_rows", "sensitivity_markdown", "ablation_markdown", "sanity_markdown",
            "report_verdicts", "write_report"]
 
@@ -37,6 +38,17 @@ CLAIMS = {
     "C5": "SNS's gain holds across datasets (MNIST, CIFAR-10, ImageNet in the paper): C3 on every dataset run.",
     "C6": "Visualising sensitive neurons interprets robustness (benign vs adversarial activation maps).",
 }
+
+# Where a notebook's result section goes in REPORT.md, by its kind: a heading of its own, or "Other sections".
+SECTION_KINDS = {"baselines": "Baselines beside the published numbers", "check": "Notebook 00: data and a clean model",
+                 "sanity": "Evaluation sanity", "training": None, "sensitivity": None, "ablation": None}
+
+
+def section(kind: str, title: str, markdown: str) -> dict:
+    """A result section for :func:`save_result`'s ``sections``: ``kind`` one of :data:`SECTION_KINDS`."""
+    if kind not in SECTION_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(SECTION_KINDS)}, got {kind!r}")
+    return {"kind": kind, "title": title, "markdown": markdown}
 
 
 
@@ -59,8 +71,9 @@ def save_result(profile: str, dataset: str, notebook: str, record: dict, params:
     """Write a notebook's results to ``outputs/<profile>/<dataset>/results/<notebook>.json`` atomically.
 
     ``record`` holds what the report reads: ``claims`` ({"C3": {"verdict", "summary", "comparisons",
-    "figures"}}), ``sections`` ({title: markdown}), ``numbers`` (anything else). ``params`` are the
-    notebook's parameters; provenance (versions, device, time) is added.
+    "figures"}}), ``sections`` ([{"kind", "title", "markdown"}]: :data:`SECTION_KINDS` says where each kind goes
+    in REPORT.md), ``numbers`` (anything else). ``params`` are the notebook's parameters; provenance (versions,
+    device, time) is added.
     """
     body = {"notebook": notebook, "profile": profile, "dataset": dataset, "params": params, **record,
             "provenance": provenance(device(), **params)}
@@ -89,9 +102,11 @@ def load_results(profile: str) -> dict[str, dict[str, dict]]:
 # tables
 
 def markdown_table(evals: dict, names, seeds, columns) -> str:
-    """Markdown table: one row per model, one column per attack: mean +- std over seeds (percent) and
-    the seed-averaged 95% interval."""
-    head = "| model | " + " | ".join(columns) + " |"
+    """Markdown table: one row per model, one column per E3 row id (headed by its label): mean +- std over
+    seeds (percent) and the seed-averaged 95% interval."""
+    first = {c: next((evals[(n, s)]["rows"][c]["label"] for n in names for s in seeds if c in evals[(n, s)]["rows"]),
+                     c) for c in columns}
+    head = "| model | " + " | ".join(first[c] for c in columns) + " |"
     lines = [head, "|---|" + "---|" * len(columns)]
     for n in names:
         cells = []
@@ -105,7 +120,7 @@ def markdown_table(evals: dict, names, seeds, columns) -> str:
             hi = statistics.fmean(r["high"] for r in rs)
             std = f" +- {100 * sp['std']:.1f}" if sp["std"] is not None else ""
             cells.append(f"{100 * sp['mean']:.1f}{std} [{100 * lo:.0f}, {100 * hi:.0f}]")
-        lines.append(f"| {LABELS.get(n, n)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(n)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -143,16 +158,16 @@ def sensitivity_markdown(study: dict) -> str:
         r = study[n]
         cells = [f"{r['layer_mean']['abs'][l]:.4f} ({r['layer_mean']['rel'][l]:.3f})" for l in layers]
         pairs = f"{r['mean']['rel_pairs']:.3f}" if "rel_pairs" in r["mean"] else "-"
-        lines.append(f"| {label(n)} | {r['clean']['accuracy']:.3f} | {r['adv']['accuracy']:.3f} | "
+        lines.append(f"| {r['label']} | {r['clean']['accuracy']:.3f} | {r['adv']['accuracy']:.3f} | "
                      + " | ".join(cells) + f" | {r['mean']['abs']:.4f} ({r['mean']['rel']:.3f}) | {pairs} |")
     return "\n".join(lines)
 
 
 def ablation_markdown(rows: list[dict], param: str) -> str:
-    """Markdown table of :func:`ablation` rows."""
-    lines = [f"| {param} | model | status | clean | PGD-20 [95% interval] |", "|---|---|---|---|---|"]
+    """Markdown table of :func:`nslib.repro.experiments.ablation` rows."""
+    lines = [f"| {param} | model | status | clean | {rows[0]['pgd']['label']} [95% interval] |", "|---|---|---|---|---|"]
     for r in rows:
-        p = r["PGD-20"]
+        p = r["pgd"]
         lines.append(f"| {r['value']:g} | {r['model']} | {r['status']} | "
                      f"{r['clean']['accuracy']:.3f} | {p['accuracy']:.3f} [{p['low']:.3f}, {p['high']:.3f}] |")
     return "\n".join(lines)
@@ -163,9 +178,9 @@ def sanity_markdown(sanity: dict) -> str:
     lines = []
     for n, r in sanity.items():
         flag = "passes every check" if r["ok"] else "**FLAGGED: fails a check below**"
-        lines.append(f"- **{LABELS.get(n, n)}**: {flag}. PGD-20 accuracy by eps: "
+        lines.append(f"- **{label(n)}**: {flag}. {r['label']} accuracy by eps: "
                      + ", ".join(f"{e:.3g}: {a:.3f}" for e, a in r["eps_curve"]))
-        lines += [f"  - {name}: {'yes' if ok else 'NO'}" for name, ok in r["checks"].items()]
+        lines += [f"  - {c['text']}: {'yes' if c['ok'] else 'NO'}" for c in r["checks"]]
         lines += [f"  - AutoAttack warning: {w}" for w in r["warnings"]]
     return "\n".join(lines)
 
@@ -198,10 +213,18 @@ def _claim_rows(claim: str, results: dict) -> list[tuple[str, dict]]:
     return rows
 
 
+def claims_of(results: dict) -> dict[str, str]:
+    """:data:`CLAIMS`, then every claim a result file judged that CLAIMS lacks, with its entry's "statement" (a
+    new claim is reported whether or not CLAIMS names it yet)."""
+    found = {c: e.get("statement", "(no statement: add one to nslib.repro.report.CLAIMS)")
+             for nbs in results.values() for rec in nbs.values() for c, e in rec.get("claims", {}).items()}
+    return {**CLAIMS, **{c: text for c, text in found.items() if c not in CLAIMS}}
+
+
 def _claim_verdicts(results: dict) -> dict[str, dict[str, str]]:
     """{claim: {dataset: verdict}}; C5 is C3 combined over every dataset run (key "all")."""
     table: dict[str, dict[str, str]] = {}
-    for claim in CLAIMS:
+    for claim in claims_of(results):
         for dataset, entry in _claim_rows(claim, results) if claim != "C5" else []:
             prev = table.setdefault(claim, {}).get(dataset)
             table[claim][dataset] = combine([prev, entry["verdict"]]) if prev else entry["verdict"]
@@ -212,12 +235,14 @@ def _claim_verdicts(results: dict) -> dict[str, dict[str, str]]:
 
 def report_verdicts(profile: str) -> dict[str, dict[str, str]]:
     """{claim: {dataset: verdict}} from the result files of a profile (C5: {"all": C3 over the datasets})."""
-    table = _claim_verdicts(load_results(profile))
-    return {claim: table.get(claim, {}) for claim in CLAIMS}
+    results = load_results(profile)
+    table = _claim_verdicts(results)
+    return {claim: table.get(claim, {}) for claim in claims_of(results)}
 
 
 def _headline(comparisons: list[dict]) -> str:
-    """The direction and size of a claim's main comparison (its first), in words."""
+    """The direction and size of a claim's main comparison (its first judged one), in words."""
+    comparisons = judged(comparisons)
     if not comparisons:
         return ""
     c = comparisons[0]
@@ -232,7 +257,7 @@ def _headline(comparisons: list[dict]) -> str:
 def _summary(results: dict, verdicts: dict, datasets: list[str]) -> list[str]:
     lines = ["| claim | " + " | ".join(datasets) + " | MNIST, CIFAR-10, ImageNet |",
              "|---|" + "---|" * len(datasets) + "---|"]
-    for claim in CLAIMS:
+    for claim in claims_of(results):
         if claim == "C5":
             v = verdicts.get("C5", {}).get("all", "not run")
             lines.append(f"| C5 | {v} (C3 over {', '.join(datasets)})" + " |" * len(datasets)
@@ -274,14 +299,14 @@ def _claim_section(claim: str, text: str, results: dict, verdicts: dict, dataset
     return lines + [f"MNIST (full), CIFAR-10, ImageNet: {_ONLINE}", ""]
 
 
-def _sections(results: dict, datasets: list[str], prefix, heading) -> list[str]:
+def _sections(results: dict, datasets: list[str], kinds, heading) -> list[str]:
+    """Every result section whose kind is in ``kinds``, under ``heading(title, dataset, notebook)``."""
     lines = []
     for d in datasets:
         for nb_name, rec in sorted(results[d].items()):
-            for title, md in rec.get("sections", {}).items():
-                if prefix is None and not title.startswith(("baselines", "sanity", "check")) or \
-                        prefix is not None and title.startswith(prefix):
-                    lines += [heading(title, d, nb_name), "", md, ""]
+            for sec in rec.get("sections", []):
+                if sec["kind"] in kinds:
+                    lines += [heading(sec["title"], d, nb_name), "", sec["markdown"], ""]
     return lines
 
 
@@ -319,20 +344,21 @@ def write_report(profile: str) -> Path:
              f"tables are not available offline: these verdicts test its claims on the datasets available here, "
              f"not its numbers.", "", "## Verdict rule", "", RULE, "", "## Summary", "",
              *_summary(results, verdicts, datasets), ""]
-    for claim, text in CLAIMS.items():
+    for claim, text in claims_of(results).items():
         lines += _claim_section(claim, text, results, verdicts, datasets, root)
-    lines += ["## Baselines beside the published numbers", "",
+    lines += [f"## {SECTION_KINDS['baselines']}", "",
               "Not comparable: the published numbers come from MNIST and CIFAR-10 with full training budgets; "
               "ours from Fashion-MNIST and a 5,000-image MNIST subset, and in the quick profile from a few "
               "epochs on a few thousand images. They are context for whether our baselines behave like "
               "adversarially trained models, not targets.", "", "Published (not from this paper):", "",
-              _PUBLISHED, *_sections(results, datasets, "baselines", lambda t, d, nb: f"Ours, {d} ({nb}):")]
-    lines += ["## Notebook 00: data and a clean model", "",
-              *(_sections(results, datasets, "check (00)", lambda t, d, nb: f"### {d}") or ["Not run.", ""])]
-    lines += ["## Evaluation sanity", "",
-              *(_sections(results, datasets, "sanity", lambda t, d, nb: f"### {d} ({nb})")
+              _PUBLISHED, *_sections(results, datasets, {"baselines"}, lambda t, d, nb: f"Ours, {d} ({nb}):")]
+    lines += [f"## {SECTION_KINDS['check']}", "",
+              *(_sections(results, datasets, {"check"}, lambda t, d, nb: f"### {d}") or ["Not run.", ""])]
+    lines += [f"## {SECTION_KINDS['sanity']}", "",
+              *(_sections(results, datasets, {"sanity"}, lambda t, d, nb: f"### {d} ({nb})")
                 or ["Not run (05_sns_robustness writes it).", ""])]
-    lines += ["## Other sections", "", *_sections(results, datasets, None, lambda t, d, nb: f"### {t} ({d}, {nb})")]
+    other = {k for k, heading in SECTION_KINDS.items() if heading is None}
+    lines += ["## Other sections", "", *_sections(results, datasets, other, lambda t, d, nb: f"### {t} ({d}, {nb})")]
     lines += ["## Runtimes", "", *_runtimes(profile, datasets)]
     path = root / "REPORT.md"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())

@@ -58,6 +58,7 @@ def plan(profile: str, datasets=None, only=None, overrides: dict | None = None,
     overrides = dict(overrides or {})
     datasets = config.check_datasets(datasets) if datasets else list(config.profile_datasets(profile))
     paths = [p for p in notebooks(notebooks_dir) if notebooks_dir is not None or p.name[:2] in REPRODUCTION]
+    paths.sort(key=lambda p: p.name[:2] == config.REPORT_NOTEBOOK)  # the report reads the others: it runs last
     if not paths:
         raise ValueError(f"no numbered notebooks found in {notebooks_dir or repo_root() / 'notebooks'}")
     if only:
@@ -92,7 +93,7 @@ def to_run(profile: str, runs, resume: bool) -> list[bool]:
         marker = out_nb.with_suffix(".done.json")
         done = resume and marker.exists() and out_nb.exists() and \
             load_json(marker).get("key") == _marker_key(profile, dataset, path, params)[1]
-        go = not done or (path.stem.endswith("_report") and dataset in ran)
+        go = not done or (path.name[:2] == config.REPORT_NOTEBOOK and dataset in ran)
         if go:
             ran.add(dataset)
         todo.append(go)

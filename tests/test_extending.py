@@ -1,0 +1,135 @@
+"""The README's extension guide, followed to the letter: each toy is added the way the guide says (a function and
+one row in the files it names, registered here for one test) and then works everywhere the guide promises, with
+no other edit. The knob recipe is tested in test_config.py, the claim recipe in test_report.py."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nslib import analyze, evaluate, methods
+from nslib.repro import cache, config, experiments as ex, run
+
+
+class Linear2(nn.Module):
+    """Two classes, z = W x + b on flattened 1x4x4 images: every attack here has a closed-form optimum."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.fc = nn.Linear(16, 2)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(2, 16, generator=g))
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+@pytest.fixture
+def linear():
+    model = Linear2().eval()
+    x = torch.rand(40, 1, 4, 4, generator=torch.Generator().manual_seed(1)) * 0.4 + 0.3  # well inside [0, 1]
+    y = model(x).argmax(1)  # every example correct clean
+    w = model.fc.weight.detach()
+    d = w[1 - y] - w[y]  # [N, 16]: the direction that raises the other class
+    margin = (model(x).gather(1, y[:, None]) - model(x).gather(1, 1 - y[:, None])).squeeze(1).detach()  # [N] > 0
+    return model, x, y, d, margin
+
+
+# ----------------------------------------------------------------------------------------------------
+# an attack: a function in nslib/attacks.py or nslib/minnorm.py, one row of nslib.evaluate.ATTACKS
+
+def toy_sign(model, x, y, *, eps, seed=0):
+    """A fixed-radius toy: one signed-gradient step of size eps (on a linear model, the Linf optimum)."""
+    x_ = x.detach().clone().requires_grad_(True)
+    grad, = torch.autograd.grad(F.cross_entropy(model(x_), y), x_)
+    return (x + eps * grad.sign()).clamp(0, 1).detach()
+
+
+def toy_project(model, x, y, *, overshoot=1e-3):
+    """A minimal-norm toy: the exact L2 projection across a two-class linear model's boundary."""
+    w = model.fc.weight.detach()
+    d = (w[1 - y] - w[y]).view_as(x)
+    gap = (model(x).gather(1, y[:, None]) - model(x).gather(1, 1 - y[:, None])).detach().view(-1, 1, 1, 1)
+    return (x + (1 + overshoot) * gap * d / d.flatten(1).pow(2).sum(1).view(-1, 1, 1, 1)).detach()
+
+
+def test_a_new_fixed_radius_attack_is_one_function_and_one_row(linear, monkeypatch):
+    model, x, y, d, margin = linear
+    monkeypatch.setitem(evaluate.ATTACKS, "toy", evaluate.Attack(toy_sign, label=lambda p: f"TOY-{p['eps']:g}"))
+    eps = 0.1
+    robust = float((margin > eps * d.abs().sum(1)).float().mean())  # the Linf optimum's outcome
+    assert 0 < robust < 1
+    row, = evaluate.run_suite(model, x, y, [{"attack": "toy", "eps": eps}], batch_size=16)
+    assert row["label"] == "TOY-0.1" and row["robust_accuracy"] == pytest.approx(robust)
+    # analyze crafts its pairs with it
+    assert "toy" in analyze.pair_attacks()
+    assert torch.equal(evaluate.craft(model, x, y, {"attack": "toy", "eps": eps}), toy_sign(model, x, y, eps=eps))
+    # and E3 runs it from one more row of its suite (the reproduction's third file)
+    cfg = config.settings("quick", "fmnist", "05")
+    suite = [r for r in ex.e3_suite(cfg, pixels=16) if r["id"] == "clean"] + \
+        [{"id": "toy", "attack": {"attack": "toy", "eps": eps}}]
+    rows = ex.evaluate_model(model, x, y, suite, pairs={})["rows"]
+    assert rows["toy"]["label"] == "TOY-0.1" and rows["toy"]["accuracy"] == pytest.approx(robust)
+
+
+def test_a_new_minimal_norm_attack_is_one_function_and_one_row(linear, monkeypatch):
+    model, x, y, d, margin = linear
+    monkeypatch.setitem(evaluate.ATTACKS, "toy_l2", evaluate.Attack(toy_project, label=lambda p: "TOY-L2",
+                                                                    min_norm=True))
+    opt = margin / d.norm(dim=1)  # the exact minimal L2 norm per example
+    radius = float(opt.median())
+    row, = evaluate.run_suite(model, x, y, [{"attack": "toy_l2", "radius": radius}], batch_size=16)
+    assert row["label"] == "TOY-L2"
+    assert row["robust_accuracy"] == pytest.approx(float((opt * 1.001 > radius).float().mean()))
+    assert row["median_l2"] == pytest.approx(float(opt.median()) * 1.001, rel=1e-3)
+    assert "toy_l2" not in analyze.pair_attacks()  # it has no radius: not a way to craft pairs
+    with pytest.raises(ValueError, match="fixed-radius attack"):
+        evaluate.craft(model, x, y, {"attack": "toy_l2"})
+
+
+# ----------------------------------------------------------------------------------------------------
+# a training method: one loss function and one row of nslib.methods.METHODS
+
+def toy_loss(net, x, y, x_adv, cfg, acts):
+    logits = net(x)
+    return F.cross_entropy(logits.float(), y), logits, None
+
+
+def test_a_new_training_method_goes_into_a_profile_and_notebook_03(monkeypatch):
+    monkeypatch.setitem(methods.METHODS, "toy", methods.Method(toy_loss, params=()))
+    cfg = config.settings("cpu", "fmnist", "03", {"e2_models": ["vanilla", "toy"]})
+    assert cfg.e2_models == ("vanilla", "toy")
+    params, key = cache.model_key("fmnist", "smallcnn", "toy", 0, **cfg.train_args)
+    assert params["name"] == "toy" and key != cache.model_key("fmnist", "smallcnn", "vanilla", 0, **cfg.train_args)[1]
+    assert cache.label("toy") == "toy"  # notebook 03 names it by cache.label, as any model
+    curves = {s: [{"layer": "fc", "width": 10, "n_eval": 50,
+                   "rows": [{"selection": sel, "k": 1, "accuracy": acc + 0.01 * s}
+                            for sel, acc in (("top", 0.6), ("random", 0.3), ("bottom", 0.2), ("matched", 0.5))]}]
+              for s in range(3)}
+    comps = ex.c2_comparisons(curves, 0.1, model="toy", mode="restore", model_label=cache.label("toy"))
+    assert [c["id"]["other"] for c in comps] == ["random", "bottom", "matched"]
+    assert [c["role"] for c in comps] == ["judged", "judged", "control"] and comps[0]["what"].startswith("toy, restore")
+    with pytest.raises(ValueError, match=r"e2_models\[1\] must be a model of"):
+        config.settings("cpu", "fmnist", "03", {"e2_models": ["vanilla", "not_registered"]})
+
+
+# ----------------------------------------------------------------------------------------------------
+# a notebook: the notebook and its number in nslib/repro/config.py NOTEBOOKS
+
+def test_a_new_notebook_is_run_before_the_report(tmp_path, monkeypatch):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    monkeypatch.setattr(config, "NOTEBOOKS", config.NOTEBOOKS + ("08",))
+    for name in ("00_data.ipynb", "06_report.ipynb", "08_toy.ipynb"):
+        nb = new_notebook()
+        cell = new_code_cell('profile = "quick"\ndataset = "fmnist"\noverrides = {}')
+        cell.metadata["tags"] = ["parameters"]
+        nb.cells = [cell]
+        nbformat.write(nb, str(tmp_path / name))
+    runs = run.plan("quick", ["fmnist"], notebooks_dir=tmp_path)
+    assert [p.name for _, p, _ in runs] == ["00_data.ipynb", "08_toy.ipynb", "06_report.ipynb"]
+    assert config.settings("quick", "fmnist", "08").notebook == "08"
