@@ -256,8 +256,8 @@ def _run(model, x, y, names, tmp: Path, *, eps, attack, steps, k, ks, seeds, see
     """The analysis proper, written into ``tmp``."""
     x_adv = _pairs(model, x, y, attack=attack, eps=eps, steps=steps, seed=seed, amp=amp)
     sigma = {n: s.cpu() for n, s in neuron_sensitivity(model, x, x_adv, layers=names, progress=True).items()}
-    rel, dead = neuron_sensitivity(model, x, x_adv, layers=names, relative=True)
-    rel, dead = {n: s.cpu() for n, s in rel.items()}, {n: d.cpu() for n, d in dead.items()}
+    rel = {n: s.cpu() for n, s in neuron_sensitivity(model, x, x_adv, layers=names, relative=True).items()}
+    dead = {n: s.isnan() for n, s in rel.items()}  # clean output zero on every pair: no relative sigma
     rows = _layer_rows(sigma, rel, dead, k)
     curves = {}
     for mode in bar(("restore", "zero"), desc="interventions"):

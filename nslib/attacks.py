@@ -335,7 +335,7 @@ def _pgd_run(model, x, objective, *, eps, alpha, steps, norm, lo_hi, start, gen,
     """One PGD run from a (random) start; returns the last iterate, inside the ball and [0, 1]."""
     n = x.shape[0]
     if start == "gauss":  # TRADES's start, fed to the model as drawn: trades.py projects only after each step
-        # (clipping it to [0, 1] changed about half of the final iterate's pixels, issue 14)
+        # (clipping it to [0, 1] changed about half of the final iterate's pixels)
         x_adv = x + KL_START_STD * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
     else:
         x_adv = x
@@ -372,7 +372,7 @@ def _pgd_unchecked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
     inputs and the model's output on every call, which reads values on the host and so synchronises a
     GPU. The caller guarantees what those checks would: x in [0, 1] on the model's device, valid labels,
     eps > 0, a model returning logits. Same iterates as ``pgd(model, x, y, eps=eps, alpha=alpha,
-    steps=steps, loss=loss, seed=seed, amp=amp)`` (added for nslib.training, issue 6).
+    steps=steps, loss=loss, seed=seed, amp=amp)`` (added for nslib.training).
     """
     base = _base_seed(seed)  # host-side draw from torch's global CPU generator
     with eval_mode(model):

@@ -6,10 +6,20 @@ report the median of several repeats after warm-up.
 """
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 
 import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from nslib import data, fast, models, store, training
+from nslib.attacks import pgd
+from nslib.evaluate import robust_accuracy
+from nslib.models import build, default_layers
+from nslib.sensitivity import neuron_sensitivity
+from nslib.training import train
 
 __all__ = ["timeit", "main"]
 
@@ -51,8 +61,6 @@ def _bench_model(arch: str, device: torch.device, quick: bool):
     from 0 and a precision change that weakens the attack shows; on a CPU one PGD-3 epoch on a subset.
     Quick: a few clean steps on 256 images.
     """
-    from nslib import models, store, training
-
     kind = "_quick" if quick else ("_pgd_at_cpu" if device.type == "cpu" else "_pgd_at")  # different runs
     out = store.outputs_dir("bench", f"{arch}_fmnist{kind}")
     torch.manual_seed(0)
@@ -73,8 +81,6 @@ def _attack_flops_per_image(model, x, steps: int) -> float:
     forward's FLOPs (the gradient with respect to each layer's input costs what its forward costs; no
     weight gradients are computed). The forward is counted by torch's FlopCounterMode (convolutions and
     matrix multiplications) on the unfolded fp32 model."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     x = x[:8]
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
@@ -82,14 +88,11 @@ def _attack_flops_per_image(model, x, steps: int) -> float:
 
 
 def _cpu_bf16_text() -> str:
-    from nslib import fast
     return "yes (auto runs bf16)" if fast.cpu_has_bf16() else "no (auto runs fp32; the goal needs AVX512-BF16 or AMX)"
 
 
 def _plain_pgd(model, x, y, *, eps, alpha, steps):
     """Linf PGD as a plain PyTorch fp32 loop (uniform random start, signed steps, projection): the anchor."""
-    import torch.nn.functional as F
-
     model.eval()
     x_adv = (x + eps * (2 * torch.rand_like(x) - 1)).clamp(0, 1)
     for _ in range(steps):
@@ -101,9 +104,6 @@ def _plain_pgd(model, x, y, *, eps, alpha, steps):
 
 def _attack_variants(model, xb, yb, kw, device, torchattacks, forced_bf16=True):
     """``[(name, attack(xs, ys) -> x_adv, compiled)]``: the anchors first, then nslib's paths on ``device``."""
-    from nslib import fast
-    from nslib.attacks import pgd
-
     cuda = device.type == "cuda"
     amp = fast.autocast_dtype("auto", device) is not None  # bf16 on CUDA and on CPUs with bf16 hardware
     variants = [("plain PyTorch fp32", lambda xs, ys: _plain_pgd(model, xs, ys, **kw), False)]
@@ -143,12 +143,9 @@ def bench_attacks(device: torch.device, quick: bool) -> None:
     anchor on ResNet-18 PGD-10 and >= 2x on SmallCNN PGD-40; on a CPU with bf16 hardware >= 1.7x on
     SmallCNN; robust accuracy within the fp32 interval. Results go to outputs/bench/attacks.json.
     """
-    from nslib import data, store
-    from nslib.evaluate import robust_accuracy
-
     try:
-        import torchattacks
-    except ImportError as e:  # torchattacks is test-only; its import also needs scipy
+        import torchattacks  # optional: a test-only reference, imported where it is used
+    except ImportError as e:  # its import also needs scipy
         torchattacks = None
         print(f"torchattacks unavailable ({e}); no torchattacks column")
     cuda = device.type == "cuda"
@@ -220,16 +217,13 @@ def bench_attacks(device: torch.device, quick: bool) -> None:
 def bench_sensitivity(device: torch.device, quick: bool) -> None:
     """Neuron sensitivity over N pairs, ResNet-18 (all 9 default layers), vs two plain forward passes.
 
-    Goal (issue 5): on a GPU, at most 1.3x the time of the two plain forward passes over the same
+    Goal: on a GPU, at most 1.3x the time of the two plain forward passes over the same
     pairs (no_grad, eval, same batch size), and peak memory that does not grow with N. Peak memory is
     reported beyond what was allocated before the call (the resident data grows with N by design);
     torch.cuda.max_memory_allocated on CUDA, n/a on CPU (torch's CPU allocator is invisible to
     tracemalloc). Data: random CIFAR-shaped images resident on the device, x_adv = x + uniform noise of
     8/255 (the cost does not depend on how x_adv was made). Median of ``repeats`` runs after a warm-up.
     """
-    from nslib.models import build, default_layers
-    from nslib.sensitivity import neuron_sensitivity
-
     n, n_small, batch_size, repeats = (16, 8, 8, 1) if quick else (10_000, 2_500, 256, 3)
     torch.manual_seed(0)
     model = build("resnet18", "cifar10").to(device).eval()
@@ -274,8 +268,6 @@ def _anchor_pgd_at_epoch(model, x, y, *, batch_size, eps, alpha, steps, lr, devi
     Eval mode for the attack (uniform random start, signed steps, projection), train mode for the SGD
     step on CE(f(x'), y); no autocast, no channels_last, no checks; data resident on ``device``.
     """
-    import torch.nn.functional as F
-
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0)).to(device)
     _sync(device)
@@ -306,16 +298,10 @@ def bench_training(device: torch.device, quick: bool) -> None:
     device and the same batch size. Before each timed run, a few batches warm the kernels up (cuDNN
     autotuning is on for both). On a CPU: SmallCNN PGD-AT and SNS on 5,000 images; no ResNet-18.
 
-    Goals (issue 6, on an H100): ResNet-18 PGD-AT epoch at most 5 s, SNS at most 1.2x PGD-AT, SmallCNN
-    PGD-AT epoch at most 1.5 s. Issue 11, on a CPU with bf16 hardware: SmallCNN PGD-AT >= 1.7x the anchor. ``--quick`` runs tiny sizes (batch 8; ResNet-18 on 16 images with
+    Goals on an H100: ResNet-18 PGD-AT epoch at most 5 s, SNS at most 1.2x PGD-AT, SmallCNN
+    PGD-AT epoch at most 1.5 s. On a CPU with bf16 hardware: SmallCNN PGD-AT >= 1.7x the anchor. ``--quick`` runs tiny sizes (batch 8; ResNet-18 on 16 images with
     PGD-2, SmallCNN on 128 images), which only checks that the benchmark runs.
     """
-    import copy
-
-    from nslib import data as data_mod
-    from nslib.models import build
-    from nslib.training import train
-
     torch.backends.cudnn.benchmark = True
     cpu = device.type == "cpu" and not quick
     batch_size = 8 if quick else 128
@@ -347,8 +333,6 @@ def bench_training(device: torch.device, quick: bool) -> None:
             text += f"   anchor {anchor_s:8.2f} s ({n / anchor_s:8.0f} img/s)   nslib/anchor {seconds / anchor_s:5.2f}x"
         print(text)
 
-    from nslib import fast
-
     amp = fast.autocast_dtype("auto", device) is not None
     print(f"batch {batch_size}, SGD; nslib: train() step loop, precision auto "
           f"({'bf16 autocast, channels_last' if amp else 'fp32'}); anchor: plain fp32 loop")
@@ -358,7 +342,7 @@ def bench_training(device: torch.device, quick: bool) -> None:
         print(f"ResNet-18 rows skipped on a CPU (hours per epoch); this CPU has bf16 hardware: {_cpu_bf16_text()}")
     else:
         # ResNet-18, CIFAR-shaped synthetic data; the last n_val images are the hold-out train() needs
-        x, y = data_mod.load("synthetic", like="cifar10", n=n_r18 + n_val, seed=0)
+        x, y = data.load("synthetic", like="cifar10", n=n_r18 + n_val, seed=0)
         eps, alpha = 8 / 255, 2 / 255
         torch.manual_seed(0)
         base = build("resnet18", "cifar10")
@@ -371,8 +355,8 @@ def bench_training(device: torch.device, quick: bool) -> None:
         print(f"{'':<34} SNS / PGD-AT {t_sns / t_at:.2f}x")
         del base
     # SmallCNN, Fashion-MNIST: all 60,000 training images trained on; 500 test images are the hold-out
-    x_tr, y_tr = data_mod.load("fmnist", "train")
-    x_te, y_te = data_mod.load("fmnist", "test")
+    x_tr, y_tr = data.load("fmnist", "train")
+    x_te, y_te = data.load("fmnist", "test")
     x = torch.cat([x_tr[:n_fm], x_te[:n_val]])
     y = torch.cat([y_tr[:n_fm], y_te[:n_val]])
     torch.manual_seed(0)
@@ -389,7 +373,7 @@ def bench_training(device: torch.device, quick: bool) -> None:
 
 
 def _training_goals(kind, *, t_fm, t_anchor, t_at=None, t_sns=None) -> None:
-    """The training benchmark's goals, met or not: ``kind`` "cpu" (issue 11), "cuda" (issue 6) or None."""
+    """The training benchmark's goals, met or not: ``kind`` "cpu" (a CPU with bf16 hardware), "cuda" (an H100) or None."""
     def met(ok):
         return "met" if ok else "not met"
     if kind == "cpu":

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 
 import torch
 from torch import nn
@@ -56,8 +57,6 @@ def cpu_has_bf16() -> bool:
     ``_is_amx_tile_supported``) and falls back to the kernel's CPU flags. ``NSLIB_CPU_BF16=0`` or ``=1``
     overrides the answer (to force the fp32 path, or to test the bf16 one).
     """
-    import os
-
     forced = os.environ.get("NSLIB_CPU_BF16")
     if forced in ("0", "1"):
         return forced == "1"

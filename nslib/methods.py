@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nslib import checks, fast, models as models_mod
+from nslib.sensitivity import _channel_mean, batch_sensitivity, capture, resolve_k
 
 __all__ = ["Method", "METHODS", "TrainConfig", "identity", "attack_of", "sns_terms", "sns_penalty"]
 
@@ -129,8 +130,6 @@ def trades_loss(net, x, y, x_adv, cfg, acts):
 
 def _resolve_k(k, width: int, layer: str) -> int:
     """k as :func:`nslib.sensitivity.top_k` reads it (int count, or float fraction), at least one neuron."""
-    from nslib.sensitivity import resolve_k
-
     kk = resolve_k(k, width, layer)  # TypeError/ValueError naming k and the layer
     if kk < 1:
         raise ValueError(f"k must select at least one neuron (an int >= 1 or a fraction in (0, 1]), got {k!r}")
@@ -143,8 +142,6 @@ def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
 
 def _penalty(clean: dict, adv: dict, layers: list[str], k, relative: bool) -> torch.Tensor:
     """sum_l mean_{top-k of l} sigma_batch from the recorded outputs of both passes (keeps the graph)."""
-    from nslib.sensitivity import _channel_mean, batch_sensitivity
-
     penalty = None
     for name in layers:
         a, b = _at_least_fp32(clean[name]), _at_least_fp32(adv[name])  # [N, C, ...]; fp32 under bf16 autocast
@@ -215,8 +212,6 @@ def sns_terms(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, *, layers:
 
     Shapes: x, x_adv [N, C, H, W] in [0, 1]; penalty a 0-d fp32 tensor; logits [N, classes].
     """
-    from nslib.sensitivity import capture
-
     layers = list(layers) if layers is not None else models_mod.default_layers(model)
     with capture(model, layers, detach=False) as acts:
         logits_clean, logits_adv, clean, adv = _paired_passes(model, x, x_adv, acts, layers)

@@ -79,7 +79,7 @@ class SmallCNN(_ImageModel):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 # fan_in, as the reference (kaiming_normal_'s default). fan_out (used here until 0.1.0) learned
-                # slower: 78.9% vs 82.4% Fashion-MNIST test accuracy after 2 epochs on 20,000 images (issue 11)
+                # slower: 78.9% vs 82.4% Fashion-MNIST test accuracy after 2 epochs on 20,000 images
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
         nn.init.zeros_(self.classifier.fc3.weight)

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from nslib.checks import check_images, check_logits, check_positive_int, check_choice, model_device
 from nslib.hooks import Activations, _Hooks, _layer_list, capture  # noqa: F401  (capture is public here too)
@@ -104,13 +105,65 @@ def batch_sensitivity(acts_clean: torch.Tensor, acts_adv: torch.Tensor, relative
     return torch.where(dead, torch.full_like(ratio, math.nan), ratio), dead
 
 
+class _PairSums:
+    """Per layer, float64 sums over the pairs seen so far: of each pair's mean |clean - adv| over positions
+    (``diff``) and, for the relative variants, of its mean |clean| (``scale``) and of its own ratio of the two
+    (``ratios``, "mean_of_ratios" only). Exact means over all pairs whatever the batch size."""
+
+    def __init__(self, relative):
+        self.relative, self.per_pair = relative, relative == "mean_of_ratios"
+        self.diff: dict[str, torch.Tensor] = {}
+        self.scale: dict[str, torch.Tensor] = {}
+        self.ratios: dict[str, torch.Tensor] = {}
+        self.b = 0  # pairs in the batch now passing (the forward pass holds 2 * b images)
+
+    @staticmethod
+    def _add(sums: dict, name: str, value: torch.Tensor) -> None:
+        if name in sums and value.shape != sums[name].shape:
+            raise ValueError(f"layer {name!r} changed width between batches: {sums[name].numel()} then "
+                             f"{value.numel()} neurons")
+        sums[name] = sums[name] + value if name in sums else value
+
+    def hook(self, name: str, output) -> None:
+        """Reduce one layer's output of the current batch; keeps nothing of the activations."""
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"layer {name!r} must output a tensor, got {type(output).__name__}")
+        if output.dim() < 2 or output.shape[0] != 2 * self.b:
+            raise ValueError(f"layer {name!r} must output [N, C, ...] with the batch first; got shape "
+                             f"{tuple(output.shape)} for a pass of {2 * self.b} images")
+        v = _neurons(output, name)
+        clean, adv = v[:self.b], v[self.b:]  # [b, C, P] each
+        change = (clean - adv).abs().mean(2)  # [b, C]
+        self._add(self.diff, name, change.sum(0, dtype=torch.float64))
+        if self.relative:
+            c = clean.abs().mean(2)  # [b, C]: each pair's mean |clean output|
+            self._add(self.scale, name, c.sum(0, dtype=torch.float64))
+            if self.per_pair:  # each pair's own ratio, 1.0 where its clean output is zero (as the toolbox does)
+                r = torch.where(c > 0, change / torch.where(c > 0, c, 1.0), 1.0)
+                self._add(self.ratios, name, r.sum(0, dtype=torch.float64))
+
+    def sigma(self, names, n: int) -> dict[str, torch.Tensor]:
+        """The means over ``n`` pairs: sigma, or its relative variant with NaN for dead neurons."""
+        sigma = {name: (self.diff[name] / n).float() for name in names}
+        if not self.relative:
+            return sigma
+        out = {}
+        for name in names:
+            dead = self.scale[name] == 0
+            num = self.ratios[name] if self.per_pair else self.diff[name]
+            den = torch.full_like(self.scale[name], float(n)) if self.per_pair else torch.where(dead, 1.0, self.scale[name])
+            out[name] = torch.where(dead, torch.full_like(sigma[name], math.nan), (num / den).float())
+        return out
+
+
 def neuron_sensitivity(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, *, layers=None,
-                       batch_size: int = 256, relative: bool = False, progress: bool = False):
+                       batch_size: int = 256, relative: bool | str = False,
+                       progress: bool = False) -> dict[str, torch.Tensor]:
     """The paper's neuron sensitivity sigma of every neuron of the chosen layers over N pairs.
 
     Streams over batches of pairs (one forward pass of ``torch.cat([x_b, x_adv_b])`` each); hooks
-    reduce each layer's output as soon as it is produced, so no activation outlives its batch. The
-    mean over all N pairs is exact whatever ``batch_size`` (per-batch sums accumulated in float64,
+    reduce each layer's output as soon as it is produced (:class:`_PairSums`), so no activation outlives its
+    batch. The mean over all N pairs is exact whatever ``batch_size`` (per-batch sums accumulated in float64,
     divided by N at the end); memory does not grow with N. The model runs in eval mode under
     ``torch.no_grad()``; every module's train/eval mode is restored afterwards and the hooks are
     removed, also on error. Batches are moved to the model's device.
@@ -131,9 +184,8 @@ def neuron_sensitivity(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, *
         progress: show a tqdm progress bar.
 
     Returns:
-        dict layer name -> float32 Tensor [neurons] on the model's device. With ``relative=True`` a
-        tuple ``(sigma, dead)``: ``dead`` maps each layer to a bool Tensor [neurons] marking neurons
-        whose clean output is zero on every pair and position; their sigma is NaN.
+        dict layer name -> float32 Tensor [neurons] on the model's device. A relative sigma is NaN for the
+        dead neurons, whose clean output is zero on every pair and position (``sigma[layer].isnan()``).
 
     Raises:
         TypeError/ValueError: bad images (not [N, C, H, W] floats in [0, 1], shapes differ), an
@@ -149,64 +201,20 @@ def neuron_sensitivity(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, *
     batch_size = check_positive_int(batch_size, "batch_size")
     if relative not in (False, True) + RELATIVE:
         raise ValueError(f"relative must be False, True or one of {', '.join(RELATIVE)}, got {relative!r}")
-    per_pair = relative == "mean_of_ratios"
     names = _layer_list(model, layers)
     device = model_device(model)
-    n = x.shape[0]
-    diff: dict[str, torch.Tensor] = {}   # float64 [C]: sum over pairs of mean |clean - adv| over positions
-    scale: dict[str, torch.Tensor] = {}  # float64 [C]: sum over pairs of mean |clean| over positions
-    ratios: dict[str, torch.Tensor] = {}  # float64 [C]: sum over pairs of the per-pair ratio (mean_of_ratios)
-    state = {"b": 0}
-
-    def reduce(name, output):
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(f"layer {name!r} must output a tensor, got {type(output).__name__}")
-        b = state["b"]
-        if output.dim() < 2 or output.shape[0] != 2 * b:
-            raise ValueError(f"layer {name!r} must output [N, C, ...] with the batch first; got shape "
-                             f"{tuple(output.shape)} for a pass of {2 * b} images")
-        v = _neurons(output, name)
-        clean, adv = v[:b], v[b:]  # [b, C, P] each
-        d = (clean - adv).abs().mean(2).sum(0, dtype=torch.float64)  # [C]
-        if name in diff:
-            if d.shape != diff[name].shape:
-                raise ValueError(f"layer {name!r} changed width between batches: {diff[name].numel()} "
-                                 f"then {d.numel()} neurons")
-            diff[name] += d
-        else:
-            diff[name] = d
-        if relative:
-            c = clean.abs().mean(2)  # [b, C]: each pair's mean |clean output|
-            s = c.sum(0, dtype=torch.float64)
-            scale[name] = scale[name] + s if name in scale else s
-            if per_pair:  # each pair's own ratio, 1.0 where its clean output is zero (as the toolbox does)
-                r = torch.where(c > 0, (clean - adv).abs().mean(2) / torch.where(c > 0, c, 1.0), 1.0)
-                r = r.sum(0, dtype=torch.float64)
-                ratios[name] = ratios[name] + r if name in ratios else r
-        return None
-
-    from tqdm.auto import tqdm
-    starts = range(0, n, batch_size)
-    with _eval_mode(model), torch.no_grad(), _Hooks(model, names, reduce) as hooks:
-        for start in tqdm(starts, desc="sensitivity", disable=not progress, leave=False):
+    sums = _PairSums(relative)
+    with _eval_mode(model), torch.no_grad(), _Hooks(model, names, sums.hook) as hooks:
+        for start in tqdm(range(0, x.shape[0], batch_size), desc="sensitivity", disable=not progress, leave=False):
             xb = x[start:start + batch_size]
-            state["b"] = xb.shape[0]
+            sums.b = xb.shape[0]
             out = model(torch.cat([xb, x_adv[start:start + batch_size]]).to(device))
             if start == 0:
                 check_logits(out, 2 * xb.shape[0])
                 if hooks.missing():
                     raise RuntimeError(f"layers {', '.join(hooks.missing())} did not run during the forward "
                                        f"pass of {type(model).__name__}")
-    sigma = {name: (diff[name] / n).float() for name in names}
-    if not relative:
-        return sigma
-    dead = {name: scale[name] == 0 for name in names}
-    num = ratios if per_pair else diff
-    den = {name: torch.full_like(scale[name], float(n)) if per_pair else torch.where(dead[name], 1.0, scale[name])
-           for name in names}
-    rel = {name: torch.where(dead[name], torch.full_like(sigma[name], math.nan), (num[name] / den[name]).float())
-           for name in names}
-    return rel, dead
+    return sums.sigma(names, x.shape[0])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -280,7 +288,7 @@ def layer_summary(results, *, k=0.1, dead=None) -> list[dict]:
 
     Args:
         results: a dict layer name -> Tensor (one model, named "model"), or a dict model name -> such a
-            dict, or model name -> the ``(sigma, dead)`` tuple of ``neuron_sensitivity(..., relative=True)``.
+            dict, or model name -> a ``(sigma, dead)`` tuple (dead: a dict of bool masks).
         k: size of the top-k mean, an int or a fraction of each layer's width.
         dead: for a single model, its dict of dead masks; otherwise taken from the tuples, or counted
             as the NaN entries.

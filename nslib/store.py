@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from nslib import __version__
+
 __all__ = ["repo_root", "data_dir", "outputs_dir", "provenance", "atomic_write_bytes", "save_json",
            "load_json", "save_torch", "params_key"]
 
@@ -44,7 +46,6 @@ def outputs_dir(*parts: str) -> Path:
 
 
 def _version() -> str:
-    from nslib import __version__
     return __version__
 
 

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 import torch
 import torch.nn.functional as F
@@ -80,7 +81,7 @@ def plot_layer_sensitivity(sensitivities, *, kind: str = "box", log: bool | None
 
     Returns: the matplotlib Figure.
     """
-    import pandas as pd
+    import pandas as pd  # pandas and seaborn take about a second to import; only this figure uses them
     import seaborn as sns
 
     check_choice(kind, "kind", ("box", "violin"))
@@ -345,8 +346,6 @@ def plot_robustness_bars(table, *, title: str = "Robust accuracy per attack", pa
 
     Returns: the Figure.
     """
-    from matplotlib.patches import Patch
-
     if not isinstance(table, Mapping) or not table:
         raise TypeError(f"table must be a non-empty dict model -> attack -> row, got {type(table).__name__}")
     attacks = list(dict.fromkeys(a for rows in table.values() for a in rows))

@@ -140,7 +140,7 @@ def test_kl_pgd_matches_trades_inner_loop(cnn_data):
     """loss="kl" is TRADES's inner maximisation: same start (x + 0.001 N(0, 1), unclipped), step, projection.
 
     The start is drawn as pgd draws it (restart 0's generator), so the two runs must agree pixel by pixel;
-    clipping the start to [0, 1] (nslib before issue 14) changes 62% of them here."""
+    clipping the start to [0, 1] (as nslib once did) changes 62% of them here."""
     model, x, _ = cnn_data
     eps, alpha, steps, seed = 0.3, 0.01, 5, 3
     ours = pgd(model, x, None, eps=eps, alpha=alpha, steps=steps, loss="kl", seed=seed)

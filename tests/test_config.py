@@ -151,7 +151,7 @@ def test_auto_profile_picks_by_cuda_and_every_profile_announces_a_measured_time(
 
 
 def test_the_cpu_profile_decides_with_three_seeds_on_1000_test_images():
-    """Issue 11: the main job on a CPU trains every model a verdict depends on with >= 3 seeds and reports
+    """The main job on a CPU trains every model a verdict depends on with >= 3 seeds and reports
     accuracies on >= 1,000 test images."""
     cfg = config.settings("cpu", "fmnist", "05")
     assert len(cfg.seeds) >= 3 and cfg.n_eval >= 1000 and cfg.precision == "auto"
@@ -160,7 +160,7 @@ def test_the_cpu_profile_decides_with_three_seeds_on_1000_test_images():
 
 def test_vanilla_args_give_the_vanilla_model_its_own_epochs_and_images():
     """The vanilla model's clean epochs are cheap, so it may train on more images than the adversarial models
-    (issue 11: 12,000 images left it below 88%); by default it shares their images."""
+    (12,000 images left it below 88%); by default it shares their images."""
     assert config.settings("quick", "fmnist", "02", {"c1_eps_scales": []}).c1_eps_scales == ()  # none: allowed
     quick = config.settings("quick", "fmnist", "02")
     assert quick.vanilla_args == {"epochs": quick.vanilla_epochs}  # n_train shared: the quick cache key is unchanged

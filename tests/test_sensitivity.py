@@ -116,8 +116,9 @@ def test_relative_matches_oracle_and_marks_dead(batch_size):
         model.head.fc1.weight[:2] = 0.0
         model.head.fc1.bias[:2] = -1.0
     x, x_adv = pairs(7, seed=3)
-    rel, dead = neuron_sensitivity(model, x, x_adv, layers=["head.relu", "stem"], batch_size=batch_size,
-                                   relative=True)
+    rel = neuron_sensitivity(model, x, x_adv, layers=["head.relu", "stem"], batch_size=batch_size, relative=True)
+    assert all(isinstance(v, torch.Tensor) for v in rel.values())  # one return type: a dict of tensors
+    dead = {layer: r.isnan() for layer, r in rel.items()}
     for layer in ("head.relu", "stem"):
         ref = oracle(model, x, x_adv, layer, relative=True)
         torch.testing.assert_close(rel[layer].double(), ref, atol=1e-6, rtol=0, equal_nan=True)
@@ -147,9 +148,10 @@ def test_mean_of_ratios_matches_the_toolbox_and_differs_from_the_ratio_of_means(
         model.head.fc1.bias[:2] = -1.0
         model.head.fc1.bias[2] -= 5.5  # its pre-activation spans 4.4-10.2 on these inputs: zero on 5 of 9
     x, x_adv = pairs(9, seed=5)
-    per_pair, dead = neuron_sensitivity(model, x, x_adv, layers=["head.relu", "stem"], batch_size=batch_size,
-                                        relative="mean_of_ratios")
-    ratio, dead2 = neuron_sensitivity(model, x, x_adv, layers=["head.relu", "stem"], relative="ratio_of_means")
+    per_pair = neuron_sensitivity(model, x, x_adv, layers=["head.relu", "stem"], batch_size=batch_size,
+                                  relative="mean_of_ratios")
+    ratio = neuron_sensitivity(model, x, x_adv, layers=["head.relu", "stem"], relative="ratio_of_means")
+    dead, dead2 = ({layer: r.isnan() for layer, r in v.items()} for v in (per_pair, ratio))
     for layer in ("head.relu", "stem"):
         ref = toolbox_relative(model, x, x_adv, layer)
         ref[dead[layer]] = math.nan  # dead on every pair: NaN in both kit variants (the toolbox says 1.0)
@@ -395,7 +397,7 @@ def test_torchvision_resnet18_nested_names():
     assert [sigma[l].numel() for l in layers] == [128, 256, 512, 10]
     torch.testing.assert_close(sigma["layer2.1.conv1"].double(), oracle(model, x, x_adv, "net.layer2.1.conv1"),
                                atol=1e-5, rtol=1e-4)
-    rel, dead = neuron_sensitivity(model, x, x_adv, layers=["layer4.1"], relative=True)
+    rel = neuron_sensitivity(model, x, x_adv, layers=["layer4.1"], relative=True)
     assert rel["layer4.1"].shape == (512,)
     full = neuron_sensitivity(model, x, x_adv, batch_size=3)
     assert list(full) == default_layers(model) and len(full) == 20

@@ -23,7 +23,7 @@ from nslib import attacks, fast, models as models_mod, training
 from nslib.progress import stage
 from nslib.store import outputs_dir, params_key, save_json, save_torch
 
-__all__ = ["MODELS", "LABELS", "label", "model_key", "get_model", "get_models", "c1_models", "adversarial_pairs"]
+__all__ = ["MODELS", "LABELS", "label", "model_key", "get_model", "get_models", "describe", "c1_models", "adversarial_pairs"]
 
 # The reproduction's models: name -> the training method (and SNS's base) that makes it. Any other method
 # registered in nslib.methods.METHODS can be asked for by its own name too.
@@ -157,6 +157,14 @@ def get_models(dataset: str, arch: str, names, seeds, *, vanilla_epochs: int | N
     def args(n):
         return {**train_args, **extra} if n == "vanilla" else train_args
     return {(n, s): get_model(dataset, arch, n, s, progress=progress, **args(n)) for s in seeds for n in names}
+
+
+def describe(trained: dict) -> str:
+    """One line per model of ``{(name, seed): (model, info)}``: label, seed, status, the checkpoint loaded (its
+    epoch) and its folder, for a notebook to print."""
+    return "\n".join(f"{info['label']:18s} seed {seed}: {info['status']}, checkpoint {info['checkpoint']} "
+                     f"(epoch {info['best']['epoch'] if info['best'] else '-'}), {info['dir']}"
+                     for (_, seed), (_, info) in trained.items())
 
 
 def c1_models(dataset: str, arch: str, seeds, scales, *, eps: float, progress: bool = True, **train_args) -> dict:

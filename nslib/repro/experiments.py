@@ -71,7 +71,7 @@ def sensitivity_study(models: dict, infos: dict, x: torch.Tensor, y: torch.Tenso
                                      ("rel_pairs", own, "mean_of_ratios"), ("abs_transfer", control, False),
                                      ("rel_transfer", control, "ratio_of_means")):
             s = neuron_sensitivity(model, x, x_adv, layers=layers, relative=relative)
-            sig[key] = {k: v.cpu() for k, v in (s[0] if relative else s).items()}
+            sig[key] = {k: v.cpu() for k, v in s.items()}
         layer_mean = {v: _layer_means(s) for v, s in sig.items()}
         out[name] = {"label": infos[name].get("label", label(name)),
                      "clean": accuracy_on(model, x, y), "adv": accuracy_on(model, pairs[name], y, x=x),
