@@ -13,6 +13,7 @@ Usage::
 """
 from __future__ import annotations
 
+import inspect
 import math
 import statistics
 import time
@@ -191,8 +192,11 @@ class Attack:
 _NORM_LABELS = {"linf": "Linf", "l2": "L2"}
 
 
-def _steps_label(name: str, default_steps: int) -> Callable[[dict], str]:
-    """"PGD-10", "PGD-L2-20 x3" (restarts), "MIM-10": the attack, its norm when not Linf, steps, restarts."""
+def _steps_label(name: str, fn: Callable) -> Callable[[dict], str]:
+    """"PGD-10", "PGD-L2-20 x3" (restarts), "MIM-10": the attack, its norm when not Linf, steps (``fn``'s own
+    default when not given), restarts."""
+    default_steps = inspect.signature(fn).parameters["steps"].default
+
     def label(p: dict) -> str:
         norm = "" if p.get("norm", "linf") == "linf" else f"-{_NORM_LABELS[p['norm']]}"
         restarts = f" x{p['restarts']}" if p.get("restarts", 1) > 1 else ""
@@ -203,8 +207,8 @@ def _steps_label(name: str, default_steps: int) -> Callable[[dict], str]:
 # name -> Attack: the one place an attack is declared for run_suite, the E3 suite and `analyze --attack`
 ATTACKS = {
     "fgsm": Attack(_attacks.fgsm, label=lambda p: "FGSM"),
-    "pgd": Attack(_attacks.pgd, label=_steps_label("PGD", 10), seeded=True),
-    "mim": Attack(_attacks.mim, label=_steps_label("MIM", 10)),
+    "pgd": Attack(_attacks.pgd, label=_steps_label("PGD", _attacks.pgd), seeded=True),
+    "mim": Attack(_attacks.mim, label=_steps_label("MIM", _attacks.mim)),
     "cw_l2": Attack(minnorm.cw_l2, label=lambda p: "C&W-L2", min_norm=True),
     "fmn": Attack(minnorm.fmn, label=lambda p: f"FMN-{_NORM_LABELS[p.get('norm', 'l2')]}", min_norm=True),
     "autoattack": Attack(autoattack, label=lambda p: "AutoAttack" + (" (custom)" if p.get("version") == "custom"
