@@ -49,7 +49,7 @@ from nslib import attacks, checks, data as data_mod, fast, intervention, models 
 from nslib.evaluate import accuracy_on
 from nslib.progress import bar
 from nslib.sensitivity import layer_summary, neuron_sensitivity, pick_map_layer, top_k
-from nslib.store import atomic_write_bytes, outputs_dir, provenance, save_json
+from nslib.store import atomic_write_bytes, check_result_dir, outputs_dir, provenance, replace_dir, save_json, write_manifest
 
 __all__ = ["load_model", "load_data", "dataset_of", "check_fit", "analyze", "main"]
 
@@ -65,7 +65,11 @@ def _state_dict(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"--model names a weights file that does not exist: {p}")
-    obj = torch.load(p, map_location="cpu", weights_only=False)
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 -- zip, pickle, magic number, EOF: torch raises any of them
+        raise ValueError(f"--model: {p} cannot be read as PyTorch weights (corrupt or truncated? "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -123,7 +127,10 @@ def load_model(spec: str, dataset: str | None = None, *, num_classes: int | None
             factory = getattr(importlib.import_module(head), rest)
         except (ImportError, AttributeError) as e:
             raise ValueError(f"--model: cannot import {rest!r} from {head!r} ({e})") from None
-        model = factory()
+        try:
+            model = factory()
+        except Exception as e:  # noqa: BLE001 -- the user's code: any error, named as theirs
+            raise ValueError(f"--model: {spec}() raised {type(e).__name__}: {e}") from None
         if not isinstance(model, nn.Module):
             raise ValueError(f"--model: {spec}() must return a torch.nn.Module, got {type(model).__name__}")
     else:
@@ -138,23 +145,42 @@ def load_model(spec: str, dataset: str | None = None, *, num_classes: int | None
 
 def load_data(name: str, n: int | None = 1000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, float | None]:
     """``(x, y, the dataset's eps or None)``: ``n`` test images of ``name`` (see the module docstring)."""
+    if n is not None:
+        n = checks.check_positive_int(n, "--n", minimum=2)  # the interventions split the pairs in two halves
     if name.endswith(".pt"):
-        obj = torch.load(name, map_location="cpu", weights_only=False) if Path(name).is_file() else None
-        if obj is None:
-            raise ValueError(f"--data names a file that does not exist: {name}")
-        x, y = (obj["x"], obj["y"]) if isinstance(obj, dict) else obj
-        checks.check_images(x, "--data x")
-        checks.check_labels(y, x.shape[0], None, "--data y")
+        x, y = _pt_data(name)
         return x[:n], y[:n], None
     if name.startswith("synthetic:"):
         like = name.split(":", 1)[1]
-        x, y = data_mod.load("synthetic", "test", like=like, n=n or 1000, seed=seed)
+        x, y = data_mod.load("synthetic", "test", like=like, n=1000 if n is None else n, seed=seed)
         return x, y, training.ATTACK_DEFAULTS.get(like, {}).get("eps")
     if name not in data_mod.DATASETS or name == "synthetic":
         raise ValueError(f"--data must be one of {', '.join(d for d in data_mod.DATASETS if d != 'synthetic')}, "
                          f"synthetic:LIKE or a .pt file, got {name!r}")
     x, y = data_mod.test_set(name, n, seed=seed)
     return x, y, training.ATTACK_DEFAULTS.get(name, {}).get("eps")
+
+
+def _pt_data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of a ``--data`` file: a dict with "x" and "y", or a tuple (x, y), each checked."""
+    if not Path(name).is_file():
+        raise ValueError(f"--data names a file that does not exist: {name}")
+    try:
+        obj = torch.load(name, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 -- zip, pickle, magic number, EOF: torch raises any of them
+        raise ValueError(f"--data: {name} cannot be read by torch.load (corrupt or truncated? {type(e).__name__})") \
+            from None
+    if isinstance(obj, dict) and "x" in obj and "y" in obj:
+        x, y = obj["x"], obj["y"]
+    elif isinstance(obj, tuple) and len(obj) == 2:
+        x, y = obj
+    else:
+        got = f"a dict with keys {sorted(map(str, obj))}" if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"--data: {name} must hold {{'x': [N, C, H, W] in [0, 1], 'y': [N]}} (or a tuple (x, y)), "
+                         f"got {got}")
+    checks.check_images(x, "--data x")
+    checks.check_labels(y, x.shape[0], None, "--data y")
+    return x, y
 
 
 def dataset_of(data: str) -> str | None:
@@ -165,21 +191,42 @@ def dataset_of(data: str) -> str | None:
     return data if data in data_mod.DATASETS and data != "synthetic" else None
 
 
-@torch.no_grad()
-def check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers=None) -> list[str]:
-    """One forward pass of two images: the data fit the model, it returns logits [N, classes], the labels
-    are classes of it, every layer exists. Returns the layer names (the default ones when None)."""
+def check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers=None, k=None) -> list[str]:
+    """Forward passes of two images: the data fit the model, it returns finite logits [N, classes] with a
+    gradient to the input, its weights are finite, the labels are classes of it, every layer exists, is
+    hooked once and is at least ``k`` neurons wide, and there are at least 2 images (the interventions choose
+    on one half of the pairs and measure on the other). Returns the layer names (the default ones when None).
+    """
+    from nslib.sensitivity import capture
+
     checks.check_images(x, "--data x")
+    if x.shape[0] < 2:
+        raise ValueError(f"--n must be at least 2 (the interventions choose neurons on one half of the pairs and "
+                         f"measure on the other), got {x.shape[0]} image(s)")
     names = models_mod.default_layers(model) if layers is None else list(layers)
+    if not names:
+        raise ValueError("--layers must name at least one layer (comma-separated dotted names)")
     for name in names:
         models_mod.get_layer(model, name)  # unknown: the nearest valid names
-    with models_mod.eval_mode(model):
+    checks.check_finite_model(model, "--model")
+    xb = x[:2].to(checks.model_device(model))
+    checks.check_input_dtype(model, xb, "--data x")
+    with models_mod.eval_mode(model), capture(model, names, detach=True) as acts, torch.no_grad():
         try:
-            out = model(x[:2].to(checks.model_device(model)))
+            out = model(xb)
         except RuntimeError as e:
             raise ValueError(f"--data: images of shape {list(x.shape[1:])} do not fit the model ({e})") from None
-    checks.check_logits(out, min(2, x.shape[0]), "--model")
+        checks.check_logits(out, min(2, x.shape[0]), "--model")
+        checks.check_finite_logits(out, "--model")
+        widths = {name: acts[name].shape[1] for name in names}
     checks.check_labels(y, x.shape[0], out.shape[1], "--data y", why=f"the model returns {out.shape[1]} logits")
+    if k is not None:
+        for name, width in widths.items():
+            if isinstance(k, int) and k > width:
+                raise ValueError(f"--k must be at most the width of every analysed layer: {name!r} has {width} "
+                                 f"neurons, got {k}")
+    with models_mod.eval_mode(model):
+        checks.check_differentiable(model, xb, "--model")
     return names
 
 
@@ -225,26 +272,28 @@ def analyze(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, o
         raise ValueError(f"--eps must be a Linf radius in (0, 1] (images are in [0, 1]), got {eps:g}")
     checks.check_choice(attack, "--attack", ATTACKS)
     checks.check_k(k, "--k")
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ValueError(f"--out {out} exists and is not empty; pass --force to replace it, or another --out")
-    names = check_fit(model, x, y, layers)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_parent(out)))
+    out = check_result_dir(out_dir, force, "--out")  # refused at once: a protected place, files the kit did not write
+    names = check_fit(model, x, y, layers, k)
+    tmp = _temp_dir(out)
     try:
         summary = _run(model, x, y, names, tmp, eps=eps, attack=attack, steps=steps, k=k, ks=ks, seeds=seeds,
                        seed=seed, amp=amp, meta=meta or {})
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        write_manifest(tmp)
+        check_result_dir(out, force, "--out")  # again: a file may have appeared there meanwhile
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
 
 
-def _parent(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out.parent
+def _temp_dir(out: Path) -> Path:
+    """A fresh folder beside ``out`` (the same file system, so the final move is a rename)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot write there ({e.strerror or e})") from None
 
 
 def _run(model, x, y, names, tmp: Path, *, eps, attack, steps, k, ks, seeds, seed, amp, meta) -> dict:
@@ -356,21 +405,28 @@ def main(args) -> int:
     import sys
 
     try:
+        out = args.out or outputs_dir("analysis", f"{args.model.replace(':', '_').replace('/', '_')}-{args.data}")
+        check_result_dir(out, args.force, "--out")  # before loading anything: a bad --out costs nothing
+        device = checks.check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), "--device")
+        layers = None if args.layers is None else [s.strip() for s in args.layers.split(",") if s.strip()]
+        if layers == []:
+            raise ValueError(f"--layers must name at least one layer (comma-separated dotted names), got {args.layers!r}")
         x, y, eps = load_data(args.data, args.n, args.seed)  # the data first: its name sizes a kit architecture
         model = load_model(args.model, dataset_of(args.data), num_classes=args.num_classes, mean=args.mean, std=args.std)
         eps = args.eps if args.eps is not None else eps
         if eps is None:
             raise ValueError(f"--eps must be given for --data {args.data} (it has no default radius)")
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         checks.check_choice(args.precision, "--precision", fast.PRECISIONS)
         amp = fast.autocast_dtype(args.precision, device) is not None  # the kit's rule: bf16 where hardware has it
-        out = args.out or outputs_dir("analysis", f"{args.model.replace(':', '_').replace('/', '_')}-{args.data}")
-        layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
         summary = analyze(model.to(device), x, y, eps=eps, out_dir=out, attack=args.attack, steps=args.steps,
                           layers=layers, k=args.k, seed=args.seed, amp=amp, force=args.force,
                           meta={"model": args.model, "data": args.data})
     except (ValueError, TypeError) as e:
         print(f"nslib analyze: {e}", file=sys.stderr)
+        return 2
+    except data_mod.DataUnavailable as e:
+        print(f"nslib analyze: --data {args.data}: {' '.join(str(e).split())}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nnslib analyze: interrupted; nothing was written", file=sys.stderr)
