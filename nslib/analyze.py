@@ -26,7 +26,8 @@ not return logits, data of the wrong shape, an unknown layer, images outside [0,
 written to a temporary folder beside ``--out`` and moved into place at the end, so an error or Ctrl-C
 leaves nothing half-written. Written: ``sensitivity.csv`` (every neuron), ``layers.csv`` and
 ``sensitivity.json`` (per-layer summaries, top-k neurons, intervention curves, parameters, provenance),
-``figures/*.png|pdf`` and ``ANALYSIS.md``.
+``figures/*.png|pdf``, ``ANALYSIS.md`` and ``nslib-manifest.json`` (the list of those files: all that ``--force``
+may remove when it replaces the folder; :func:`nslib.store.check_result_dir`).
 
 Usage::
 
@@ -39,7 +40,6 @@ import importlib
 import math
 import shutil
 import statistics
-import tempfile
 from pathlib import Path
 
 import torch
@@ -49,7 +49,8 @@ from nslib import attacks, checks, data as data_mod, fast, intervention, models 
 from nslib.evaluate import accuracy_on
 from nslib.progress import bar
 from nslib.sensitivity import layer_summary, neuron_sensitivity, pick_map_layer, top_k
-from nslib.store import atomic_write_bytes, check_result_dir, outputs_dir, provenance, replace_dir, save_json, write_manifest
+from nslib.store import (atomic_write_bytes, check_result_dir, new_result_dir, outputs_dir, provenance, replace_dir,
+                         save_json, write_manifest)
 
 __all__ = ["load_model", "load_data", "dataset_of", "check_fit", "analyze", "main"]
 
@@ -274,7 +275,7 @@ def analyze(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, o
     checks.check_k(k, "--k")
     out = check_result_dir(out_dir, force, "--out")  # refused at once: a protected place, files the kit did not write
     names = check_fit(model, x, y, layers, k)
-    tmp = _temp_dir(out)
+    tmp = new_result_dir(out, "--out")
     try:
         summary = _run(model, x, y, names, tmp, eps=eps, attack=attack, steps=steps, k=k, ks=ks, seeds=seeds,
                        seed=seed, amp=amp, meta=meta or {})
@@ -285,15 +286,6 @@ def analyze(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, o
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
-
-
-def _temp_dir(out: Path) -> Path:
-    """A fresh folder beside ``out`` (the same file system, so the final move is a rename)."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as e:
-        raise ValueError(f"--out {out}: cannot write there ({e.strerror or e})") from None
 
 
 def _run(model, x, y, names, tmp: Path, *, eps, attack, steps, k, ks, seeds, seed, amp, meta) -> dict:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 __all__ = ["repo_root", "data_dir", "outputs_dir", "provenance", "atomic_write_bytes", "save_json",
-           "load_json", "save_torch", "params_key", "MANIFEST", "write_manifest", "check_result_dir", "replace_dir",
+           "load_json", "save_torch", "params_key", "MANIFEST", "write_manifest", "check_result_dir", "new_result_dir", "replace_dir",
            "remove_orphan_temps"]
 
 MANIFEST = "nslib-manifest.json"  # what the kit wrote in a result folder: all that replacing it may remove
@@ -198,6 +198,12 @@ def check_result_dir(folder: str | os.PathLike, force: bool = False, flag: str =
                          f"{folder / 'analysis'}")
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{flag} must be a folder, but {folder} is a file")
+    place = folder.parent  # where the new result is assembled and renamed into place
+    while not place.exists():
+        place = place.parent
+    if not place.is_dir() or not os.access(place, os.W_OK | os.X_OK):
+        why = "is a file" if not place.is_dir() else "is not writable"
+        raise ValueError(f"{flag} {folder}: cannot write there ({place} {why})")
     if folder.is_dir() and any(folder.iterdir()):
         if not force:
             raise ValueError(f"{flag} {folder} exists and is not empty; pass --force to replace it, or another {flag}")
@@ -207,6 +213,17 @@ def check_result_dir(folder: str | os.PathLike, force: bool = False, flag: str =
                              f"{' ...' if len(foreign) > 5 else ''}); --force replaces only a folder of the kit's "
                              f"own results: move them, or choose another {flag}")
     return folder
+
+
+def new_result_dir(folder: str | os.PathLike, flag: str = "--out") -> Path:
+    """A fresh temp folder beside ``folder`` (the same file system: the final move is a rename) to assemble a
+    result in. Raises: ValueError naming ``flag`` where nothing can be written."""
+    folder = Path(folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError as e:
+        raise ValueError(f"{flag} {folder}: cannot write there ({e.strerror or e})") from None
 
 
 def replace_dir(new: str | os.PathLike, folder: str | os.PathLike) -> Path:
