@@ -70,7 +70,7 @@ def _state_dict(path: str) -> dict:
         obj = torch.load(p, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 -- zip, pickle, magic number, EOF: torch raises any of them
         raise ValueError(f"--model: {p} cannot be read as PyTorch weights (corrupt or truncated? "
-                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+                         f"{type(e).__name__}: {_first_sentence(e)})") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -79,6 +79,11 @@ def _state_dict(path: str) -> dict:
         raise ValueError(f"--model: {p} holds no state dict (a dict of tensors, or a checkpoint with one under "
                          f"'model' or 'state_dict'), got {type(obj).__name__}")
     return obj
+
+
+def _first_sentence(e: BaseException) -> str:
+    """The first sentence of an error's message (torch's load errors run to several)."""
+    return str(e).splitlines()[0].split(". ")[0] if str(e) else ""
 
 
 def _load_weights(model: nn.Module, state: dict, what: str) -> None:
@@ -173,10 +178,11 @@ def _pt_data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
             from None
     if isinstance(obj, dict) and "x" in obj and "y" in obj:
         x, y = obj["x"], obj["y"]
-    elif isinstance(obj, tuple) and len(obj) == 2:
+    elif isinstance(obj, (tuple, list)) and len(obj) == 2:
         x, y = obj
     else:
-        got = f"a dict with keys {sorted(map(str, obj))}" if isinstance(obj, dict) else type(obj).__name__
+        got = f"a dict with keys {sorted(map(str, obj))}" if isinstance(obj, dict) else \
+            f"a {type(obj).__name__} of {len(obj)} items" if isinstance(obj, (tuple, list)) else type(obj).__name__
         raise ValueError(f"--data: {name} must hold {{'x': [N, C, H, W] in [0, 1], 'y': [N]}} (or a tuple (x, y)), "
                          f"got {got}")
     checks.check_images(x, "--data x")

@@ -60,7 +60,7 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, device: st
         ckpt = torch.load(path, map_location=device, weights_only=False)
     except Exception as e:  # noqa: BLE001 -- zip, pickle, magic number, EOF: torch raises any of them
         raise UnreadableCheckpoint(f"checkpoint {path} cannot be read (truncated or corrupt? {type(e).__name__}: "
-                                   f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                                   f"{str(e).splitlines()[0].split('. ')[0] if str(e) else ''})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise UnreadableCheckpoint(f"{path} is not a checkpoint of nslib.training.train (no 'model' state dict), "
                                    f"got {type(ckpt).__name__}")
@@ -113,7 +113,7 @@ def _stop_diverged(run, record: dict) -> None:
     where = f" in {run.out}" if run.out is not None else ""
     warnings.warn(f"training ({run.cfg.method}, lr {run.cfg.lr:g}, seed {run.cfg.seed}){where} diverged at epoch "
                   f"{record['epoch']}: train loss {record['train_loss']:.3g}; stopped with status 'diverged' and no "
-                  f"best checkpoint (a lower lr may help)", RuntimeWarning, stacklevel=3)
+                  f"best checkpoint (a lower lr may help)", RuntimeWarning, stacklevel=4)
 
 
 def _write_checkpoints(run, record: dict, is_best: bool) -> None:

@@ -33,7 +33,7 @@ def weights(tmp_path_factory):
     (folder / "text.pt").write_bytes(b"hello")  # neither zip nor pickle
     (folder / "empty.pt").write_bytes(b"")  # EOF
     torch.save({"images": torch.rand(4, 1, 28, 28)}, folder / "nox.pt")
-    torch.save([torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long)], folder / "list.pt")
+    torch.save([torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), None], folder / "list.pt")
     (folder / "afile").write_text("not a folder")
     return folder
 
@@ -288,7 +288,7 @@ def test_an_unreadable_cached_checkpoint_is_named_set_aside_and_retrained(tmp_pa
 @pytest.mark.parametrize("argv, message", [
     (["--out", "."], "--out {cwd} cannot hold a result: it is the working directory"),
     (["--n", "0"], "--n must be an integer >= 2, got 0"),
-    (["--n", "-5", "--data", "{w}/list.pt"], "--n must be an integer >= 2, got -5"),
+    (["--n", "-5", "--data", "{w}/nox.pt"], "--n must be an integer >= 2, got -5"),
     (["--n", "1"], "--n must be an integer >= 2, got 1"),
     (["--k", "1.5"], "--k as a fraction must be in (0, 1], got 1.5"),
     (["--k", "100000"], "--k must be at most the width of every analysed layer"),
@@ -307,7 +307,7 @@ def test_an_unreadable_cached_checkpoint_is_named_set_aside_and_retrained(tmp_pa
     (["--model", "tests.test_faults:detach_net"], "--model's logits carry no gradient to the input"),
     (["--data", "{w}/nox.pt"], "must hold {'x': [N, C, H, W] in [0, 1], 'y': [N]} (or a tuple (x, y)), got a dict "
                                "with keys ['images']"),
-    (["--data", "{w}/list.pt"], "got list"),
+    (["--data", "{w}/list.pt"], "got a list of 3 items"),
     (["--data", "{w}/truncated.pt"], "--data: {w}/truncated.pt cannot be read by torch.load"),
     (["--out", "{w}/afile"], "--out must be a folder, but {w}/afile is a file"),
     (["--out", "{w}/afile/sub"], "--out {w}/afile/sub: cannot write there ({w}/afile is a file)"),

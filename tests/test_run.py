@@ -128,6 +128,14 @@ def test_reproduce_fails_naming_the_notebook_then_resume_redoes_only_what_is_lef
                   log=messages.append)
     assert log.read_text().split() == ["01", "02", "06", "01", "02", "06"]
 
+    # a re-run of the finished 02 that fails keeps the finished notebook and its done-marker (issue 22)
+    finished, marker = out / "quick" / "fmnist" / "02_second.ipynb", out / "quick" / "fmnist" / "02_second.done.json"
+    before = (finished.read_text(), marker.read_text())
+    (log.parent / "fail").touch()
+    assert run.reproduce("quick", only=["02"], overrides={"n_eval": 2}, notebooks_dir=nbdir, progress=False,
+                         log=messages.append) == 1
+    assert (finished.read_text(), marker.read_text()) == before and "too small" in failed.read_text()
+
 
 def test_reproduce_rejects_bad_input_before_running(tiny):
     nbdir, out, log = tiny

@@ -109,8 +109,8 @@ def check_against_model(cfg) -> None:
     widths, modules = _layer_widths(cfg.arch, cfg.dataset)
     if cfg.map_layer is not None and cfg.map_layer not in modules:
         near = difflib.get_close_matches(cfg.map_layer, modules, n=3)
-        raise ValueError(f"map_layer must be a layer of {cfg.arch} on {cfg.dataset}, got {cfg.map_layer!r}; "
-                         f"nearest: {', '.join(near) or ', '.join(widths)}")
+        hint = f"nearest: {', '.join(near)}" if near else f"its default layers: {', '.join(widths)}"
+        raise ValueError(f"map_layer must be a layer of {cfg.arch} on {cfg.dataset}, got {cfg.map_layer!r}; {hint}")
     narrowest = min(widths, key=widths.get)
     for knob in TOP_K_KNOBS:
         value = getattr(cfg, knob)
