@@ -279,6 +279,7 @@ def analyze(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, o
         raise ValueError(f"--eps must be a Linf radius in (0, 1] (images are in [0, 1]), got {eps:g}")
     checks.check_choice(attack, "--attack", ATTACKS)
     checks.check_k(k, "--k")
+    steps = checks.check_positive_int(steps, "--steps")
     out = check_result_dir(out_dir, force, "--out")  # refused at once: a protected place, files the kit did not write
     names = check_fit(model, x, y, layers, k)
     tmp = new_result_dir(out, "--out")

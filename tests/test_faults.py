@@ -247,6 +247,7 @@ def test_a_failed_or_interrupted_rerun_keeps_the_finished_notebook_and_its_marke
     (["--set", "k=1000000"], "k must be at most the width of every analysed layer of smallcnn on fmnist"),
     (["--set", "map_layer=no.such.layer"], "map_layer must be a layer of smallcnn on fmnist, got 'no.such.layer'"),
     (["--set", "ks=[0.1, 5000]", "--set", "k_eval=0.1"], "ks must be at most the width"),
+    (["--set", "n_eval=20000"], "n_eval must be at most the 10000 test images of fmnist, got 20000"),
 ])
 def test_reproduce_refuses_bad_sizes_before_anything_runs(argv, message, monkeypatch, capsys, tmp_path):
     from nslib.repro import run
@@ -293,6 +294,7 @@ def test_an_unreadable_cached_checkpoint_is_named_set_aside_and_retrained(tmp_pa
     (["--k", "1.5"], "--k as a fraction must be in (0, 1], got 1.5"),
     (["--k", "100000"], "--k must be at most the width of every analysed layer"),
     (["--layers", ","], "--layers must name at least one layer"),
+    (["--steps", "0"], "--steps must be an integer >= 1, got 0"),
     (["--model", "smallcnn:{w}/nan.pt"], "--model has non-finite weights: parameter 'feature_extractor.conv1.weight'"),
     (["--model", "tests.test_faults:nan_net"], "--model returns non-finite logits (NaN or inf) on 2 of 2"),
     (["--model", "smallcnn:{w}/truncated.pt"], "cannot be read as PyTorch weights (corrupt or truncated?"),

@@ -73,12 +73,13 @@ def plan(profile: str, datasets=None, only=None, overrides: dict | None = None,
         for path in paths:
             number = path.name[:2] if path.name[:2] in config.NOTEBOOKS else None
             cfg = config.settings(profile, dataset, number, overrides)  # fails here, before any notebook runs
-            check_against_model(cfg)  # the knobs that name layers or count neurons, against the architecture
+            check_against_model(cfg, overrides)  # knobs that name layers or count neurons or images
             out.append((dataset, path, {"profile": profile, "dataset": dataset, "overrides": overrides}))
     return out
 
 
 TOP_K_KNOBS = ("k", "ks", "k_eval", "k_grid")  # top-k sizes applied to every default layer of the model
+TEST_IMAGE_KNOBS = ("n_pairs", "n_eval", "n_long", "l2_n", "aa_n", "n_sanity")  # counts of test images drawn
 
 
 @functools.lru_cache(maxsize=None)
@@ -100,11 +101,20 @@ def _layer_widths(arch: str, dataset: str) -> tuple[dict, tuple]:
     return widths, tuple(name for name, _ in model.named_modules() if name)
 
 
-def check_against_model(cfg) -> None:
+def check_against_model(cfg, overrides=()) -> None:
     """Check the knobs that depend on the model before anything is trained: ``map_layer`` must be a layer
-    of ``cfg.arch`` (built for ``cfg.dataset``) and every top-k size (:data:`TOP_K_KNOBS`) at most the width
-    of every default layer (a fraction always fits). Raises: ValueError naming the knob."""
+    of ``cfg.arch`` (built for ``cfg.dataset``), every top-k size (:data:`TOP_K_KNOBS`) at most the width
+    of every default layer (a fraction always fits), and every count of test images (:data:`TEST_IMAGE_KNOBS`)
+    set in ``overrides`` at most the dataset's test split (more would silently mean all of it; a profile's own
+    value may exceed it in notebooks that do not read it). Raises: ValueError naming the knob."""
     import difflib
+
+    from nslib.data import DATASETS
+
+    for knob in (k for k in TEST_IMAGE_KNOBS if k in overrides):
+        if getattr(cfg, knob) > DATASETS[cfg.dataset].test_size:
+            raise ValueError(f"{knob} must be at most the {DATASETS[cfg.dataset].test_size} test images of "
+                             f"{cfg.dataset}, got {getattr(cfg, knob)}")
 
     widths, modules = _layer_widths(cfg.arch, cfg.dataset)
     if cfg.map_layer is not None and cfg.map_layer not in modules:
