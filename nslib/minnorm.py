@@ -154,11 +154,12 @@ def nearest_classes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: 
     The distance is |z_j - z_y| / ||grad_x (z_j - z_y)||_* (dual norm: L2 for l2, L1 for linf), exact for a
     linear model; it is computed for the :data:`CANDIDATES` highest other logits (one backward pass each,
     on one forward pass). Args: ``logits`` the clean fp32 logits [N, classes]; ``count`` >= 0 (capped at
-    the candidates). Returns an int64 tensor [N, count]. The model must already be in eval mode.
+    the candidates; none for two classes, where the one other class is what the untargeted margin follows).
+    Returns an int64 tensor [N, count]. The model must already be in eval mode.
     """
     pool_size = min(logits.shape[1] - 1, CANDIDATES)
     count = min(count, pool_size)
-    if count == 0:
+    if count == 0 or logits.shape[1] == 2:  # two classes: a targeted run would repeat the untargeted one
         return torch.zeros(x.shape[0], 0, dtype=torch.long, device=x.device)
     others = logits.scatter(1, y[:, None], float("-inf"))
     pool = others.topk(pool_size, dim=1).indices  # [N, P]

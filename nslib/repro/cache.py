@@ -169,7 +169,12 @@ def adversarial_pairs(model, info: dict, x: torch.Tensor, y: torch.Tensor, *, ep
                       "batch": batch_size, **({"amp": "bf16"} if amp else {})})
     path = Path(info["dir"]) / "pairs" / f"pgd-{key}.pt"
     if path.exists():
-        return torch.load(path, weights_only=True)
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception as err:  # noqa: BLE001 -- truncated or corrupt: set aside and craft them again
+            aside = path.rename(path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}"))
+            print(f"nslib: cached pairs {path} cannot be read ({type(err).__name__}); moved aside to {aside.name}, "
+                  f"crafting them again", file=sys.stderr, flush=True)
     x_adv = attacks.pgd_pairs(model, x, y, eps=eps, steps=steps, seed=seed, batch_size=batch_size, amp=amp)
     save_torch(path, x_adv)
     return x_adv
