@@ -55,6 +55,10 @@ from nslib.store import (atomic_write_bytes, check_result_dir, new_result_dir, o
 __all__ = ["load_model", "load_data", "dataset_of", "check_fit", "analyze", "main"]
 
 ATTACKS = ("pgd", "autoattack")
+OWN_FILES = ("sensitivity.csv", "layers.csv", "sensitivity.json", "ANALYSIS.md", *(  # what analyze writes
+    f"figures/{f}.{ext}" for f in ("sensitivity_abs", "sensitivity_rel", "intervention_restore", "intervention_zero",
+                                   "maps") for ext in ("png", "pdf")))
+LEGACY = (OWN_FILES, "sensitivity.json")  # a folder of these, written before manifests existed, is ours to replace
 MAX_CURVES = 4  # layers with intervention curves, evenly spaced over the analysed ones (each costs 2 x 24 passes)
 
 
@@ -280,7 +284,7 @@ def analyze(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, o
     checks.check_choice(attack, "--attack", ATTACKS)
     checks.check_k(k, "--k")
     steps = checks.check_positive_int(steps, "--steps")
-    out = check_result_dir(out_dir, force, "--out")  # refused at once: a protected place, files the kit did not write
+    out = check_result_dir(out_dir, force, "--out", legacy=LEGACY)  # at once, before any work
     names = check_fit(model, x, y, layers, k)
     tmp = new_result_dir(out, "--out")
     try:
@@ -405,11 +409,12 @@ def main(args) -> int:
 
     try:
         out = args.out or outputs_dir("analysis", f"{args.model.replace(':', '_').replace('/', '_')}-{args.data}")
-        check_result_dir(out, args.force, "--out")  # before loading anything: a bad --out costs nothing
+        check_result_dir(out, args.force, "--out", legacy=LEGACY)  # before loading anything: it costs nothing
         device = checks.check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), "--device")
         layers = None if args.layers is None else [s.strip() for s in args.layers.split(",") if s.strip()]
         if layers == []:
-            raise ValueError(f"--layers must name at least one layer (comma-separated dotted names), got {args.layers!r}")
+            raise ValueError(f"--layers must name at least one layer (comma-separated dotted names), "
+                             f"got {args.layers!r}")
         x, y, eps = load_data(args.data, args.n, args.seed)  # the data first: its name sizes a kit architecture
         model = load_model(args.model, dataset_of(args.data), num_classes=args.num_classes, mean=args.mean, std=args.std)
         eps = args.eps if args.eps is not None else eps

@@ -183,13 +183,29 @@ def _foreign(folder: Path) -> list[str]:
     return sorted(found - listed)
 
 
-def check_result_dir(folder: str | os.PathLike, force: bool = False, flag: str = "--out") -> Path:
+def _adopt(folder: Path, legacy) -> None:
+    """A result folder of a kit version that wrote no manifest: when every file in it is one of
+    ``legacy[0]`` (the names the kit writes there) and the JSON file ``legacy[1]`` among them carries the
+    kit's provenance, write the manifest it would have had."""
+    names, proof = legacy
+    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+    try:
+        ours = bool(files) and files <= set(names) and "nslib_version" in load_json(folder / proof)["provenance"]
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = False
+    if ours:
+        write_manifest(folder)
+
+
+def check_result_dir(folder: str | os.PathLike, force: bool = False, flag: str = "--out", legacy=None) -> Path:
     """Check, before any work, that a result may be written to ``folder`` (replacing it when ``force``).
 
     Refused: the working directory, the repository, the outputs root or a folder holding one of them; a
-    path that is a file; an existing non-empty folder without ``force``; with ``force``, a folder holding
-    anything its manifest (:data:`MANIFEST`) does not list, i.e. anything the kit did not write there.
-    Returns the folder's resolved path. Raises: ValueError naming ``flag``.
+    path that is a file or below one, or where nothing can be written; an existing non-empty folder without
+    ``force``; with ``force``, a folder holding anything its manifest (:data:`MANIFEST`) does not list, i.e.
+    anything the kit did not write there. ``legacy``, ``(names, proof)``: a folder without a manifest that
+    holds only ``names`` with the kit's provenance in the JSON file ``proof`` (written by an older version) is
+    adopted. Returns the folder's resolved path. Raises: ValueError naming ``flag``.
     """
     folder = Path(folder).resolve()
     why = _protected(folder)
@@ -207,6 +223,8 @@ def check_result_dir(folder: str | os.PathLike, force: bool = False, flag: str =
     if folder.is_dir() and any(folder.iterdir()):
         if not force:
             raise ValueError(f"{flag} {folder} exists and is not empty; pass --force to replace it, or another {flag}")
+        if legacy is not None and not (folder / MANIFEST).exists():
+            _adopt(folder, legacy)
         foreign = _foreign(folder)
         if foreign:
             raise ValueError(f"{flag} {folder} holds files nslib did not write there ({', '.join(foreign[:5])}"

@@ -106,6 +106,20 @@ def test_force_replaces_only_its_own_result_and_only_once_the_new_one_is_complet
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temp or old folder left behind
 
 
+def test_force_adopts_an_analysis_folder_written_before_manifests_existed(tmp_path):
+    old = tmp_path / "07_your_model"
+    (old / "figures").mkdir(parents=True)
+    (old / "sensitivity.json").write_text(json.dumps({"provenance": {"nslib_version": "0.1.0"}}))
+    (old / "figures" / "maps.png").write_bytes(b"png")
+    store.check_result_dir(old, force=True, legacy=analyze.LEGACY)
+    assert json.loads((old / store.MANIFEST).read_text())["files"] == ["figures/maps.png", "sensitivity.json"]
+    (old / store.MANIFEST).unlink()
+    (old / "figures" / "mine.png").write_bytes(b"png")  # one file analyze never writes: not adopted
+    with pytest.raises(ValueError, match="did not write there"):
+        store.check_result_dir(old, force=True, legacy=analyze.LEGACY)
+    assert not (old / store.MANIFEST).exists()
+
+
 # ----------------------------------------------------------------------------------------------------
 # 2. non-finite models and runs
 
@@ -342,6 +356,11 @@ def test_every_cli_fault_is_one_line_naming_the_flag(weights, argv, message, tmp
     assert err.startswith("nslib analyze: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert message.replace("{w}", str(weights)).replace("{cwd}", str(tmp_path)) in err, err
     assert not (tmp_path / "res").exists()
+
+
+def test_bench_names_a_bad_device(capsys):
+    assert main(["bench", "attacks", "--device", "gpu0", "--quick"]) == 2
+    assert capsys.readouterr().err.startswith("nslib bench: --device must be a device such as cpu")
 
 
 def test_the_attacks_name_a_float64_batch_and_a_plain_function():
