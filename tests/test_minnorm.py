@@ -211,8 +211,8 @@ def test_fmn_is_at_least_as_strong_as_cw_on_trained_smallcnn(trained_smallcnn, m
     model = trained_smallcnn[0]
     x, y = mnist5k_test
     x, y = x[::50].clone(), y[::50].clone()  # 20 images, every class (the test split is sorted by class)
-    x_fmn = fmn(model, x, y, steps=100)  # 100 gradients
-    x_cw = cw_l2(model, x, y, steps=50, binary_search_steps=4)  # up to 200 gradients
+    x_fmn = fmn(model, x, y, steps=100)  # 100 gradients untargeted, 100 targeted (+9 to rank the classes)
+    x_cw = cw_l2(model, x, y, steps=50, binary_search_steps=4, targets=0)  # up to 200 gradients (the classic)
     res = {name: evaluate.min_norm_accuracy(model, x, y, x_adv, radius=1.0)
            for name, x_adv in {"fmn": x_fmn, "cw": x_cw}.items()}
     fmn_norms, cw_norms = res["fmn"]["norms"], res["cw"]["norms"]
