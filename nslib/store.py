@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 __all__ = ["repo_root", "data_dir", "outputs_dir", "provenance", "atomic_write_bytes", "save_json",
-           "load_json", "save_torch", "params_key", "MANIFEST", "write_manifest", "check_result_dir", "new_result_dir", "replace_dir",
-           "remove_orphan_temps"]
+           "load_json", "save_torch", "params_key", "MANIFEST", "write_manifest", "check_result_dir", "new_result_dir",
+           "replace_dir", "remove_orphan_temps"]
 
 MANIFEST = "nslib-manifest.json"  # what the kit wrote in a result folder: all that replacing it may remove
 
@@ -267,8 +267,11 @@ def replace_dir(new: str | os.PathLike, folder: str | os.PathLike) -> Path:
         if not any(aside.iterdir()):
             aside.rmdir()  # an empty folder: nothing to keep
         return folder
+    inside = aside.resolve()
     for rel in load_json(aside / MANIFEST)["files"] + [MANIFEST]:
-        (aside / rel).unlink(missing_ok=True)
+        where = (aside / rel).parent.resolve()  # an edited manifest cannot reach outside the folder
+        if where == inside or inside in where.parents:
+            (aside / rel).unlink(missing_ok=True)
     for sub in sorted((p for p in aside.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
         if not any(sub.iterdir()):
             sub.rmdir()
