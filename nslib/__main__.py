@@ -55,10 +55,16 @@ def main(argv: list[str] | None = None) -> int:
         return run.main(args)
     if args.command == "analyze":
         from nslib import analyze
-        if args.k >= 1:
+        if args.k >= 1 and float(args.k).is_integer():  # a whole count; 1.5 stays a float and is refused
             args.k = int(args.k)
         return analyze.main(args)
-    from nslib import bench as bench_mod
+    from nslib import bench as bench_mod, checks
+    try:
+        if args.device is not None:
+            checks.check_device(args.device, "--device")
+    except ValueError as e:
+        print(f"nslib {args.command}: {e}", file=sys.stderr)
+        return 2
     return bench_mod.main(args)
 
 

@@ -26,7 +26,8 @@ not return logits, data of the wrong shape, an unknown layer, images outside [0,
 written to a temporary folder beside ``--out`` and moved into place at the end, so an error or Ctrl-C
 leaves nothing half-written. Written: ``sensitivity.csv`` (every neuron), ``layers.csv`` and
 ``sensitivity.json`` (per-layer summaries, top-k neurons, intervention curves, parameters, provenance),
-``figures/*.png|pdf`` and ``ANALYSIS.md``.
+``figures/*.png|pdf``, ``ANALYSIS.md`` and ``nslib-manifest.json`` (the list of those files: all that ``--force``
+may remove when it replaces the folder; :func:`nslib.store.check_result_dir`).
 
 Usage::
 
@@ -39,7 +40,6 @@ import importlib
 import math
 import shutil
 import statistics
-import tempfile
 from pathlib import Path
 
 import torch
@@ -50,17 +50,21 @@ from nslib import evaluate
 from nslib.evaluate import accuracy_on
 from nslib.progress import bar
 from nslib.sensitivity import layer_summary, neuron_sensitivity, pick_map_layer, top_k
-from nslib.store import atomic_write_bytes, outputs_dir, provenance, save_json
+from nslib.store import (atomic_write_bytes, check_result_dir, new_result_dir, outputs_dir, provenance, replace_dir,
+                         save_json, write_manifest)
 
 __all__ = ["load_model", "load_data", "dataset_of", "check_fit", "pair_attacks", "analyze", "main"]
 
+OWN_FILES = ("sensitivity.csv", "layers.csv", "sensitivity.json", "ANALYSIS.md", *(  # what analyze writes
+    f"figures/{f}.{ext}" for f in ("sensitivity_abs", "sensitivity_rel", "intervention_restore", "intervention_zero",
+                                   "maps") for ext in ("png", "pdf")))
+LEGACY = (OWN_FILES, "sensitivity.json")  # a folder of these, written before manifests existed, is ours to replace
+MAX_CURVES = 4  # layers with intervention curves, evenly spaced over the analysed ones (each costs 2 x 24 passes)
 
 
 def pair_attacks() -> list[str]:
     """The attacks ``--attack`` takes: every fixed-radius attack of :data:`nslib.evaluate.ATTACKS`."""
     return [name for name, a in evaluate.ATTACKS.items() if not a.min_norm]
-
-MAX_CURVES = 4  # layers with intervention curves, evenly spaced over the analysed ones (each costs 2 x 24 passes)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -71,7 +75,11 @@ def _state_dict(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"--model names a weights file that does not exist: {p}")
-    obj = torch.load(p, map_location="cpu", weights_only=False)
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 -- zip, pickle, magic number, EOF: torch raises any of them
+        raise ValueError(f"--model: {p} cannot be read as PyTorch weights (corrupt or truncated? "
+                         f"{type(e).__name__}: {_first_sentence(e)})") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -80,6 +88,11 @@ def _state_dict(path: str) -> dict:
         raise ValueError(f"--model: {p} holds no state dict (a dict of tensors, or a checkpoint with one under "
                          f"'model' or 'state_dict'), got {type(obj).__name__}")
     return obj
+
+
+def _first_sentence(e: BaseException) -> str:
+    """The first sentence of an error's message (torch's load errors run to several)."""
+    return str(e).splitlines()[0].split(". ")[0] if str(e) else ""
 
 
 def _load_weights(model: nn.Module, state: dict, what: str) -> None:
@@ -129,7 +142,10 @@ def load_model(spec: str, dataset: str | None = None, *, num_classes: int | None
             factory = getattr(importlib.import_module(head), rest)
         except (ImportError, AttributeError) as e:
             raise ValueError(f"--model: cannot import {rest!r} from {head!r} ({e})") from None
-        model = factory()
+        try:
+            model = factory()
+        except Exception as e:  # noqa: BLE001 -- the user's code: any error, named as theirs
+            raise ValueError(f"--model: {spec}() raised {type(e).__name__}: {e}") from None
         if not isinstance(model, nn.Module):
             raise ValueError(f"--model: {spec}() must return a torch.nn.Module, got {type(model).__name__}")
     else:
@@ -144,23 +160,43 @@ def load_model(spec: str, dataset: str | None = None, *, num_classes: int | None
 
 def load_data(name: str, n: int | None = 1000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, float | None]:
     """``(x, y, the dataset's eps or None)``: ``n`` test images of ``name`` (see the module docstring)."""
+    if n is not None:
+        n = checks.check_positive_int(n, "--n", minimum=2)  # the interventions split the pairs in two halves
     if name.endswith(".pt"):
-        obj = torch.load(name, map_location="cpu", weights_only=False) if Path(name).is_file() else None
-        if obj is None:
-            raise ValueError(f"--data names a file that does not exist: {name}")
-        x, y = (obj["x"], obj["y"]) if isinstance(obj, dict) else obj
-        checks.check_images(x, "--data x")
-        checks.check_labels(y, x.shape[0], None, "--data y")
+        x, y = _pt_data(name)
         return x[:n], y[:n], None
     if name.startswith("synthetic:"):
         like = name.split(":", 1)[1]
-        x, y = data_mod.load("synthetic", "test", like=like, n=n or 1000, seed=seed)
+        x, y = data_mod.load("synthetic", "test", like=like, n=1000 if n is None else n, seed=seed)
         return x, y, training.ATTACK_DEFAULTS.get(like, {}).get("eps")
     if name not in data_mod.DATASETS or name == "synthetic":
         raise ValueError(f"--data must be one of {', '.join(d for d in data_mod.DATASETS if d != 'synthetic')}, "
                          f"synthetic:LIKE or a .pt file, got {name!r}")
     x, y = data_mod.test_set(name, n, seed=seed)
     return x, y, training.ATTACK_DEFAULTS.get(name, {}).get("eps")
+
+
+def _pt_data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of a ``--data`` file: a dict with "x" and "y", or a tuple (x, y), each checked."""
+    if not Path(name).is_file():
+        raise ValueError(f"--data names a file that does not exist: {name}")
+    try:
+        obj = torch.load(name, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 -- zip, pickle, magic number, EOF: torch raises any of them
+        raise ValueError(f"--data: {name} cannot be read by torch.load (corrupt or truncated? {type(e).__name__})") \
+            from None
+    if isinstance(obj, dict) and "x" in obj and "y" in obj:
+        x, y = obj["x"], obj["y"]
+    elif isinstance(obj, (tuple, list)) and len(obj) == 2:
+        x, y = obj
+    else:
+        got = f"a dict with keys {sorted(map(str, obj))}" if isinstance(obj, dict) else \
+            f"a {type(obj).__name__} of {len(obj)} items" if isinstance(obj, (tuple, list)) else type(obj).__name__
+        raise ValueError(f"--data: {name} must hold {{'x': [N, C, H, W] in [0, 1], 'y': [N]}} (or a tuple (x, y)), "
+                         f"got {got}")
+    checks.check_images(x, "--data x")
+    checks.check_labels(y, x.shape[0], None, "--data y")
+    return x, y
 
 
 def dataset_of(data: str) -> str | None:
@@ -171,21 +207,42 @@ def dataset_of(data: str) -> str | None:
     return data if data in data_mod.DATASETS and data != "synthetic" else None
 
 
-@torch.no_grad()
-def check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers=None) -> list[str]:
-    """One forward pass of two images: the data fit the model, it returns logits [N, classes], the labels
-    are classes of it, every layer exists. Returns the layer names (the default ones when None)."""
+def check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers=None, k=None) -> list[str]:
+    """Forward passes of two images: the data fit the model, it returns finite logits [N, classes] with a
+    gradient to the input, its weights are finite, the labels are classes of it, every layer exists, is
+    hooked once and is at least ``k`` neurons wide, and there are at least 2 images (the interventions choose
+    on one half of the pairs and measure on the other). Returns the layer names (the default ones when None).
+    """
+    from nslib.sensitivity import capture
+
     checks.check_images(x, "--data x")
+    if x.shape[0] < 2:
+        raise ValueError(f"--n must be at least 2 (the interventions choose neurons on one half of the pairs and "
+                         f"measure on the other), got {x.shape[0]} image(s)")
     names = models_mod.default_layers(model) if layers is None else list(layers)
+    if not names:
+        raise ValueError("--layers must name at least one layer (comma-separated dotted names)")
     for name in names:
         models_mod.get_layer(model, name)  # unknown: the nearest valid names
-    with models_mod.eval_mode(model):
+    checks.check_finite_model(model, "--model")
+    xb = x[:2].to(checks.model_device(model))
+    checks.check_input_dtype(model, xb, "--data x")
+    with models_mod.eval_mode(model), capture(model, names, detach=True) as acts, torch.no_grad():
         try:
-            out = model(x[:2].to(checks.model_device(model)))
+            out = model(xb)
         except RuntimeError as e:
             raise ValueError(f"--data: images of shape {list(x.shape[1:])} do not fit the model ({e})") from None
-    checks.check_logits(out, min(2, x.shape[0]), "--model")
+        checks.check_logits(out, min(2, x.shape[0]), "--model")
+        checks.check_finite_logits(out, "--model")
+        widths = {name: acts[name].shape[1] for name in names}
     checks.check_labels(y, x.shape[0], out.shape[1], "--data y", why=f"the model returns {out.shape[1]} logits")
+    if k is not None:
+        for name, width in widths.items():
+            if isinstance(k, int) and k > width:
+                raise ValueError(f"--k must be at most the width of every analysed layer: {name!r} has {width} "
+                                 f"neurons, got {k}")
+    with models_mod.eval_mode(model):
+        checks.check_differentiable(model, xb, "--model")
     return names
 
 
@@ -230,26 +287,20 @@ def analyze(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, o
         raise ValueError(f"--eps must be a Linf radius in (0, 1] (images are in [0, 1]), got {eps:g}")
     checks.check_choice(attack, "--attack", pair_attacks())
     checks.check_k(k, "--k")
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ValueError(f"--out {out} exists and is not empty; pass --force to replace it, or another --out")
-    names = check_fit(model, x, y, layers)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_parent(out)))
+    steps = checks.check_positive_int(steps, "--steps")
+    out = check_result_dir(out_dir, force, "--out", legacy=LEGACY)  # at once, before any work
+    names = check_fit(model, x, y, layers, k)
+    tmp = new_result_dir(out, "--out")
     try:
         summary = _run(model, x, y, names, tmp, eps=eps, attack=attack, steps=steps, k=k, ks=ks, seeds=seeds,
                        seed=seed, amp=amp, meta=meta or {})
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        write_manifest(tmp)
+        check_result_dir(out, force, "--out")  # again: a file may have appeared there meanwhile
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
-
-
-def _parent(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out.parent
 
 
 def _run(model, x, y, names, tmp: Path, *, eps, attack, steps, k, ks, seeds, seed, amp, meta) -> dict:
@@ -361,21 +412,29 @@ def main(args) -> int:
     import sys
 
     try:
+        out = args.out or outputs_dir("analysis", f"{args.model.replace(':', '_').replace('/', '_')}-{args.data}")
+        check_result_dir(out, args.force, "--out", legacy=LEGACY)  # before loading anything: it costs nothing
+        device = checks.check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), "--device")
+        layers = None if args.layers is None else [s.strip() for s in args.layers.split(",") if s.strip()]
+        if layers == []:
+            raise ValueError(f"--layers must name at least one layer (comma-separated dotted names), "
+                             f"got {args.layers!r}")
         x, y, eps = load_data(args.data, args.n, args.seed)  # the data first: its name sizes a kit architecture
         model = load_model(args.model, dataset_of(args.data), num_classes=args.num_classes, mean=args.mean, std=args.std)
         eps = args.eps if args.eps is not None else eps
         if eps is None:
             raise ValueError(f"--eps must be given for --data {args.data} (it has no default radius)")
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         checks.check_choice(args.precision, "--precision", fast.PRECISIONS)
         amp = fast.autocast_dtype(args.precision, device) is not None  # the kit's rule: bf16 where hardware has it
-        out = args.out or outputs_dir("analysis", f"{args.model.replace(':', '_').replace('/', '_')}-{args.data}")
-        layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
         summary = analyze(model.to(device), x, y, eps=eps, out_dir=out, attack=args.attack, steps=args.steps,
                           layers=layers, k=args.k, seed=args.seed, amp=amp, force=args.force,
                           meta={"model": args.model, "data": args.data})
     except (ValueError, TypeError) as e:
         print(f"nslib analyze: {e}", file=sys.stderr)
+        return 2
+    except data_mod.DataUnavailable as e:
+        print(f"nslib analyze: --data {args.data}: {' '.join(str(e).split())}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nnslib analyze: interrupted; nothing was written", file=sys.stderr)

@@ -40,7 +40,7 @@ from torch import nn
 
 from nslib.progress import bar
 from nslib.checks import (check_choice, check_eps, check_images, check_labels, check_logits,
-                          check_positive_int, model_device)
+                          check_input_dtype, check_positive_int, model_device)
 from nslib.fast import attack_batch
 from nslib.models import eval_mode  # noqa: F401  (re-exported: attacks.eval_mode is public)
 
@@ -78,6 +78,7 @@ def _check_inputs(model, x: torch.Tensor, y, *, need_y: bool = True) -> None:
     _check_model(model)
     check_images(x)
     _check_device(model, x)
+    check_input_dtype(model, x)  # a float64 batch into a float32 model fails deep inside a layer otherwise
     if y is not None or need_y:
         if y is None:
             raise TypeError("y must be a tensor of class indices [N], got None")

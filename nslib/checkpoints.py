@@ -8,6 +8,8 @@ Usage::
 """
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,7 +18,17 @@ from torch import nn
 from nslib import models as models_mod
 from nslib.store import load_json, provenance, save_json, save_torch
 
-__all__ = ["load_checkpoint", "read_history"]
+__all__ = ["load_checkpoint", "read_history", "UnreadableCheckpoint"]
+
+
+# An epoch's mean training loss above this (or not finite) is divergence: cross-entropy starts at ln(classes),
+# about 2.3, and a loss of 1e6 means logits a million apart (the probe of issue 22: 5.9e21, then nan).
+DIVERGED_LOSS = 1e6
+STOPPED = ("collapsed", "diverged")  # failures: never a result, never a best checkpoint
+
+
+class UnreadableCheckpoint(ValueError):
+    """A checkpoint file that torch cannot read (truncated, corrupt, not a checkpoint); names the file."""
 
 
 class _Mismatch(ValueError):
@@ -37,11 +49,21 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, device: st
     optimizer's state (``last.pt``; ``best.pt`` holds none); ``rng=True`` restores the global random
     state (CPU, and CUDA on a CUDA ``device``); ``expect`` is a dict of params the stored ones must
     equal, checked before anything is loaded (a ValueError lists every difference).
+
+    Raises: FileNotFoundError (no file); :class:`UnreadableCheckpoint` (a ValueError naming the file: torch
+    cannot read it, or it holds no "model" state dict); ValueError (other parameters than ``expect``).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # noqa: BLE001 -- zip, pickle, magic number, EOF: torch raises any of them
+        raise UnreadableCheckpoint(f"checkpoint {path} cannot be read (truncated or corrupt? {type(e).__name__}: "
+                                   f"{str(e).splitlines()[0].split('. ')[0] if str(e) else ''})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise UnreadableCheckpoint(f"{path} is not a checkpoint of nslib.training.train (no 'model' state dict), "
+                                   f"got {type(ckpt).__name__}")
     stored = ckpt.get("params") or {}
     diff = {key: (stored.get(key), v) for key, v in (expect or {}).items() if stored.get(key) != v}
     if diff:
@@ -69,6 +91,29 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, device: st
     info = {key: ckpt.get(key) for key in ("params", "seed", "epoch", "status", "history", "best", "metric",
                                            "provenance", "spec")}
     return model, info
+
+
+def _diverged(run, record: dict) -> bool:
+    """The epoch's mean loss is not finite or above :data:`DIVERGED_LOSS`, or a weight is not finite (one sync)."""
+    loss = record["train_loss"]
+    if not math.isfinite(loss) or loss > DIVERGED_LOSS:
+        return True
+    params = [p.detach() for p in run.model.parameters() if p.is_floating_point()]
+    return bool(params) and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+
+
+def _stop_diverged(run, record: dict) -> None:
+    """Mark the run ``diverged``: no validation of NaN weights, no best checkpoint; last.pt records it."""
+    run.status, run.best = "diverged", None
+    record.update(val_clean=None, val_pgd=None, time_s=record["train_s"])
+    run.history.append(record)
+    if run.out is not None:
+        (run.out / "best.pt").unlink(missing_ok=True)
+        _write_checkpoints(run, record, False)
+    where = f" in {run.out}" if run.out is not None else ""
+    warnings.warn(f"training ({run.cfg.method}, lr {run.cfg.lr:g}, seed {run.cfg.seed}){where} diverged at epoch "
+                  f"{record['epoch']}: train loss {record['train_loss']:.3g}; stopped with status 'diverged' and no "
+                  f"best checkpoint (a lower lr may help)", RuntimeWarning, stacklevel=4)
 
 
 def _write_checkpoints(run, record: dict, is_best: bool) -> None:

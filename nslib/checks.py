@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 __all__ = ["check_images", "check_labels", "check_logits", "check_eps", "check_positive_int", "check_number",
-           "check_bool", "check_k", "check_choice", "model_device"]
+           "check_bool", "check_k", "check_choice", "model_device", "check_finite_model", "check_finite_logits",
+           "check_differentiable", "check_device", "check_input_dtype", "check_finite"]
 
 
 def check_images(x, name: str = "x") -> torch.Tensor:
@@ -135,3 +136,72 @@ def model_device(model: nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+def check_finite_model(model: nn.Module, name: str = "model") -> None:
+    """Every floating parameter and buffer of ``model`` must be finite (a NaN weight makes every result NaN,
+    or a chance-level accuracy that reads as a result). One host sync per tensor: once per call."""
+    for kind, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for key, t in items:
+            if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all()):
+                bad = int((~torch.isfinite(t.detach())).sum())
+                raise ValueError(f"{name} has non-finite weights: {kind} {key!r} holds {bad} NaN/inf value(s) of "
+                                 f"{t.numel()}; a diverged or corrupted model gives no result")
+
+
+def check_finite_logits(logits: torch.Tensor, name: str = "model") -> torch.Tensor:
+    """The model's clean logits must be finite (NaN logits leave every attack at its start: sign(NaN) = 0)."""
+    finite = torch.isfinite(logits.detach())
+    if not bool(finite.all()):
+        rows = int((~finite).any(1).sum())
+        raise ValueError(f"{name} returns non-finite logits (NaN or inf) on {rows} of {logits.shape[0]} clean "
+                         f"images; a diverged or corrupted model gives no result")
+    return logits
+
+
+def check_differentiable(model: nn.Module, x: torch.Tensor, name: str = "model") -> None:
+    """The logits must depend on the input through autograd (attacks follow the input gradient): refused,
+    a forward that runs under ``torch.no_grad()``, detaches its input or leaves autograd (numpy)."""
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = model(x)
+        grad = None
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            (grad,) = torch.autograd.grad(out.float().sum(), x, allow_unused=True)
+    if grad is None:
+        raise ValueError(f"{name}'s logits carry no gradient to the input (does forward run under torch.no_grad(), "
+                         f"call .detach() or leave torch?); attacks and neuron sensitivity need the input gradient")
+
+
+def check_device(device, name: str = "--device") -> torch.device:
+    """A device string torch knows and this machine has ("cpu", "cuda", "cuda:1", "mps")."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{name} must be a device such as cpu, cuda or cuda:0, got {device!r} ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name} {device}: this machine has no CUDA device (torch {torch.__version__}); use cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{name} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name} {device}: MPS is not available on this machine; use cpu")
+    return dev
+
+
+def check_input_dtype(model: nn.Module, x: torch.Tensor, name: str = "x") -> None:
+    """``x`` must have the dtype of the model's floating parameters (a float64 batch into a float32 model
+    fails deep inside a layer otherwise)."""
+    for t in model.parameters():
+        if t.is_floating_point():
+            if t.dtype != x.dtype:
+                raise TypeError(f"{name} has dtype {x.dtype} but the model's parameters are {t.dtype}; convert "
+                                f"one of them (x.to({t.dtype}) or model.to({x.dtype}))")
+            return
+
+
+@torch.no_grad()
+def check_finite(model: nn.Module, x: torch.Tensor, name: str = "model", n: int = 8) -> None:
+    """The weights of ``model`` and its clean logits on the first ``n`` images of ``x`` must be finite: the
+    cheap once-per-call check of the evaluation entry points (the model is run in its current mode)."""
+    check_finite_model(model, name)
+    check_finite_logits(model(x[:n].to(model_device(model))), name)

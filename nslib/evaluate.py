@@ -28,6 +28,7 @@ from nslib.autoattack import autoattack
 from nslib.fast import attack_batch
 from nslib.checks import check_choice, check_eps, check_images, check_labels, check_logits, check_positive_int, \
     model_device
+from nslib.checks import check_finite
 from nslib.models import eval_mode
 
 __all__ = ["RobustAccuracy", "wilson_interval", "robust_accuracy", "min_norm_accuracy", "run_suite",
@@ -91,6 +92,8 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, 
     """
     check_images(x)
     check_labels(y, x.shape[0])
+    with eval_mode(model):
+        check_finite(model, x)  # NaN logits would read as a robust accuracy (PGD stays at its start)
     if not callable(attack):
         raise TypeError(f"attack must be a callable (model, x, y) -> x_adv, got {type(attack).__name__}")
     device = model_device(model)
@@ -259,6 +262,8 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[di
     """
     check_images(x)
     check_labels(y, x.shape[0])
+    with eval_mode(model):
+        check_finite(model, x)  # once, before any attack: non-finite numbers never become rows
     batch_size = attack_batch(model_device(model), batch_size)
     rows = []
     for spec in suite:

@@ -290,6 +290,8 @@ def eval_mode(model: nn.Module):
     Used by every analysis and attack entry point (batch norm on running statistics, dropout off),
     so that a caller's model comes back in exactly the mode it was in, also when the body raises.
     """
+    if not isinstance(model, nn.Module):  # the first thing every entry point does with the model: say so here
+        raise TypeError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:

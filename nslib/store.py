@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,10 @@ import torch
 from nslib import __version__
 
 __all__ = ["repo_root", "data_dir", "outputs_dir", "provenance", "atomic_write_bytes", "save_json",
-           "load_json", "save_torch", "params_key"]
+           "load_json", "save_torch", "params_key", "MANIFEST", "write_manifest", "check_result_dir", "new_result_dir",
+           "replace_dir", "remove_orphan_temps"]
+
+MANIFEST = "nslib-manifest.json"  # what the kit wrote in a result folder: all that replacing it may remove
 
 
 def repo_root() -> Path:
@@ -143,3 +147,149 @@ def params_key(params: dict) -> str:
     """A short stable hash of a parameter dict: names run folders so stale results are never reused."""
     text = json.dumps(params, sort_keys=True, default=_jsonable)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------------------------------
+# result folders: nothing the kit did not write is ever deleted
+
+def write_manifest(folder: str | os.PathLike) -> Path:
+    """List every file under ``folder`` (paths relative to it) in ``folder/MANIFEST``, with provenance.
+
+    Written last, into a complete result: what :func:`replace_dir` may later remove is exactly this list."""
+    folder = Path(folder)
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+    return save_json(folder / MANIFEST, {"files": [f for f in files if f != MANIFEST], "provenance": provenance()})
+
+
+def _protected(folder: Path) -> str | None:
+    """Why ``folder`` may never be replaced (None if it may): it is, or holds, the working directory, the
+    repository or the outputs root."""
+    for what, place in (("the working directory", Path.cwd()), ("the repository", repo_root()),
+                        ("the outputs root", outputs_dir())):
+        place = place.resolve()
+        if folder == place:
+            return f"it is {what}"
+        if folder in place.parents:
+            return f"it holds {what} ({place})"
+    return None
+
+
+def _foreign(folder: Path) -> list[str]:
+    """The entries under ``folder`` that its manifest does not list (all of them without a readable one)."""
+    try:
+        listed = set(load_json(folder / MANIFEST)["files"]) | {MANIFEST}
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = set()
+    found = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir() or p.is_symlink()}
+    return sorted(found - listed)
+
+
+def _adopt(folder: Path, legacy) -> None:
+    """A result folder of a kit version that wrote no manifest: when every file in it is one of
+    ``legacy[0]`` (the names the kit writes there) and the JSON file ``legacy[1]`` among them carries the
+    kit's provenance, write the manifest it would have had."""
+    names, proof = legacy
+    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+    try:
+        ours = bool(files) and files <= set(names) and "nslib_version" in load_json(folder / proof)["provenance"]
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = False
+    if ours:
+        write_manifest(folder)
+
+
+def check_result_dir(folder: str | os.PathLike, force: bool = False, flag: str = "--out", legacy=None) -> Path:
+    """Check, before any work, that a result may be written to ``folder`` (replacing it when ``force``).
+
+    Refused: the working directory, the repository, the outputs root or a folder holding one of them; a
+    path that is a file or below one, or where nothing can be written; an existing non-empty folder without
+    ``force``; with ``force``, a folder holding anything its manifest (:data:`MANIFEST`) does not list, i.e.
+    anything the kit did not write there. ``legacy``, ``(names, proof)``: a folder without a manifest that
+    holds only ``names`` with the kit's provenance in the JSON file ``proof`` (written by an older version) is
+    adopted. Returns the folder's resolved path. Raises: ValueError naming ``flag``.
+    """
+    folder = Path(folder).resolve()
+    why = _protected(folder)
+    if why is not None:
+        raise ValueError(f"{flag} {folder} cannot hold a result: {why}; name a new folder, e.g. {flag} "
+                         f"{folder / 'analysis'}")
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag} must be a folder, but {folder} is a file")
+    place = folder.parent  # where the new result is assembled and renamed into place
+    while not place.exists():
+        place = place.parent
+    if not place.is_dir() or not os.access(place, os.W_OK | os.X_OK):
+        why = "is a file" if not place.is_dir() else "is not writable"
+        raise ValueError(f"{flag} {folder}: cannot write there ({place} {why})")
+    if folder.is_dir() and any(folder.iterdir()):
+        if not force:
+            raise ValueError(f"{flag} {folder} exists and is not empty; pass --force to replace it, or another {flag}")
+        if legacy is not None and not (folder / MANIFEST).exists():
+            _adopt(folder, legacy)
+        foreign = _foreign(folder)
+        if foreign:
+            raise ValueError(f"{flag} {folder} holds files nslib did not write there ({', '.join(foreign[:5])}"
+                             f"{' ...' if len(foreign) > 5 else ''}); --force replaces only a folder of the kit's "
+                             f"own results: move them, or choose another {flag}")
+    return folder
+
+
+def new_result_dir(folder: str | os.PathLike, flag: str = "--out") -> Path:
+    """A fresh temp folder beside ``folder`` (the same file system: the final move is a rename) to assemble a
+    result in. Raises: ValueError naming ``flag`` where nothing can be written."""
+    folder = Path(folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError as e:
+        raise ValueError(f"{flag} {folder}: cannot write there ({e.strerror or e})") from None
+
+
+def replace_dir(new: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """Move the complete result folder ``new`` to ``folder`` (checked by :func:`check_result_dir` first).
+
+    An old ``folder`` is renamed aside, ``new`` renamed into place, and only then are the files the old
+    manifest lists removed (and folders left empty): the old result stays until the new one is in place,
+    and nothing unlisted is deleted (an unlisted file, or an old folder without a manifest, stays aside
+    as ``.NAME.old-*`` beside ``folder``)."""
+    new, folder = Path(new), Path(folder)
+    if not folder.exists():
+        new.rename(folder)
+        return folder
+    aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+    aside.rmdir()  # a free name on the same file system, for the rename
+    folder.rename(aside)
+    try:
+        new.rename(folder)
+    except BaseException:
+        aside.rename(folder)  # the old result back in place
+        raise
+    if _foreign(aside) or not (aside / MANIFEST).exists():
+        if not any(aside.iterdir()):
+            aside.rmdir()  # an empty folder: nothing to keep
+        return folder
+    inside = aside.resolve()
+    for rel in load_json(aside / MANIFEST)["files"] + [MANIFEST]:
+        where = (aside / rel).parent.resolve()  # an edited manifest cannot reach outside the folder
+        if where == inside or inside in where.parents:
+            (aside / rel).unlink(missing_ok=True)
+    for sub in sorted((p for p in aside.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(sub.iterdir()):
+            sub.rmdir()
+    if not any(aside.iterdir()):
+        aside.rmdir()
+    return folder
+
+
+_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # what _temp_beside names (mkstemp's 8 random characters)
+
+
+def remove_orphan_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temp files an interrupted atomic write (kill -9) left in ``folder``: ``.NAME.XXXXXXXX.tmp``
+    of :func:`atomic_write_bytes` and :func:`save_torch`, nothing else. Call it where one process owns the
+    folder (a training run's), before it writes. Returns what was removed."""
+    folder = Path(folder)
+    gone = [p for p in folder.glob(".*.tmp") if _TEMP.match(p.name) and p.is_file()] if folder.is_dir() else []
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone

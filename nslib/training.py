@@ -52,7 +52,9 @@ import torch
 from torch import nn
 
 from nslib import checks, data as data_mod, fast, models as models_mod
-from nslib.checkpoints import _Mismatch, _write_checkpoints, load_checkpoint, read_history  # noqa: F401
+from nslib.store import remove_orphan_temps
+from nslib.checkpoints import (DIVERGED_LOSS, STOPPED, _Mismatch, _diverged, _stop_diverged,  # noqa: F401
+                               _write_checkpoints, load_checkpoint, read_history)
 # re-exported: training.TrainConfig, training.identity, training.load_checkpoint... are the public names
 from nslib.methods import (METHODS, SHARED, Method, TrainConfig, _config, _resolve_k, attack_of,  # noqa: F401
                            identity, sns_penalty, sns_terms)
@@ -344,6 +346,9 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict:
 def _end_of_epoch(run: _Run, record: dict) -> None:
     """Validation, the collapse check, the best epoch and the checkpoints (the epoch's host syncs are here)."""
     cfg, model, (_, _, x_val, y_val) = run.cfg, run.model, run.data
+    if _diverged(run, record):
+        _stop_diverged(run, record)
+        return
     t0 = time.perf_counter()
     model.eval()
     record["val_clean"] = evaluate_accuracy(model, x_val, y_val)
@@ -394,7 +399,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
         progress: tqdm bars. callback: called as ``callback(epoch, record)`` after each epoch's
             checkpoint is written; an exception it raises stops training (used to test resume).
 
-    Returns: ``{"status": "done"|"collapsed", "history": [per-epoch records], "best": record or None,
+    Returns: ``{"status": "done"|"collapsed"|"diverged", "history": [per-epoch records], "best": record or None,
     "out_dir": str | None, "params": dict}``. Each record holds epoch, lr, eps, train_loss, train_acc,
     val_clean, val_pgd (adversarial methods: clean and attacked both correct), penalty and
     dead_fraction (SNS), train_s (the step loop) and time_s (the whole epoch). ``params`` is the
@@ -404,7 +409,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     need the data or the model run right after loading the data and before the first step: images
     outside [0, 1], labels outside [0, classes) with classes the width of the model's output, a model
     that returns anything but logits [N, classes] (a tuple, a dict), an unknown layer name, a k above
-    a layer's width).
+    a layer's width). A run whose epoch loss is not finite or above :data:`DIVERGED_LOSS`, or whose weights
+    are not finite, stops with status "diverged" (a RuntimeWarning names it) and keeps no best checkpoint.
     Usage: ``train(build("smallcnn", "fmnist"), "fmnist", method="sns", base="pgd_at", lam=0.01)``
     """
     from nslib.progress import bar as tqdm  # tqdm that also tells the reproduce terminal
@@ -415,9 +421,11 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     _check_data_arg(data)
     cfg = _with_attack_defaults(cfg, data if isinstance(data, str) else None)
     run = _prepare(model, data, cfg, out_dir, device)
+    if run.out is not None:
+        remove_orphan_temps(run.out)  # a kill -9 inside a checkpoint write leaves one; this run owns the folder
     if run.out is not None and resume and (run.out / "last.pt").exists():
         _resume(run)
-        if run.status in ("done", "collapsed") or run.start_epoch >= cfg.epochs:
+        if run.status in ("done", *STOPPED) or run.start_epoch >= cfg.epochs:
             model.eval()
             return run.result()
     hooks = METHODS[cfg.method].hooks
@@ -434,7 +442,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
                          if record.get(key) is not None})
         if callback is not None:
             callback(epoch + 1, record)
-        if run.status == "collapsed":
+        if run.status in STOPPED:
             break
     model.eval()
     return run.result()

@@ -73,6 +73,44 @@ def test_fmn_finds_the_closed_form_minimum(norm, classes, n):
     assert float(ratio.max()) <= 1.05 and float(ratio.min()) >= 0.999, ratio
 
 
+def off_runner_up(model, norm, n=8):
+    """``n`` inputs inside [0, 1] whose nearest decision boundary is not the runner-up class's (the class an
+    untargeted margin follows), with their exact minimal norms."""
+    torch.manual_seed(0)
+    x = torch.rand(2000, 1, 4, 4) * 0.4 + 0.3
+    y, opt, target = linear_optimum(model, x, norm)
+    with torch.no_grad():
+        logits = model(x)
+    runner_up = logits.scatter(1, y[:, None], float("-inf")).argmax(1)
+    w = model.fc.weight.detach()
+    dw = w[None] - w[y][:, None]
+    dual = dw.norm(dim=2) if norm == "l2" else dw.abs().sum(2)
+    dist = (logits.gather(1, y[:, None]) - logits) / dual.clamp_min(1e-12)
+    dist[torch.arange(len(y)), y] = float("inf")
+    keep = (dist.argmin(1) != runner_up) & ((target > 0.02) & (target < 0.98)).all(1)
+    assert int(keep.sum()) >= n
+    return x[keep][:n], y[keep][:n], opt[keep][:n]
+
+
+@pytest.mark.parametrize("attack", ["fmn-l2", "fmn-linf", "cw_l2"])
+def test_min_norm_attacks_reach_a_boundary_that_is_not_the_runner_ups(attack):
+    """Untargeted, both attacks follow the highest other class and stop up to 1.3x past the minimum (issue 22);
+    the targeted run toward the class with the nearest linearised boundary reaches it."""
+    model = Linear(16, 10, seed=1)
+    norm = "linf" if attack.endswith("linf") else "l2"
+    x, y, opt = off_runner_up(model, norm)
+    if attack == "cw_l2":
+        x_adv = cw_l2(model, x, y, steps=100, binary_search_steps=6)
+    else:
+        x_adv = fmn(model, x, y, norm=norm, steps=100)
+    assert bool((model(x_adv).argmax(1) != y).all())
+    ratio = distance(x_adv, x, norm) / opt.double()
+    assert float(ratio.max()) <= 1.01 and float(ratio.min()) >= 0.999, ratio
+    if attack == "fmn-l2":  # the untargeted attack alone does not (the finding)
+        alone = distance(fmn(model, x, y, steps=100, targets=0), x, "l2") / opt.double()
+        assert float(alone.max()) > 1.05
+
+
 def test_fmn_from_starting_points():
     """A warm start (the far side of the boundary) is bisected toward x; a start that is not adversarial is
     ignored for its example (that one starts at x)."""
@@ -154,7 +192,8 @@ def test_fmn_argument_errors():
                           ({"alpha_init": 0.0}, "alpha_init must be a finite number > 0"),
                           ({"alpha_final": -1.0}, "alpha_final must be a finite number >= 0"),
                           ({"gamma_init": 1.0}, r"gamma_init must be in \[0, 1\), got 1.0"),
-                          ({"gamma_final": -0.1}, "gamma_final must be a finite number >= 0")]:
+                          ({"gamma_final": -0.1}, "gamma_final must be a finite number >= 0"),
+                          ({"targets": -1}, "targets must be an integer >= 0, got -1")]:
         with pytest.raises(ValueError, match=match):
             fmn(model, x, y, **kwargs)
     with pytest.raises(ValueError, match="from 1 to 10"):
@@ -172,8 +211,8 @@ def test_fmn_is_at_least_as_strong_as_cw_on_trained_smallcnn(trained_smallcnn, m
     model = trained_smallcnn[0]
     x, y = mnist5k_test
     x, y = x[::50].clone(), y[::50].clone()  # 20 images, every class (the test split is sorted by class)
-    x_fmn = fmn(model, x, y, steps=100)  # 100 gradients
-    x_cw = cw_l2(model, x, y, steps=50, binary_search_steps=4)  # up to 200 gradients
+    x_fmn = fmn(model, x, y, steps=100)  # 100 gradients untargeted, 100 targeted (+9 to rank the classes)
+    x_cw = cw_l2(model, x, y, steps=50, binary_search_steps=4, targets=0)  # up to 200 gradients (the classic)
     res = {name: evaluate.min_norm_accuracy(model, x, y, x_adv, radius=1.0)
            for name, x_adv in {"fmn": x_fmn, "cw": x_cw}.items()}
     fmn_norms, cw_norms = res["fmn"]["norms"], res["cw"]["norms"]

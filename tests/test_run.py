@@ -97,8 +97,9 @@ def test_reproduce_fails_naming_the_notebook_then_resume_redoes_only_what_is_lef
     (log.parent / "fail").touch()
     rc = run.reproduce("quick", notebooks_dir=nbdir, progress=False, log=messages.append)
     assert rc == 1
-    failed = out / "quick" / "fmnist" / "02_second.ipynb"
+    failed = out / "quick" / "fmnist" / "02_second.failed.ipynb"  # beside, never over, a finished notebook
     assert str(failed) in messages[-1] and "ValueError" in messages[-1]
+    assert not (out / "quick" / "fmnist" / "02_second.ipynb").exists()
     assert "n_eval of 1 is too small" in failed.read_text()  # the traceback is in the executed notebook
     assert (out / "quick" / "fmnist" / "01_first.done.json").exists()
     assert not (out / "quick" / "fmnist" / "02_second.done.json").exists()
@@ -116,6 +117,7 @@ def test_reproduce_fails_naming_the_notebook_then_resume_redoes_only_what_is_lef
     assert any("skip" in m and "01_first" in m for m in messages)
     marker = json.loads((out / "quick" / "fmnist" / "02_second.done.json").read_text())
     assert marker["settings"]["n_eval"] == 200 and marker["settings"]["notebook"] == "02"
+    assert not failed.exists()  # the record of the failure goes once the notebook succeeds
 
     # everything done: a resumed run executes nothing; changing a knob reruns every notebook it may affect
     assert run.to_run("quick", runs, resume=True) == [False, False, False]
@@ -125,6 +127,14 @@ def test_reproduce_fails_naming_the_notebook_then_resume_redoes_only_what_is_lef
     run.reproduce("quick", notebooks_dir=nbdir, resume=True, overrides={"n_eval": 2}, progress=False,
                   log=messages.append)
     assert log.read_text().split() == ["01", "02", "06", "01", "02", "06"]
+
+    # a re-run of the finished 02 that fails keeps the finished notebook and its done-marker (issue 22)
+    finished, marker = out / "quick" / "fmnist" / "02_second.ipynb", out / "quick" / "fmnist" / "02_second.done.json"
+    before = (finished.read_text(), marker.read_text())
+    (log.parent / "fail").touch()
+    assert run.reproduce("quick", only=["02"], overrides={"n_eval": 2}, notebooks_dir=nbdir, progress=False,
+                         log=messages.append) == 1
+    assert (finished.read_text(), marker.read_text()) == before and "too small" in failed.read_text()
 
 
 def test_reproduce_rejects_bad_input_before_running(tiny):

@@ -14,12 +14,14 @@ Usage::
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from nslib import attacks, fast, models as models_mod, training
+from nslib.checkpoints import UnreadableCheckpoint
 from nslib.progress import stage
 from nslib.store import outputs_dir, params_key, save_json, save_torch
 
@@ -88,27 +90,61 @@ def get_model(dataset: str, arch: str, name: str, seed: int = 0, *, checkpoint: 
         history (per-epoch records), best (the best epoch's record), params, train_s (seconds spent
         training in this call; 0 when cached).
 
+    Raises: ValueError naming the run folder when training diverged (:func:`nslib.training.train`: status
+    "diverged"); such a run is never served. A checkpoint that cannot be read is set aside
+    (``last.pt.unreadable-TIME``) and the model trained again, with one line on stderr saying so.
+
     Usage: ``model, info = get_model("fmnist", "smallcnn", "sns_pgd_at", seed=0, lam=0.01, epochs=2)``
     """
     if checkpoint not in ("best", "last"):
         raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     params, key = model_key(dataset, arch, name, seed, **train_args)
     out = outputs_dir("models", dataset, name, key)
-    spec = _spec(name)
     torch.manual_seed(seed)
     model = models_mod.build(arch, dataset)
     t0 = time.perf_counter()
-    with stage(f"{LABELS.get(name, name)} seed {seed}"):
-        result = training.train(model, dataset, seed=seed, out_dir=out, progress=progress, **spec, **train_args)
+    try:
+        result, model, which = _train_and_load(model, dataset, name, out, checkpoint, seed, progress, train_args)
+    except UnreadableCheckpoint as err:  # truncated or corrupt: set the run's checkpoints aside, train it again
+        moved = _set_aside(out)
+        print(f"nslib: {err}; moved aside ({', '.join(p.name for p in moved)}), training {name} seed {seed} again",
+              file=sys.stderr, flush=True)
+        torch.manual_seed(seed)
+        model = models_mod.build(arch, dataset)
+        result, model, which = _train_and_load(model, dataset, name, out, checkpoint, seed, progress, train_args)
     train_s = time.perf_counter() - t0
     save_json(out / "params.json", params)
-    which = checkpoint if (out / f"{checkpoint}.pt").exists() else "last"
-    model, _ = training.load_checkpoint(out / f"{which}.pt", device=fast.default_device())
     info = {"name": name, "label": LABELS.get(name, name), "key": key, "dir": str(out), "checkpoint": which,
             "status": result["status"], "collapsed": result["status"] == "collapsed",
             "history": result["history"], "best": result["best"], "params": params,
             "train_s": train_s if train_s > 1.0 else 0.0}
     return model, info
+
+
+def _train_and_load(model, dataset, name: str, out: Path, checkpoint: str, seed: int, progress: bool, train_args):
+    """Train (or resume, or find done) the run in ``out`` and load its checkpoint: (result, model, which).
+
+    Raises: ValueError naming the run when it diverged (never served); UnreadableCheckpoint naming a file."""
+    with stage(f"{LABELS.get(name, name)} seed {seed}"):
+        result = training.train(model, dataset, seed=seed, out_dir=out, progress=progress, **_spec(name), **train_args)
+    if result["status"] == "diverged":
+        last = result["history"][-1] if result["history"] else {}
+        raise ValueError(f"the {name} run in {out} diverged at epoch {last.get('epoch')} (train loss "
+                         f"{last.get('train_loss', float('nan')):.3g}): it is not a model; lower lr (--set lr=...) "
+                         f"and run again")
+    which = checkpoint if (out / f"{checkpoint}.pt").exists() else "last"
+    model, _ = training.load_checkpoint(out / f"{which}.pt", device=fast.default_device())
+    return result, model, which
+
+
+def _set_aside(out: Path) -> list[Path]:
+    """Rename the run's checkpoints to ``NAME.unreadable-TIME`` (kept, never deleted); returns the new paths."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    moved = []
+    for name in ("last.pt", "best.pt"):
+        if (out / name).exists():
+            moved.append((out / name).rename(out / f"{name}.unreadable-{stamp}"))
+    return moved
 
 
 def adversarial_pairs(model, info: dict, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 20,
@@ -130,7 +166,12 @@ def adversarial_pairs(model, info: dict, x: torch.Tensor, y: torch.Tensor, *, ep
                       "batch": batch_size, **({"amp": "bf16"} if amp else {})})
     path = Path(info["dir"]) / "pairs" / f"pgd-{key}.pt"
     if path.exists():
-        return torch.load(path, weights_only=True)
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception as err:  # noqa: BLE001 -- truncated or corrupt: set aside and craft them again
+            aside = path.rename(path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}"))
+            print(f"nslib: cached pairs {path} cannot be read ({type(err).__name__}); moved aside to {aside.name}, "
+                  f"crafting them again", file=sys.stderr, flush=True)
     x_adv = attacks.pgd_pairs(model, x, y, eps=eps, steps=steps, seed=seed, batch_size=batch_size, amp=amp)
     save_torch(path, x_adv)
     return x_adv

@@ -17,6 +17,7 @@ Nothing in the library imports this module: it sits on top of everything.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -72,9 +73,62 @@ def plan(profile: str, datasets=None, only=None, overrides: dict | None = None,
     for dataset in datasets:
         for path in paths:
             number = path.name[:2] if path.name[:2] in config.NOTEBOOKS else None
-            config.settings(profile, dataset, number, overrides)  # fails here, before any notebook runs
+            cfg = config.settings(profile, dataset, number, overrides)  # fails here, before any notebook runs
+            check_against_model(cfg, overrides)  # knobs that name layers or count neurons or images
             out.append((dataset, path, {"profile": profile, "dataset": dataset, "overrides": overrides}))
     return out
+
+
+TOP_K_KNOBS = ("k", "ks", "k_eval", "k_grid")  # top-k sizes applied to every default layer of the model
+TEST_IMAGE_KNOBS = ("n_pairs", "n_eval", "n_long", "l2_n", "aa_n", "n_sanity")  # counts of test images drawn
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_widths(arch: str, dataset: str) -> tuple[dict, tuple]:
+    """({default layer: neurons}, every module name) of the untrained ``arch`` built for ``dataset``: one
+    forward pass of two blank images (milliseconds for SmallCNN, about a second for ResNet-18 on a CPU)."""
+    import torch
+
+    from nslib import models as models_mod
+    from nslib.data import DATASETS
+    from nslib.sensitivity import capture
+
+    model = models_mod.build(arch, dataset).eval()
+    layers = models_mod.default_layers(model)
+    info = DATASETS[dataset]
+    with torch.no_grad(), capture(model, layers, detach=True) as acts:
+        model(torch.zeros(2, info.channels, info.size, info.size))
+        widths = {name: acts[name].shape[1] for name in layers}
+    return widths, tuple(name for name, _ in model.named_modules() if name)
+
+
+def check_against_model(cfg, overrides=()) -> None:
+    """Check the knobs that depend on the model before anything is trained: ``map_layer`` must be a layer
+    of ``cfg.arch`` (built for ``cfg.dataset``), every top-k size (:data:`TOP_K_KNOBS`) at most the width
+    of every default layer (a fraction always fits), and every count of test images (:data:`TEST_IMAGE_KNOBS`)
+    set in ``overrides`` at most the dataset's test split (more would silently mean all of it; a profile's own
+    value may exceed it in notebooks that do not read it). Raises: ValueError naming the knob."""
+    import difflib
+
+    from nslib.data import DATASETS
+
+    for knob in (k for k in TEST_IMAGE_KNOBS if k in overrides):
+        if getattr(cfg, knob) > DATASETS[cfg.dataset].test_size:
+            raise ValueError(f"{knob} must be at most the {DATASETS[cfg.dataset].test_size} test images of "
+                             f"{cfg.dataset}, got {getattr(cfg, knob)}")
+
+    widths, modules = _layer_widths(cfg.arch, cfg.dataset)
+    if cfg.map_layer is not None and cfg.map_layer not in modules:
+        near = difflib.get_close_matches(cfg.map_layer, modules, n=3)
+        hint = f"nearest: {', '.join(near)}" if near else f"its default layers: {', '.join(widths)}"
+        raise ValueError(f"map_layer must be a layer of {cfg.arch} on {cfg.dataset}, got {cfg.map_layer!r}; {hint}")
+    narrowest = min(widths, key=widths.get)
+    for knob in TOP_K_KNOBS:
+        value = getattr(cfg, knob)
+        for k in value if isinstance(value, tuple) else (value,):
+            if isinstance(k, int) and k > widths[narrowest]:
+                raise ValueError(f"{knob} must be at most the width of every analysed layer of {cfg.arch} on "
+                                 f"{cfg.dataset}: {narrowest!r} has {widths[narrowest]} neurons, got {k}")
 
 
 def _marker_key(profile: str, dataset: str, path: Path, params: dict) -> tuple[dict, str]:
@@ -123,8 +177,9 @@ def _quiet_kernel_manager(log: Path):
     return IPCKernelManager
 
 
-def _execute(path: Path, out_nb: Path, params: dict, status_file: Path, outcome: dict) -> None:
-    """Run one notebook (in a worker thread); store the exception, if any, in ``outcome``."""
+def _execute(path: Path, out_nb: Path, params: dict, status_file: Path, outcome: dict, log: Path | None = None) -> None:
+    """Run one notebook (in a worker thread) into ``out_nb``, the kernel's stderr into ``log`` (default beside
+    ``out_nb``); store the exception, if any, in ``outcome``."""
     import os
 
     import papermill
@@ -133,12 +188,12 @@ def _execute(path: Path, out_nb: Path, params: dict, status_file: Path, outcome:
     try:
         papermill.execute_notebook(str(path), str(out_nb), parameters=params, kernel_name="python3",
                                    cwd=str(path.parent), progress_bar=False, log_output=False,
-                                   kernel_manager_class=_quiet_kernel_manager(out_nb.with_suffix(".kernel.log")))
+                                   kernel_manager_class=_quiet_kernel_manager(log or out_nb.with_suffix(".kernel.log")))
     except BaseException as e:  # noqa: BLE001 -- reported by the main thread, in one line
         outcome["error"] = e
 
 
-def _run_one(path, out_nb, params, bar, expected: float) -> BaseException | None:
+def _run_one(path, out_nb, params, bar, expected: float, log: Path | None = None) -> BaseException | None:
     """Execute a notebook while the terminal bar shows its kernel's progress line.
 
     The whole-run bar counts expected seconds (:func:`nslib.repro.config.expected_seconds`): while the notebook
@@ -147,7 +202,7 @@ def _run_one(path, out_nb, params, bar, expected: float) -> BaseException | None
     measured machine and its "remaining" the estimate of what is left."""
     status_file = Path(tempfile.mkdtemp(prefix="nslib-progress-")) / "status"
     outcome: dict = {}
-    worker = threading.Thread(target=_execute, args=(path, out_nb, params, status_file, outcome), daemon=True)
+    worker = threading.Thread(target=_execute, args=(path, out_nb, params, status_file, outcome, log), daemon=True)
     worker.start()
     label, shown, start, t0 = f"{params['dataset']}/{path.stem}", None, bar.n, time.perf_counter()
     while worker.is_alive():
@@ -162,6 +217,32 @@ def _run_one(path, out_nb, params, bar, expected: float) -> BaseException | None
     bar.n = start + expected
     bar.refresh()
     return outcome.get("error")
+
+
+def failed_path(out_nb: Path) -> Path:
+    """Where a failed run of ``out_nb`` is kept, with its traceback: ``NN_name.failed.ipynb`` beside it."""
+    return out_nb.with_name(f"{out_nb.stem}.failed.ipynb")
+
+
+def _run_atomically(path: Path, out_nb: Path, params: dict, bar, seconds: float) -> BaseException | None:
+    """Execute into ``.NN_name.running.ipynb`` beside ``out_nb`` and rename it over ``out_nb`` only on success:
+    a failure goes to :func:`failed_path`, Ctrl-C removes it; either way a finished ``out_nb`` and its
+    done-marker stay as they were. Returns the notebook's error (None on success); re-raises Ctrl-C."""
+    partial = out_nb.with_name(f".{out_nb.stem}.running.ipynb")
+    try:
+        error = _run_one(path, partial, params, bar, seconds, log=out_nb.with_suffix(".kernel.log"))
+        if isinstance(error, KeyboardInterrupt):
+            raise error
+    except KeyboardInterrupt:
+        partial.unlink(missing_ok=True)
+        raise
+    if error is not None:
+        if partial.exists():
+            partial.replace(failed_path(out_nb))
+        return error
+    failed_path(out_nb).unlink(missing_ok=True)  # the kit's own record of an earlier failure, now superseded
+    partial.replace(out_nb)
+    return None
 
 
 def reproduce(profile: str = "quick", datasets=None, only=None, resume: bool = False, overrides: dict | None = None,
@@ -202,18 +283,16 @@ def reproduce(profile: str = "quick", datasets=None, only=None, resume: bool = F
                 say(f"skip {out_nb} (done with the same settings)")
                 continue
             cfg, key = _marker_key(profile, dataset, path, params)  # what the done-marker will hold
-            marker.unlink(missing_ok=True)
             out_dir.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
-            error = _run_one(path, out_nb, params, bar, seconds)
-            if isinstance(error, KeyboardInterrupt):
-                raise error
+            error = _run_atomically(path, out_nb, params, bar, seconds)  # the finished one stays until success
             if error is not None:
                 bar.close()
                 what = f"raised {error.ename}: {error.evalue}" if isinstance(error, PapermillExecutionError) \
                     else f"{type(error).__name__}: {error}"
-                log(f"FAILED: {path.name} on {dataset} {what}\nthe executed notebook with the traceback: {out_nb} "
-                    f"(the kernel's own messages: {out_nb.with_suffix('.kernel.log')})")
+                kept = f"; the previous result {out_nb} is kept" if out_nb.exists() else ""
+                log(f"FAILED: {path.name} on {dataset} {what}\nthe executed notebook with the traceback: "
+                    f"{failed_path(out_nb)} (the kernel's own messages: {out_nb.with_suffix('.kernel.log')}){kept}")
                 return 1
             wall = time.perf_counter() - t0
             done += 1
@@ -253,14 +332,24 @@ def announce(profile: str, runs, why: str | None = None, todo=None) -> str:
             f"({len(runs)} notebook runs), device {device()}; {when}")
 
 
+def _names(text: str | None, flag: str, what: str) -> list[str] | None:
+    """A comma-separated list of a flag (None when the flag is absent); an empty one is an error, not 'all'."""
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ValueError(f"{flag} must list {what}; got {text!r} (leave {flag} out for all)")
+    return names
+
+
 def main(args) -> int:
     """Entry of ``python -m nslib reproduce`` (arguments parsed in :mod:`nslib.__main__`); ``--profile auto``
     (the default) runs "full" where a CUDA device is present and "cpu" elsewhere."""
     profile, why = (config.auto_profile() if args.profile == "auto" else (args.profile, None))
     try:
         overrides = config.parse_overrides(args.set)
-        datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
-        only = [o.strip() for o in args.only.split(",") if o.strip()] if args.only else None
+        datasets = _names(args.datasets, "--datasets", "dataset names, e.g. fmnist,mnist5k")
+        only = _names(args.only, "--only", "notebook numbers, e.g. 02,03")
         runs = plan(profile, datasets, only, overrides)  # every check, before any work
     except ValueError as e:
         print(f"nslib reproduce: {e}", file=sys.stderr)
