@@ -155,7 +155,7 @@ def _load_mnist5k(root: Path, split: str):
 
 
 def _torchvision(name: str, root: Path, split: str, download: bool):
-    import torchvision
+    import torchvision  # only the downloadable datasets need it, and importing it takes about a second
 
     cls = {"mnist": torchvision.datasets.MNIST, "cifar10": torchvision.datasets.CIFAR10}[name]
     folder = root / ("mnist" if name == "mnist" else "")

@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from nslib import attacks as _attacks, minnorm
 from nslib.autoattack import autoattack
@@ -103,7 +104,6 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, 
     t0 = time.perf_counter()
     starts = range(0, n, batch_size)
     if progress:
-        from tqdm.auto import tqdm
         starts = tqdm(starts, desc="robust accuracy", unit="batch")
     with eval_mode(model):
         for i in starts:

@@ -17,19 +17,30 @@ Nothing in the library imports this module: it sits on top of everything.
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import json
+import os
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from nslib.repro import config
+import papermill
+import torch
+from jupyter_client.manager import AsyncKernelManager
+from papermill.exceptions import PapermillExecutionError
+from tqdm.auto import tqdm
+
+from nslib import models as models_mod
+from nslib.data import DATASETS
 from nslib.fast import default_device as device
 from nslib.progress import read_status
+from nslib.repro import config
 from nslib.repro.report import profile_dir
+from nslib.sensitivity import capture
 from nslib.store import load_json, params_key, provenance, repo_root, save_json
 
 __all__ = ["notebooks", "plan", "to_run", "reproduce", "announce", "main"]
@@ -87,12 +98,6 @@ TEST_IMAGE_KNOBS = ("n_pairs", "n_eval", "n_long", "l2_n", "aa_n", "n_sanity")  
 def _layer_widths(arch: str, dataset: str) -> tuple[dict, tuple]:
     """({default layer: neurons}, every module name) of the untrained ``arch`` built for ``dataset``: one
     forward pass of two blank images (milliseconds for SmallCNN, about a second for ResNet-18 on a CPU)."""
-    import torch
-
-    from nslib import models as models_mod
-    from nslib.data import DATASETS
-    from nslib.sensitivity import capture
-
     model = models_mod.build(arch, dataset).eval()
     layers = models_mod.default_layers(model)
     info = DATASETS[dataset]
@@ -108,10 +113,6 @@ def check_against_model(cfg, overrides=()) -> None:
     of every default layer (a fraction always fits), and every count of test images (:data:`TEST_IMAGE_KNOBS`)
     set in ``overrides`` at most the dataset's test split (more would silently mean all of it; a profile's own
     value may exceed it in notebooks that do not read it). Raises: ValueError naming the knob."""
-    import difflib
-
-    from nslib.data import DATASETS
-
     for knob in (k for k in TEST_IMAGE_KNOBS if k in overrides):
         if getattr(cfg, knob) > DATASETS[cfg.dataset].test_size:
             raise ValueError(f"{knob} must be at most the {DATASETS[cfg.dataset].test_size} test images of "
@@ -161,8 +162,6 @@ def _quiet_kernel_manager(log: Path):
     listens on unencrypted TCP (local IPC sockets need no such warning), and a kernel left behind by Ctrl-C
     says "Parent appears to have exited" there. A cell's errors still reach the executed notebook and the
     terminal's FAILED line; what the kernel process itself printed is kept in ``log``."""
-    from jupyter_client.manager import AsyncKernelManager
-
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
@@ -180,10 +179,6 @@ def _quiet_kernel_manager(log: Path):
 def _execute(path: Path, out_nb: Path, params: dict, status_file: Path, outcome: dict, log: Path | None = None) -> None:
     """Run one notebook (in a worker thread) into ``out_nb``, the kernel's stderr into ``log`` (default beside
     ``out_nb``); store the exception, if any, in ``outcome``."""
-    import os
-
-    import papermill
-
     os.environ["NSLIB_PROGRESS_FILE"] = str(status_file)  # inherited by the kernel
     try:
         papermill.execute_notebook(str(path), str(out_nb), parameters=params, kernel_name="python3",
@@ -258,9 +253,6 @@ def reproduce(profile: str = "quick", datasets=None, only=None, resume: bool = F
         overrides: knob values applied last (``--set``), checked by :func:`nslib.repro.config.settings`.
         notebooks_dir: folder of the notebooks (default ``<repo>/notebooks``).
     """
-    from papermill.exceptions import PapermillExecutionError
-    from tqdm.auto import tqdm
-
     runs = plan(profile, datasets, only, overrides, notebooks_dir)
     todo = to_run(profile, runs, resume)
     # the bar counts the expected seconds of what will run (a skipped notebook counts nothing)
