@@ -1,4 +1,4 @@
-"""Command line: ``python -m nslib {reproduce,analyze,bench} ...`` (also installed as ``nslib``)."""
+"""Command line: ``python -m nslib {reproduce,analyze,train,evaluate,bench} ...`` (also installed as ``nslib``)."""
 from __future__ import annotations
 
 import argparse
@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     ana.add_argument("--out", default=None, help="output folder (default: outputs/analysis/<model>-<data>)")
     ana.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
+    from nslib import evaluate_cmd, train_cmd  # their flags live with them; under torchrun too (nslib.distributed)
+    train_cmd.add_arguments(sub.add_parser("train", help="train a model (standard, PGD-AT, TRADES, SNS, yours) "
+                                                         "-> last.pt, best.pt, history.json"))
+    evaluate_cmd.add_arguments(sub.add_parser("evaluate", help="clean, FGSM, PGD, MIM, FMN/PGD-L2, AutoAttack with "
+                                                               "intervals and per-example outcomes"))
     bench = sub.add_parser("bench", help="speed benchmarks against an anchor run in the same process")
     bench.add_argument("what", choices=("attacks", "sensitivity", "training"))
     bench.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -56,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.k >= 1:
             args.k = int(args.k)
         return analyze.main(args)
+    if args.command in ("train", "evaluate"):
+        return (train_cmd if args.command == "train" else evaluate_cmd).main(args)
     from nslib import bench as bench_mod
     return bench_mod.main(args)
 

@@ -13,7 +13,8 @@ activation maps of the most sensitive channels.
 - ``torchvision:NAME[:PATH]``: a torchvision architecture with ``--num-classes`` outputs and the weights
   of PATH (random weights without it); ``--mean`` and ``--std`` when the network expects normalised
   inputs (it is then wrapped to take [0, 1] images);
-- ``package.module:function``: a factory called with no arguments that returns the model.
+- ``package.module:function[:PATH]``: a factory called with no arguments that returns the model (with the
+  weights of PATH when given, e.g. a checkpoint of ``nslib train``).
 
 ``--data`` is a dataset name of :mod:`nslib.data` ("fmnist", "mnist5k", "mnist", "cifar10"), or
 ``synthetic:LIKE`` (random images shaped like LIKE), or a ``.pt`` file holding ``{"x": [N, C, H, W] in [0,
@@ -45,7 +46,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nslib import attacks, checks, data as data_mod, fast, intervention, models as models_mod, training, viz
+from nslib import attacks, checks, data as data_mod, distributed, fast, intervention, models as models_mod, training, viz
 from nslib.evaluate import accuracy_on
 from nslib.progress import bar
 from nslib.sensitivity import layer_summary, neuron_sensitivity, pick_map_layer, top_k
@@ -118,7 +119,8 @@ def load_model(spec: str, dataset: str | None = None, *, num_classes: int | None
         model = torchvision.models.get_model(name, weights=None, **kw)
         if path:
             _load_weights(model, _state_dict(path), f"torchvision {name}")
-    elif "." in head or rest.isidentifier():
+    elif "." in head or rest.partition(":")[0].isidentifier():
+        rest, _, path = rest.partition(":")  # package.module:function[:PATH] (PATH: weights, e.g. nslib train's)
         try:
             factory = getattr(importlib.import_module(head), rest)
         except (ImportError, AttributeError) as e:
@@ -126,6 +128,8 @@ def load_model(spec: str, dataset: str | None = None, *, num_classes: int | None
         model = factory()
         if not isinstance(model, nn.Module):
             raise ValueError(f"--model: {spec}() must return a torch.nn.Module, got {type(model).__name__}")
+        if path:
+            _load_weights(model, _state_dict(path), f"{head}:{rest}()")
     else:
         raise ValueError(f"--model must start with one of {', '.join(models_mod.ARCHS)}, 'torchvision' or a "
                          f"module path, got {spec!r}")
@@ -187,6 +191,11 @@ def check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers=None) -
 # the analysis
 
 def _pairs(model, x, y, *, attack, eps, steps, seed, amp) -> torch.Tensor:
+    if attack == "pgd" and distributed.active():  # pgd_pairs' batches dealt to the ranks, each seeded as there
+        bs = fast.attack_batch(checks.model_device(model))
+        return torch.cat(distributed.gather_batches({i: attacks.pgd_pairs(
+            model, x[i:i + bs], y[i:i + bs], eps=eps, steps=steps, seed=seed + i, amp=amp)
+            for i in distributed.my_batches(len(x), bs)}))
     if attack == "pgd":
         return attacks.pgd_pairs(model, x, y, eps=eps, steps=steps, seed=seed, amp=amp, progress=True)
     from nslib.evaluate import autoattack
@@ -229,6 +238,10 @@ def analyze(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, o
     if out.exists() and any(out.iterdir()) and not force:
         raise ValueError(f"--out {out} exists and is not empty; pass --force to replace it, or another --out")
     names = check_fit(model, x, y, layers)
+    if not distributed.is_main():  # under torchrun: its share of the PGD pairs; rank 0 does the rest and writes
+        if attack == "pgd":
+            _pairs(model, x, y, attack=attack, eps=eps, steps=steps, seed=seed, amp=amp)
+        return None
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_parent(out)))
     try:
         summary = _run(model, x, y, names, tmp, eps=eps, attack=attack, steps=steps, k=k, ks=ks, seeds=seeds,
@@ -355,13 +368,14 @@ def main(args) -> int:
     """Entry of ``python -m nslib analyze`` (arguments parsed in :mod:`nslib.__main__`)."""
     import sys
 
+    distributed.terminate_raises()  # torchrun's SIGTERM unwinds: the temporary folder is removed
     try:
         x, y, eps = load_data(args.data, args.n, args.seed)  # the data first: its name sizes a kit architecture
         model = load_model(args.model, dataset_of(args.data), num_classes=args.num_classes, mean=args.mean, std=args.std)
         eps = args.eps if args.eps is not None else eps
         if eps is None:
             raise ValueError(f"--eps must be given for --data {args.data} (it has no default radius)")
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = distributed.setup(args.device)  # joins torchrun's process group when launched by it
         checks.check_choice(args.precision, "--precision", fast.PRECISIONS)
         amp = fast.autocast_dtype(args.precision, device) is not None  # the kit's rule: bf16 where hardware has it
         out = args.out or outputs_dir("analysis", f"{args.model.replace(':', '_').replace('/', '_')}-{args.data}")
@@ -370,11 +384,19 @@ def main(args) -> int:
                           layers=layers, k=args.k, seed=args.seed, amp=amp, force=args.force,
                           meta={"model": args.model, "data": args.data})
     except (ValueError, TypeError) as e:
-        print(f"nslib analyze: {e}", file=sys.stderr)
+        if distributed.is_main():  # every rank checks the same inputs: one message
+            print(f"nslib analyze: {e}", file=sys.stderr)
         return 2
+    except distributed.PeerFailure as e:
+        print(f"nslib analyze: {e}; nothing was written", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\nnslib analyze: interrupted; nothing was written", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
+    if summary is None:  # a rank other than 0: its share is with rank 0
+        return 0
     print(f"nslib analyze: wrote {out}/ANALYSIS.md (mean sigma {summary['mean_abs']:.4g}, "
           f"clean {100 * summary['clean']['accuracy']:.1f}%, adversarial {100 * summary['adv']['accuracy']:.1f}%)")
     return 0
