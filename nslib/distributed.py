@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import signal
 
 import torch
@@ -34,6 +35,7 @@ __all__ = ["setup", "rank", "world", "is_main", "active", "my_batches", "gather_
            "example_noise", "wrap_ddp", "split_batch", "check_batch", "starts", "sharded_mean", "shutdown",
            "terminate_raises", "PeerFailure", "ChecksFailed", "agree", "run_command"]
 
+_LOST_PEER = re.compile(r"Connection (reset|closed)|Broken pipe|timed out|Timeout|NCCL|gloo", re.IGNORECASE)
 _OWNED = []  # the process group setup() created (shutdown leaves one the caller made)
 TIMEOUT_S = 1800  # a collective waits this long for a rank (rank 0 writing a large checkpoint, a slow batch)
 
@@ -286,6 +288,12 @@ def run_command(name: str, work, args) -> int:
     except PeerFailure as e:
         print(f"nslib {name}: {e}; stopped, nothing half-written (rank 0 writes only complete results)",
               file=sys.stderr)
+        return 1
+    except RuntimeError as e:  # DDP's all-reduce inside backward() reports a lost peer as a plain RuntimeError
+        if not (active() and _LOST_PEER.search(str(e))):
+            raise
+        print(f"nslib {name}: another rank stopped while rank {rank()} waited for it ({str(e).splitlines()[0][:200]}); "
+              f"stopped, nothing half-written (rank 0 writes only complete results)", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, SystemExit) as e:
         code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 130

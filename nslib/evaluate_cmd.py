@@ -303,6 +303,8 @@ def _prepare(args) -> dict:
         if (args.eps is not None or eps is not None) else None
     if eps is None:
         raise ValueError(f"--eps must be given for --data {args.data} (it has no default radius)")
+    if eps > 1:
+        raise ValueError(f"--eps must be a Linf radius in (0, 1] (images are in [0, 1]), got {eps:g}")
     first = streams.load_indices(source["dataset"], source["index"][:2]) if source["x"] is None \
         else (source["x"][:2], source["y"][:2])
     analyze.check_fit(model, first[0], first[1], layers=[])

@@ -14,8 +14,9 @@ to a run never stopped, with the same or another number of ranks.
 Under ``torchrun --nproc_per_node=N -m nslib train ...`` every global batch of ``--batch-size`` is split
 across the N ranks and trained with DistributedDataParallel (:mod:`nslib.distributed`); the random starts of
 the training attack are drawn per example (from the seed, the epoch and the example's index), which the
-command also does in one process, so one process and N ranks train the same model. Every bad input fails
-before any work with a message naming the flag.
+command also does in one process, so one process and N ranks train the same model (``--batch-starts``, one
+process only, draws them per batch instead, as the reproduction does: its models bit for bit). Every bad input
+fails before any work with a message naming the flag.
 
 Usage::
 
@@ -78,6 +79,8 @@ def add_arguments(p) -> None:
                    "cuda:LOCAL_RANK)")
     p.add_argument("--out", default=None, help="run folder (default: outputs/train/<method>-<model>-<data>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--batch-starts", action="store_true", help="draw the training attack's random starts per batch "
+                   "as the reproduction does (its models bit for bit; one process only) instead of per example")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -159,6 +162,9 @@ def _prepare(args) -> dict:
     except (ValueError, TypeError) as e:
         raise type(e)(_flag(str(e))) from None
     workers = checks.check_positive_int(args.workers, "--workers", minimum=0)
+    if args.batch_starts and distributed.active():
+        raise ValueError("--batch-starts draws the attack's starts per batch, which splitting a batch across ranks "
+                         "changes: one process only (leave it out under torchrun)")
     data, dataset = load_train_data(args.data, cfg.seed, image_size=args.image_size)
     if isinstance(data, torch.utils.data.Dataset):  # a folder: streamed; its validation images held in memory
         data = (streams.Stream(data, workers=workers), streams.targets(data))
@@ -190,7 +196,7 @@ def _work(args) -> int:
         err = e
     distributed.agree(err)
     result = training.train(job["model"], job["data"], job["cfg"], out_dir=job["out"], resume=args.resume,
-                            device=device, progress=not args.quiet, example_starts=True)
+                            device=device, progress=not args.quiet, example_starts=not args.batch_starts)
     if not distributed.is_main():
         return 0 if result["status"] == "done" else 1
     out, best, last = job["out"], result["best"], result["history"][-1] if result["history"] else {}
