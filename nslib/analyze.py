@@ -46,7 +46,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nslib import attacks, checks, data as data_mod, distributed, fast, intervention, models as models_mod, training, viz
+from nslib import attacks, checks, data as data_mod, distributed, fast, intervention, models as models_mod, training
+from nslib import viz
 from nslib.evaluate import accuracy_on
 from nslib.progress import bar
 from nslib.sensitivity import layer_summary, neuron_sensitivity, pick_map_layer, top_k
@@ -228,6 +229,8 @@ def analyze(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, o
     and random choices); seed (the attack's); amp (bf16 autocast for the attack on CUDA); force (replace
     an existing ``out_dir``); meta (recorded with the results: the SPEC, the data name).
     Raises: ValueError naming the bad argument, before any work; nothing is written then.
+    Under torchrun the PGD pairs are crafted by all ranks (:mod:`nslib.distributed`, batch for batch as one
+    process crafts them); rank 0 does the rest and writes, the other ranks return None.
     """
     eps = checks.check_eps(eps, "--eps", allow_zero=False)
     if eps > 1:

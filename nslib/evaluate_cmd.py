@@ -15,7 +15,8 @@ gathered: the table and the outcomes are those of one process, bit for bit; rank
 Written to ``--out`` (a temporary folder beside it, moved into place at the end; ``--force`` replaces only
 the files this command writes): ``results.json`` (rows, parameters, provenance), ``results.csv``,
 ``RESULTS.md`` and ``outcomes.csv`` (one row per image: its index in the data, label, 1 where it is still
-classified correctly clean / under each attack, and FMN's smallest L2 perturbation).
+classified correctly clean / under each attack, and FMN's smallest L2 perturbation: inf where none was found,
+0 where the image is misclassified clean).
 
 Usage::
 
@@ -127,7 +128,7 @@ def evaluate_model(model, source: dict, suite: list[dict], *, eps: float, l2_eps
     data, ``"label"`` [N], ``"dataset"`` (a folder's ImageFolder); suite: :func:`parse_attacks`; eps (Linf),
     l2_eps (L2 radius); seed (the batch starting at image i uses seed + i); amp (bf16 attacks; counting is
     fp32); aa: {"version", "attacks"} for AutoAttack.
-    Returns (on every rank): ``{"rows": [...], "outcomes": {"index", "label", "clean", <label>...}, "norms"}``.
+    Returns (on every rank): ``{"rows": [...], "outcomes": {"index", "label", "clean", <label>..., "<FMN> L2"}}``.
     """
     device = checks.model_device(model)
     parts, spent = {}, {s["label"]: 0.0 for s in suite}
@@ -152,26 +153,24 @@ def evaluate_model(model, source: dict, suite: list[dict], *, eps: float, l2_eps
 def _table(merged: list[dict], suite: list[dict], source: dict, spent: dict) -> dict:
     """Rows and outcomes from the gathered batches (in image order)."""
     outcomes = {"index": source["index"].tolist(), "label": source["label"].tolist()}
-    rows, norms = [], None
+    rows, clean = [], None
     for label in ["clean"] + [s["label"] for s in suite]:
         ok = torch.cat([p[label] for p in merged])
         outcomes[label] = ok.int().tolist()
+        clean = ok if clean is None else clean  # the first label is "clean"
         k, n = int(ok.sum()), len(ok)
         low, high = evaluate.wilson_interval(k, n)
         row = {"attack": label, "accuracy": k / n, "low": low, "high": high, "n": n, "correct": k,
                "attack_s": round(spent.get(label, 0.0), 3)}
         extras = [p[label + ":extra"] for p in merged] if label != "clean" else []
-        if extras and "norm" in extras[0][0]:
-            norms = torch.cat([e["norm"] for e, _ in extras])
-            clean = torch.tensor(outcomes["clean"], dtype=torch.bool)
-            row["median_l2"] = float(torch.where(clean, norms, torch.zeros_like(norms))[clean].median()) \
-                if bool(clean.any()) else 0.0
+        if extras and "norm" in extras[0][0]:  # as evaluate.min_norm_accuracy: 0 where wrong clean, inf: not broken
+            norms = torch.where(clean, torch.cat([e["norm"] for e, _ in extras]), 0.0)
+            row["median_l2"] = float(norms[clean].median()) if bool(clean.any()) else 0.0
+            outcomes[f"{label} L2"] = [f"{v:.6g}" for v in norms.tolist()]
         if extras and "after" in extras[0][0]:
             names = extras[0][0]["after"].keys()
             row["after"] = {a: sum(e["after"][a] * m for e, m in extras) / n for a in names}
         rows.append(row)
-    if norms is not None:
-        outcomes["fmn_l2_norm"] = [f"{v:.6g}" for v in norms.tolist()]
     return {"rows": rows, "outcomes": outcomes}
 
 
