@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ana.add_argument("--eps", type=float, default=None, help="Linf radius of the pairs (default: the dataset's)")
     ana.add_argument("--attack", default="pgd", choices=("pgd", "autoattack"), help="how the pairs are crafted")
     ana.add_argument("--steps", type=int, default=20, help="PGD steps (random start, step 2.5 eps / steps)")
-    ana.add_argument("--n", type=int, default=1000, help="test images (a fixed class-stratified subset)")
+    ana.add_argument("--n", "--num-images", dest="n", type=int, default=1000, help="test images (a fixed class-stratified subset)")
     ana.add_argument("--k", type=float, default=0.1, help="top-k: a fraction of each layer's neurons, or a count >= 1")
     ana.add_argument("--seed", type=int, default=0, help="seed of the attack and the random choices")
     ana.add_argument("--num-classes", type=int, default=None, help="outputs of a torchvision architecture")

@@ -249,7 +249,9 @@ def add_arguments(p) -> None:
                    "torchvision:NAME[:PATH] or package.module:function")
     p.add_argument("--data", required=True, help="fmnist, mnist5k, mnist, cifar10, synthetic:LIKE, a .pt file "
                    "{'x', 'y'}, or a folder of images in ImageFolder layout (streamed)")
-    p.add_argument("--n", type=int, default=1000, help="test images (a fixed class-stratified subset; 0: all)")
+    p.add_argument("--n", "--num-images", dest="n", type=int, default=1000, help="test images (a fixed "
+                   "class-stratified subset; 0: all); under torchrun spell it --num-images (torchrun reads --n as its "
+                   "own --nnodes or --nproc-per-node)")
     p.add_argument("--attacks", default=DEFAULT_ATTACKS, help="comma-separated: fgsm, pgd-N, mim-N, pgd-l2[-N], "
                    "fmn-l2[-N], autoattack (clean is always measured)")
     p.add_argument("--eps", type=float, default=None, help="Linf radius (default: the dataset's)")
