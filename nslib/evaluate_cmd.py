@@ -191,7 +191,7 @@ def markdown(result: dict) -> str:
         if "median_l2" in r:
             notes.append(f"median smallest L2 {r['median_l2']:.3f}")
         if "after" in r:
-            notes.append(", ".join(f"after {a}: {v:.1f}" for a, v in r["after"].items()))
+            notes.append(", ".join(f"after {a}: {100 * v:.1f}%" for a, v in r["after"].items()))
         lines.append(f"| {r['attack']} | {100 * r['accuracy']:.1f} | [{100 * r['low']:.1f}, {100 * r['high']:.1f}] "
                      f"| {r['correct']} / {r['n']} | {'; '.join(notes)} |")
     lines += ["", "`outcomes.csv`: one row per image (its index in the data, its label, 1 where it is still "
