@@ -1,8 +1,10 @@
-"""Command line: ``python -m nslib {reproduce,analyze,bench} ...`` (also installed as ``nslib``)."""
+"""Command line: ``python -m nslib {reproduce,analyze,train,evaluate,bench} ...`` (also installed as ``nslib``)."""
 from __future__ import annotations
 
 import argparse
 import sys
+
+from nslib import analyze, bench as bench_mod, checks, evaluate_cmd, train_cmd
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      "other fixed-radius attack of nslib.evaluate.ATTACKS (fgsm, mim, "
                                                      "autoattack: standard)")
     ana.add_argument("--steps", type=int, default=20, help="PGD steps (random start, step 2.5 eps / steps)")
-    ana.add_argument("--n", type=int, default=1000, help="test images (a fixed class-stratified subset)")
+    ana.add_argument("--n", "--num-images", dest="n", type=int, default=1000, help="test images (a fixed class-stratified subset)")
     ana.add_argument("--k", type=float, default=0.1, help="top-k: a fraction of each layer's neurons, or a count >= 1")
     ana.add_argument("--seed", type=int, default=0, help="seed of the attack and the random choices")
     ana.add_argument("--num-classes", type=int, default=None, help="outputs of a torchvision architecture")
@@ -44,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     ana.add_argument("--out", default=None, help="output folder (default: outputs/analysis/<model>-<data>)")
     ana.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
+    # the train and evaluate flags live with their commands; every command runs under torchrun too
+    train_cmd.add_arguments(sub.add_parser("train", help="train a model (standard, PGD-AT, TRADES, SNS, yours) "
+                                                         "-> last.pt, best.pt, history.json"))
+    evaluate_cmd.add_arguments(sub.add_parser("evaluate", help="clean, FGSM, PGD, MIM, FMN/PGD-L2, AutoAttack with "
+                                                               "intervals and per-example outcomes"))
     bench = sub.add_parser("bench", help="speed benchmarks against an anchor run in the same process")
     bench.add_argument("what", choices=("attacks", "sensitivity", "training"))
     bench.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -51,14 +58,14 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "reproduce":
-        from nslib.repro import run
+        from nslib.repro import run  # papermill and jupyter: only reproduce needs them (a second to import)
         return run.main(args)
     if args.command == "analyze":
-        from nslib import analyze
         if args.k >= 1 and float(args.k).is_integer():  # a whole count; 1.5 stays a float and is refused
             args.k = int(args.k)
         return analyze.main(args)
-    from nslib import bench as bench_mod, checks
+    if args.command in ("train", "evaluate"):
+        return (train_cmd if args.command == "train" else evaluate_cmd).main(args)
     try:
         if args.device is not None:
             checks.check_device(args.device, "--device")

@@ -6,18 +6,8 @@ relative), its most sensitive neurons, what restoring or zeroing them does to ad
 vs random vs least sensitive vs sensitivity-matched, on at most four of the layers, evenly spaced), and the
 activation maps of the most sensitive channels.
 
-``SPEC`` names the model:
-
-- ``smallcnn:PATH`` (or ``vgg16:``, ``resnet18:``): a kit architecture, sized for ``--data``, with the
-  weights of PATH (a checkpoint of :func:`nslib.training.train` or a plain state dict);
-- ``torchvision:NAME[:PATH]``: a torchvision architecture with ``--num-classes`` outputs and the weights
-  of PATH (random weights without it); ``--mean`` and ``--std`` when the network expects normalised
-  inputs (it is then wrapped to take [0, 1] images);
-- ``package.module:function``: a factory called with no arguments that returns the model.
-
-``--data`` is a dataset name of :mod:`nslib.data` ("fmnist", "mnist5k", "mnist", "cifar10"), or
-``synthetic:LIKE`` (random images shaped like LIKE), or a ``.pt`` file holding ``{"x": [N, C, H, W] in [0,
-1], "y": [N]}``. The test images are the reproduction's own (:func:`nslib.data.test_set`: a fixed
+``SPEC`` names the model and ``--data`` the images, as :mod:`nslib.specs` reads them (the SPECs ``nslib train`` and
+``nslib evaluate`` take too). The test images are the reproduction's own (:func:`nslib.data.test_set`: a fixed
 class-stratified subset) and the PGD pairs are crafted exactly as the reproduction crafts them
 (:func:`nslib.attacks.pgd_pairs`), so for a checkpoint the kit trained the numbers equal notebook 02's.
 
@@ -36,19 +26,20 @@ Usage::
 """
 from __future__ import annotations
 
-import importlib
 import math
 import shutil
 import statistics
+import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from nslib import attacks, checks, data as data_mod, fast, intervention, models as models_mod, training, viz
-from nslib import evaluate
+from nslib import attacks, checks, data as data_mod, distributed, evaluate, fast, intervention, viz
 from nslib.evaluate import accuracy_on
 from nslib.progress import bar
+from nslib.specs import check_fit, dataset_of, load_data, load_model  # noqa: F401  (analyze.load_model stays public)
 from nslib.sensitivity import layer_summary, neuron_sensitivity, pick_map_layer, top_k
 from nslib.store import (atomic_write_bytes, check_result_dir, new_result_dir, outputs_dir, provenance, replace_dir,
                          save_json, write_manifest)
@@ -68,190 +59,16 @@ def pair_attacks() -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# the model, the data, and the checks before any work
-
-def _state_dict(path: str) -> dict:
-    """The weights in ``path``: a checkpoint of :func:`nslib.training.train` (its "model") or a state dict."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"--model names a weights file that does not exist: {p}")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 -- zip, pickle, magic number, EOF: torch raises any of them
-        raise ValueError(f"--model: {p} cannot be read as PyTorch weights (corrupt or truncated? "
-                         f"{type(e).__name__}: {_first_sentence(e)})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"--model: {p} holds no state dict (a dict of tensors, or a checkpoint with one under "
-                         f"'model' or 'state_dict'), got {type(obj).__name__}")
-    return obj
-
-
-def _first_sentence(e: BaseException) -> str:
-    """The first sentence of an error's message (torch's load errors run to several)."""
-    return str(e).splitlines()[0].split(". ")[0] if str(e) else ""
-
-
-def _load_weights(model: nn.Module, state: dict, what: str) -> None:
-    """Load ``state`` into ``model``; a mismatch is a ValueError naming the first keys that differ."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = [f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}" for label, keys in
-                 (("missing in the file", missing), ("not in the model", unexpected), ("other shapes", shapes))
-                 if keys]
-        raise ValueError(f"--model: the weights do not fit {what}; " + "; ".join(parts))
-    model.load_state_dict(state)
-
-
-def load_model(spec: str, dataset: str | None = None, *, num_classes: int | None = None, mean=None,
-               std=None) -> nn.Module:
-    """The model a ``--model`` SPEC names (see the module docstring), on the CPU, in eval mode.
-
-    Raises: ValueError naming --model (a malformed SPEC, a missing file, weights that do not fit the
-    architecture: the first mismatching keys), or --num-classes, --mean, --std.
-    """
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ValueError(f"--model must be ARCH:PATH, torchvision:NAME[:PATH] or package.module:function, "
-                         f"got {spec!r}")
-    head, rest = spec.split(":", 1)
-    if head in models_mod.ARCHS:
-        if dataset is None:
-            raise ValueError(f"--model {head}:... is sized by a dataset: --data must then name one "
-                             f"({', '.join(d for d in data_mod.DATASETS if d != 'synthetic')} or synthetic:LIKE)")
-        model = models_mod.build(head, dataset)
-        _load_weights(model, _state_dict(rest), f"{head} built for {dataset}")
-    elif head == "torchvision":
-        import torchvision
-
-        name, _, path = rest.partition(":")
-        if name not in torchvision.models.list_models():
-            raise ValueError(f"--model: torchvision has no architecture {name!r}")
-        kw = {} if num_classes is None else {"num_classes": checks.check_positive_int(num_classes, "--num-classes")}
-        model = torchvision.models.get_model(name, weights=None, **kw)
-        if path:
-            _load_weights(model, _state_dict(path), f"torchvision {name}")
-    elif "." in head or rest.isidentifier():
-        try:
-            factory = getattr(importlib.import_module(head), rest)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"--model: cannot import {rest!r} from {head!r} ({e})") from None
-        try:
-            model = factory()
-        except Exception as e:  # noqa: BLE001 -- the user's code: any error, named as theirs
-            raise ValueError(f"--model: {spec}() raised {type(e).__name__}: {e}") from None
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"--model: {spec}() must return a torch.nn.Module, got {type(model).__name__}")
-    else:
-        raise ValueError(f"--model must start with one of {', '.join(models_mod.ARCHS)}, 'torchvision' or a "
-                         f"module path, got {spec!r}")
-    if (mean is None) != (std is None):
-        raise ValueError("--mean and --std go together (the per-channel normalisation the network expects)")
-    if mean is not None:
-        model = models_mod.wrap(model, mean, std)
-    return model.eval()
-
-
-def load_data(name: str, n: int | None = 1000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, float | None]:
-    """``(x, y, the dataset's eps or None)``: ``n`` test images of ``name`` (see the module docstring)."""
-    if n is not None:
-        n = checks.check_positive_int(n, "--n", minimum=2)  # the interventions split the pairs in two halves
-    if name.endswith(".pt"):
-        x, y = _pt_data(name)
-        return x[:n], y[:n], None
-    if name.startswith("synthetic:"):
-        like = name.split(":", 1)[1]
-        x, y = data_mod.load("synthetic", "test", like=like, n=1000 if n is None else n, seed=seed)
-        return x, y, training.ATTACK_DEFAULTS.get(like, {}).get("eps")
-    if name not in data_mod.DATASETS or name == "synthetic":
-        raise ValueError(f"--data must be one of {', '.join(d for d in data_mod.DATASETS if d != 'synthetic')}, "
-                         f"synthetic:LIKE or a .pt file, got {name!r}")
-    x, y = data_mod.test_set(name, n, seed=seed)
-    return x, y, training.ATTACK_DEFAULTS.get(name, {}).get("eps")
-
-
-def _pt_data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, y)`` of a ``--data`` file: a dict with "x" and "y", or a tuple (x, y), each checked."""
-    if not Path(name).is_file():
-        raise ValueError(f"--data names a file that does not exist: {name}")
-    try:
-        obj = torch.load(name, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 -- zip, pickle, magic number, EOF: torch raises any of them
-        raise ValueError(f"--data: {name} cannot be read by torch.load (corrupt or truncated? {type(e).__name__})") \
-            from None
-    if isinstance(obj, dict) and "x" in obj and "y" in obj:
-        x, y = obj["x"], obj["y"]
-    elif isinstance(obj, (tuple, list)) and len(obj) == 2:
-        x, y = obj
-    else:
-        got = f"a dict with keys {sorted(map(str, obj))}" if isinstance(obj, dict) else \
-            f"a {type(obj).__name__} of {len(obj)} items" if isinstance(obj, (tuple, list)) else type(obj).__name__
-        raise ValueError(f"--data: {name} must hold {{'x': [N, C, H, W] in [0, 1], 'y': [N]}} (or a tuple (x, y)), "
-                         f"got {got}")
-    checks.check_images(x, "--data x")
-    checks.check_labels(y, x.shape[0], None, "--data y")
-    return x, y
-
-
-def dataset_of(data: str) -> str | None:
-    """The registry dataset that sizes a kit architecture for ``--data`` (``synthetic:LIKE`` -> LIKE), or None
-    for a ``.pt`` file."""
-    if data.startswith("synthetic:"):
-        return data.split(":", 1)[1]
-    return data if data in data_mod.DATASETS and data != "synthetic" else None
-
-
-def check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers=None, k=None) -> list[str]:
-    """Forward passes of two images: the data fit the model, it returns finite logits [N, classes] with a
-    gradient to the input, its weights are finite, the labels are classes of it, every layer exists, is
-    hooked once and is at least ``k`` neurons wide, and there are at least 2 images (the interventions choose
-    on one half of the pairs and measure on the other). Returns the layer names (the default ones when None).
-    """
-    from nslib.sensitivity import capture
-
-    checks.check_images(x, "--data x")
-    if x.shape[0] < 2:
-        raise ValueError(f"--n must be at least 2 (the interventions choose neurons on one half of the pairs and "
-                         f"measure on the other), got {x.shape[0]} image(s)")
-    names = models_mod.default_layers(model) if layers is None else list(layers)
-    if not names:
-        raise ValueError("--layers must name at least one layer (comma-separated dotted names)")
-    for name in names:
-        models_mod.get_layer(model, name)  # unknown: the nearest valid names
-    checks.check_finite_model(model, "--model")
-    xb = x[:2].to(checks.model_device(model))
-    checks.check_input_dtype(model, xb, "--data x")
-    with models_mod.eval_mode(model), capture(model, names, detach=True) as acts, torch.no_grad():
-        try:
-            out = model(xb)
-        except RuntimeError as e:
-            raise ValueError(f"--data: images of shape {list(x.shape[1:])} do not fit the model ({e})") from None
-        checks.check_logits(out, min(2, x.shape[0]), "--model")
-        checks.check_finite_logits(out, "--model")
-        widths = {name: acts[name].shape[1] for name in names}
-    checks.check_labels(y, x.shape[0], out.shape[1], "--data y", why=f"the model returns {out.shape[1]} logits")
-    if k is not None:
-        for name, width in widths.items():
-            if isinstance(k, int) and k > width:
-                raise ValueError(f"--k must be at most the width of every analysed layer: {name!r} has {width} "
-                                 f"neurons, got {k}")
-    with models_mod.eval_mode(model):
-        checks.check_differentiable(model, xb, "--model")
-    return names
-
-
-# ----------------------------------------------------------------------------------------------------
 # the analysis
 
 def _pairs(model, x, y, *, attack, eps, steps, seed, amp) -> torch.Tensor:
     """PGD: the reproduction's pairs (so a kit checkpoint gives notebook 02's numbers); any other fixed-radius
     attack of :data:`nslib.evaluate.ATTACKS` at its defaults (AutoAttack: standard)."""
+    if attack == "pgd" and distributed.active():  # pgd_pairs' batches dealt to the ranks, each seeded as there
+        bs = fast.attack_batch(checks.model_device(model))
+        return torch.cat(distributed.gather_batches({i: attacks.pgd_pairs(
+            model, x[i:i + bs], y[i:i + bs], eps=eps, steps=steps, seed=seed + i, amp=amp)
+            for i in distributed.my_batches(len(x), bs)}))
     if attack == "pgd":
         return attacks.pgd_pairs(model, x, y, eps=eps, steps=steps, seed=seed, amp=amp, progress=True)
     return evaluate.craft(model, x, y, {"attack": attack, "eps": eps}, seed=seed)
@@ -281,6 +98,8 @@ def analyze(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, o
     and random choices); seed (the attack's); amp (bf16 autocast for the attack on CUDA); force (replace
     an existing ``out_dir``); meta (recorded with the results: the SPEC, the data name).
     Raises: ValueError naming the bad argument, before any work; nothing is written then.
+    Under torchrun the PGD pairs are crafted by all ranks (:mod:`nslib.distributed`, batch for batch as one
+    process crafts them); rank 0 does the rest and writes, the other ranks return None.
     """
     eps = checks.check_eps(eps, "--eps", allow_zero=False)
     if eps > 1:
@@ -290,6 +109,10 @@ def analyze(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, o
     steps = checks.check_positive_int(steps, "--steps")
     out = check_result_dir(out_dir, force, "--out", legacy=LEGACY)  # at once, before any work
     names = check_fit(model, x, y, layers, k)
+    if not distributed.is_main():  # under torchrun: its share of the PGD pairs; rank 0 does the rest and writes
+        if attack == "pgd":
+            _pairs(model, x, y, attack=attack, eps=eps, steps=steps, seed=seed, amp=amp)
+        return None
     tmp = new_result_dir(out, "--out")
     try:
         summary = _run(model, x, y, names, tmp, eps=eps, attack=attack, steps=steps, k=k, ks=ks, seeds=seeds,
@@ -347,8 +170,6 @@ def _write_csv(path: Path, header, rows) -> None:
 
 def _figures(model, x, x_adv, names, sigma, rel, curves, folder: Path) -> list[str]:
     """Every figure, as PNG and PDF; returns the PNG names relative to the output folder."""
-    import matplotlib.pyplot as plt
-
     written = []
     for variant, s, label in (("abs", sigma, "neuron sensitivity σ"), ("rel", rel, "relative sensitivity σ / mean|F(x)|")):
         viz.plot_layer_sensitivity({"model": s}, ylabel=label, path=folder / f"sensitivity_{variant}",
@@ -409,8 +230,7 @@ def markdown(summary: dict) -> str:
 
 def main(args) -> int:
     """Entry of ``python -m nslib analyze`` (arguments parsed in :mod:`nslib.__main__`)."""
-    import sys
-
+    distributed.terminate_raises()  # torchrun's SIGTERM unwinds: the temporary folder is removed
     try:
         out = args.out or outputs_dir("analysis", f"{args.model.replace(':', '_').replace('/', '_')}-{args.data}")
         check_result_dir(out, args.force, "--out", legacy=LEGACY)  # before loading anything: it costs nothing
@@ -424,21 +244,30 @@ def main(args) -> int:
         eps = args.eps if args.eps is not None else eps
         if eps is None:
             raise ValueError(f"--eps must be given for --data {args.data} (it has no default radius)")
+        device = distributed.setup(str(device))  # joins torchrun's process group when launched by it
         checks.check_choice(args.precision, "--precision", fast.PRECISIONS)
         amp = fast.autocast_dtype(args.precision, device) is not None  # the kit's rule: bf16 where hardware has it
         summary = analyze(model.to(device), x, y, eps=eps, out_dir=out, attack=args.attack, steps=args.steps,
                           layers=layers, k=args.k, seed=args.seed, amp=amp, force=args.force,
                           meta={"model": args.model, "data": args.data})
     except (ValueError, TypeError) as e:
-        print(f"nslib analyze: {e}", file=sys.stderr)
+        if distributed.is_main():  # every rank checks the same inputs: one message
+            print(f"nslib analyze: {e}", file=sys.stderr)
         return 2
     except data_mod.DataUnavailable as e:
         print(f"nslib analyze: --data {args.data}: {' '.join(str(e).split())}",
               file=sys.stderr)
         return 2
+    except distributed.PeerFailure as e:
+        print(f"nslib analyze: {e}; nothing was written", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\nnslib analyze: interrupted; nothing was written", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
+    if summary is None:  # a rank other than 0: its share is with rank 0
+        return 0
     print(f"nslib analyze: wrote {out}/ANALYSIS.md (mean sigma {summary['mean_abs']:.4g}, "
           f"clean {100 * summary['clean']['accuracy']:.1f}%, adversarial {100 * summary['adv']['accuracy']:.1f}%)")
     return 0

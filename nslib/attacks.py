@@ -332,16 +332,20 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float
     return _l2_exact(x, best, eps) if norm == "l2" else best
 
 
-def _pgd_run(model, x, objective, *, eps, alpha, steps, norm, lo_hi, start, gen, amp, check) -> torch.Tensor:
-    """One PGD run from a (random) start; returns the last iterate, inside the ball and [0, 1]."""
+def _pgd_run(model, x, objective, *, eps, alpha, steps, norm, lo_hi, start, gen, amp, check,
+             noise=None) -> torch.Tensor:
+    """One PGD run from a (random) start; returns the last iterate, inside the ball and [0, 1]. ``noise(kind)``
+    (Linf and gauss starts) draws the start like x, "uniform" or "normal", in place of ``gen``."""
     n = x.shape[0]
+    draw = noise or (lambda kind: (torch.rand if kind == "uniform" else torch.randn)(
+        x.shape, generator=gen, device=x.device, dtype=x.dtype))
     if start == "gauss":  # TRADES's start, fed to the model as drawn: trades.py projects only after each step
         # (clipping it to [0, 1] changed about half of the final iterate's pixels)
-        x_adv = x + KL_START_STD * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        x_adv = x + KL_START_STD * draw("normal")
     else:
         x_adv = x
         if start == "linf":
-            x_adv = x + (torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1) * eps
+            x_adv = x + (draw("uniform") * 2 - 1) * eps
         elif start == "l2":
             d = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)  # uniform direction
             r = torch.rand(n, generator=gen, device=x.device, dtype=x.dtype)  # radius as a share of eps
@@ -366,16 +370,16 @@ def _project(x, x_adv, eps, norm, lo_hi):
 
 
 def _pgd_unchecked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
-                   loss: str = "ce", seed: int | None = None, amp: bool = False) -> torch.Tensor:
+                   loss: str = "ce", seed: int | None = None, amp: bool = False, noise=None) -> torch.Tensor:
     """Linf PGD with random start and one restart, without input checks or host synchronisation.
 
     For the library's own loops (adversarial training calls it on every step): :func:`pgd` checks its
     inputs and the model's output on every call, which reads values on the host and so synchronises a
     GPU. The caller guarantees what those checks would: x in [0, 1] on the model's device, valid labels,
     eps > 0, a model returning logits. Same iterates as ``pgd(model, x, y, eps=eps, alpha=alpha,
-    steps=steps, loss=loss, seed=seed, amp=amp)`` (added for nslib.training).
+    steps=steps, loss=loss, seed=seed, amp=amp)`` (added for nslib.training); ``noise``: see _pgd_run.
     """
-    base = _base_seed(seed)  # host-side draw from torch's global CPU generator
+    base = 0 if noise is not None else _base_seed(seed)  # host-side draw from torch's global CPU generator
     with eval_mode(model):
         p_clean = None
         if loss == "kl":
@@ -384,7 +388,7 @@ def _pgd_unchecked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
         objective = _objective(loss, None if loss == "kl" else y, False, p_clean)
         return _pgd_run(model, x, objective, eps=eps, alpha=alpha, steps=steps, norm="linf", lo_hi=_linf_box(x, eps),
                         start="gauss" if loss == "kl" else "linf", gen=_restart_generator(x.device, base, 0),
-                        amp=amp, check=None)
+                        amp=amp, check=None, noise=noise)
 
 
 def mim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float | None = None,

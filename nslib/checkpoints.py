@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nslib import models as models_mod
+from nslib import distributed, models as models_mod
 from nslib.store import load_json, provenance, save_json, save_torch
 
 __all__ = ["load_checkpoint", "read_history", "UnreadableCheckpoint"]
@@ -107,7 +107,7 @@ def _stop_diverged(run, record: dict) -> None:
     run.status, run.best = "diverged", None
     record.update(val_clean=None, val_pgd=None, time_s=record["train_s"])
     run.history.append(record)
-    if run.out is not None:
+    if run.out is not None and distributed.is_main():  # rank 0 alone writes
         (run.out / "best.pt").unlink(missing_ok=True)
         _write_checkpoints(run, record, False)
     where = f" in {run.out}" if run.out is not None else ""

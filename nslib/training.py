@@ -51,10 +51,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-from nslib import checks, data as data_mod, fast, models as models_mod
-from nslib.store import remove_orphan_temps
+from nslib import attacks, checks, data as data_mod, distributed, fast, models as models_mod, streams
+from nslib.evaluate import robust_accuracy
+from nslib.progress import bar  # tqdm that also tells the reproduce terminal
+from nslib.sensitivity import capture
 from nslib.checkpoints import (DIVERGED_LOSS, STOPPED, _Mismatch, _diverged, _stop_diverged,  # noqa: F401
                                _write_checkpoints, load_checkpoint, read_history)
+from nslib.store import remove_orphan_temps
 # re-exported: training.TrainConfig, training.identity, training.load_checkpoint... are the public names
 from nslib.methods import (METHODS, SHARED, Method, TrainConfig, _config, _resolve_k, attack_of,  # noqa: F401
                            identity, sns_penalty, sns_terms)
@@ -92,8 +95,6 @@ def training_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: tor
     Shapes: x, x_adv [N, C, H, W] in [0, 1]; y [N] int64; logits [N, classes].
     Usage: ``loss, _, _ = training_loss(model, x, y, pgd(model, x, y, eps=0.1), method="pgd_at")``
     """
-    from nslib.sensitivity import capture
-
     cfg = _config(config, overrides, method="pgd_at")
     method = METHODS[cfg.method]
     if not method.hooks or _acts is not None:  # _acts: the training loop's hooks, registered once per epoch
@@ -120,18 +121,13 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
 
 def _robust_accuracy(model, x, y, eps, steps, batch_size=500) -> float:
     """Share of ``x`` classified correctly both clean and after PGD: :func:`nslib.evaluate.robust_accuracy`."""
-    from nslib.attacks import pgd
-    from nslib.evaluate import robust_accuracy
-
-    attack = partial(pgd, eps=eps, steps=steps, seed=0)
+    attack = partial(attacks.pgd, eps=eps, steps=steps, seed=0)
     return robust_accuracy(model, x, y, attack, batch_size=batch_size).robust_accuracy
 
 
 @torch.no_grad()
 def _dead_fraction(model, x, layers) -> float:
     """Share of hooked neurons whose output is zero on every example of ``x`` (eval mode)."""
-    from nslib.sensitivity import capture
-
     with models_mod.eval_mode(model), capture(model, layers) as acts:
         model(x)
         dead = total = 0
@@ -179,7 +175,7 @@ def _with_attack_defaults(cfg: TrainConfig, dataset: str | None) -> TrainConfig:
 def _load_data(data):
     """(x, y, dataset name or None), the images and the labels' shape checked once."""
     x, y = data_mod.load(data, "train") if isinstance(data, str) else data
-    checks.check_images(x, "data x")
+    streams.check_images(x, "data x")  # a tensor, or a streamed folder (its first images)
     checks.check_labels(y, len(x), None, "data y")
     return x, y, data if isinstance(data, str) else None
 
@@ -210,8 +206,6 @@ def _probe(model: nn.Module, shape, layers: list[str], k) -> int:
     The model must return logits [N, classes]; the hooked layers must exist, be distinct and be at
     least k neurons wide.
     """
-    from nslib.sensitivity import capture
-
     hooks = capture(model, layers, detach=True) if layers else contextlib.nullcontext()
     with models_mod.eval_mode(model), hooks as acts:  # unknown or repeated layers: errors naming them
         out = model(torch.zeros((2,) + tuple(shape), device=checks.model_device(model)))
@@ -240,6 +234,7 @@ class _Run:
     best: dict | None = None
     status: str = "running"
     start_epoch: int = 0
+    example_starts: bool = False  # attack starts drawn per example (distributed.example_noise), not per batch
 
     def result(self) -> dict:
         return {"status": self.status, "history": self.history, "best": self.best,
@@ -261,6 +256,7 @@ def _prepare(model, data, cfg: TrainConfig, out_dir, device) -> _Run:
     classes = _probe(model, x.shape[1:], layers if method.hooks else [], cfg.k)
     checks.check_labels(y, len(x), classes, "data y", why=f"the model returns {classes} logits")
     x_tr, y_tr, x_val, y_val = _split(x, y, name, cfg.val_size, cfg.n_train, cfg.seed)
+    x_val = streams.resident(x_val)  # a streamed folder's validation images are read once, into memory
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     amp = fast.autocast_dtype(cfg.precision, device)
     channels_last = _channels_last_default(device) if cfg.channels_last is None else cfg.channels_last
@@ -291,11 +287,6 @@ def _resume(run: _Run) -> None:
 
 def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict:
     """One pass over the training data: the epoch's record before validation."""
-    from nslib.progress import bar as tqdm  # tqdm that also tells the reproduce terminal
-
-    from nslib import attacks
-    from nslib.sensitivity import capture
-
     cfg, method, model, device = run.cfg, METHODS[run.cfg.method], run.model, run.device
     x_tr, y_tr = run.data[:2]
     t0 = time.perf_counter()
@@ -305,13 +296,14 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict:
     seen, has_pen, eps_now = 0, False, cfg.eps
     n_batches = math.ceil(len(x_tr) / cfg.batch_size)
     augment = bool(run.params["dataset"] and data_mod.DATASETS[run.params["dataset"]].augment)
-    batch_iter = data_mod.batches(x_tr, y_tr, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch,
-                                  augment=augment)
+    # (x, index, share) of this rank: data_mod.batches' global batch split across the ranks (or a folder's)
+    batch_iter = streams.epoch(x_tr, cfg.batch_size, seed=cfg.seed * 100_003 + epoch, augment=augment, device=device)
     autocast = fast.autocast(device, run.amp)
     # hooks (SNS) stay registered for the epoch (registered once, not per step)
     with capture(model, cfg.layers, detach=False) if method.hooks else contextlib.nullcontext() as acts:
-        for i, (xb, yb) in enumerate(tqdm(batch_iter, total=n_batches, leave=False, disable=not progress,
-                                          desc=f"epoch {epoch + 1}")):
+        for i, (xb, ib, share) in enumerate(bar(batch_iter, total=n_batches, leave=False, desc=f"epoch {epoch + 1}",
+                                                 disable=not (progress and distributed.is_main()))):
+            yb = y_tr[ib]
             for group in run.optimizer.param_groups:
                 group["lr"] = _lr_at(cfg.schedule, cfg.lr, (epoch * n_batches + i) / (cfg.epochs * n_batches))
             if cfg.channels_last:
@@ -322,12 +314,13 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict:
                     eps_now = cfg.eps * min(1.0, (epoch + (i + 1) / n_batches) / cfg.eps_warmup_epochs)
                 # eval mode inside (and restored); no input checks, no host synchronisation
                 x_adv = attacks._pgd_unchecked(model, xb, yb, eps=eps_now, alpha=cfg.alpha * eps_now / cfg.eps,
-                                               steps=cfg.attack_steps, loss=run.attack, amp=run.amp is not None)
+                                               steps=cfg.attack_steps, loss=run.attack, amp=run.amp is not None,
+                                               noise=distributed.starts(xb, ib, cfg.seed, epoch, run.example_starts))
             model.train()
             with autocast:
                 loss, logits, pen = method.loss(run.net, xb, yb, x_adv, cfg, acts)
             run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * share).backward()  # share: 1.0 alone; DDP averages ranks, so each mean is weighted by its size
             run.optimizer.step()
             sum_loss += loss.detach().float() * len(xb)
             if pen is not None:
@@ -335,11 +328,12 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict:
                 has_pen = True
             correct += (logits.detach().argmax(1) == yb).sum()
             seen += len(xb)
+    sum_loss, sum_pen, correct, seen = distributed.all_sum([sum_loss.item(), sum_pen.item(), correct.item(), seen])
     record = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"],
-              "eps": eps_now if run.attack is not None else None, "train_loss": sum_loss.item() / seen,
-              "train_acc": correct.item() / seen, "train_s": time.perf_counter() - t0}
+              "eps": eps_now if run.attack is not None else None, "train_loss": sum_loss / seen,
+              "train_acc": int(correct) / seen, "train_s": time.perf_counter() - t0}
     if has_pen:
-        record["penalty"] = sum_pen.item() / seen
+        record["penalty"] = sum_pen / seen
     return record
 
 
@@ -351,11 +345,11 @@ def _end_of_epoch(run: _Run, record: dict) -> None:
         return
     t0 = time.perf_counter()
     model.eval()
-    record["val_clean"] = evaluate_accuracy(model, x_val, y_val)
+    record["val_clean"] = distributed.sharded_mean(partial(evaluate_accuracy, model), x_val, y_val, 1000)
     if run.attack is not None:
         n_adv = min(cfg.val_n_adv, len(x_val))
-        record["val_pgd"] = (_robust_accuracy(model, x_val[:n_adv], y_val[:n_adv], cfg.eps, cfg.val_attack_steps)
-                             if n_adv else None)
+        robust = partial(_robust_accuracy, model, eps=cfg.eps, steps=cfg.val_attack_steps)
+        record["val_pgd"] = distributed.sharded_mean(robust, x_val[:n_adv], y_val[:n_adv], 500) if n_adv else None
     if METHODS[cfg.method].hooks:
         record["dead_fraction"] = _dead_fraction(model, x_val[:256].to(run.device), cfg.layers)
         if (record["val_clean"] < 1.0 / run.num_classes + COLLAPSE_CHANCE_MARGIN
@@ -370,11 +364,11 @@ def _end_of_epoch(run: _Run, record: dict) -> None:
                     "val_pgd": record.get("val_pgd")}
     if run.status == "collapsed":
         run.best = None  # a collapsed run is a failure, never a result: no best checkpoint either
-        if run.out is not None:
+        if run.out is not None and distributed.is_main():
             (run.out / "best.pt").unlink(missing_ok=True)
     elif record["epoch"] == cfg.epochs:
         run.status = "done"
-    if run.out is not None:
+    if run.out is not None and distributed.is_main():  # rank 0 alone writes
         _write_checkpoints(run, record, is_best)
 
 
@@ -383,7 +377,7 @@ def _end_of_epoch(run: _Run, record: dict) -> None:
 
 def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir: str | Path | None = None,
           resume: bool = True, device: str | torch.device | None = None, progress: bool = True,
-          callback: Callable | None = None, **overrides) -> dict:
+          callback: Callable | None = None, example_starts: bool = False, **overrides) -> dict:
     """Train ``model`` in place with the method of ``config`` (a key of :data:`METHODS`).
 
     Args:
@@ -398,6 +392,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
         device: where to train (default CUDA when available); the model is moved there.
         progress: tqdm bars. callback: called as ``callback(epoch, record)`` after each epoch's
             checkpoint is written; an exception it raises stops training (used to test resume).
+        example_starts: attack starts drawn per example, not per batch; always on under torchrun (DDP over
+            the split global batch; :mod:`nslib.distributed`). False keeps the reproduction's numbers.
 
     Returns: ``{"status": "done"|"collapsed"|"diverged", "history": [per-epoch records], "best": record or None,
     "out_dir": str | None, "params": dict}``. Each record holds epoch, lr, eps, train_loss, train_acc,
@@ -413,16 +409,16 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     are not finite, stops with status "diverged" (a RuntimeWarning names it) and keeps no best checkpoint.
     Usage: ``train(build("smallcnn", "fmnist"), "fmnist", method="sns", base="pgd_at", lam=0.01)``
     """
-    from nslib.progress import bar as tqdm  # tqdm that also tells the reproduce terminal
-
     cfg = _config(config, overrides)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_data_arg(data)
     cfg = _with_attack_defaults(cfg, data if isinstance(data, str) else None)
+    distributed.check_batch(cfg.batch_size)
     run = _prepare(model, data, cfg, out_dir, device)
-    if run.out is not None:
+    if run.out is not None and distributed.is_main():
         remove_orphan_temps(run.out)  # a kill -9 inside a checkpoint write leaves one; this run owns the folder
+    run.example_starts = bool(example_starts) or distributed.active()
     if run.out is not None and resume and (run.out / "last.pt").exists():
         _resume(run)
         if run.status in ("done", *STOPPED) or run.start_epoch >= cfg.epochs:
@@ -432,13 +428,14 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     if cfg.compile and hooks:
         warnings.warn(f"compile=True: the {cfg.method} passes run eagerly (compiled graphs do not replay the "
                       f"hooks that record the layers' outputs)", UserWarning, stacklevel=2)
-    run.net = torch.compile(model) if cfg.compile and not hooks else model
-    bar = tqdm(range(run.start_epoch, cfg.epochs), desc=f"{cfg.method} epochs", disable=not progress,
-               initial=run.start_epoch, total=cfg.epochs)
-    for epoch in bar:
+    net = distributed.wrap_ddp(model, run.device)  # the model itself in one process
+    run.net = torch.compile(net) if cfg.compile and not hooks else net
+    epochs = bar(range(run.start_epoch, cfg.epochs), desc=f"{cfg.method} epochs", initial=run.start_epoch,
+                 total=cfg.epochs, disable=not progress or not distributed.is_main())
+    for epoch in epochs:
         record = _train_epoch(run, epoch, progress)
         _end_of_epoch(run, record)
-        bar.set_postfix({key: f"{record[key]:.3f}" for key in ("train_loss", "val_clean", "val_pgd")
+        epochs.set_postfix({key: f"{record[key]:.3f}" for key in ("train_loss", "val_clean", "val_pgd")
                          if record.get(key) is not None})
         if callback is not None:
             callback(epoch + 1, record)

@@ -1,0 +1,357 @@
+"""The robustness table of anyone's model: ``python -m nslib evaluate --model SPEC --data DATA``.
+
+Clean accuracy and each attack of ``--attacks`` (FGSM, PGD-n, MIM-n, FMN-L2, PGD-L2, AutoAttack standard or
+custom), each with its 95% Wilson interval, on a fixed set of test images, and **the outcome of every
+example under every attack**, so that two evaluations on the same images can be compared example by
+example later. ``--model`` and ``--data`` take the SPECs of ``nslib analyze`` (:mod:`nslib.specs`), and
+``--data`` also a folder of images in ImageFolder layout, streamed in batches (:mod:`nslib.streams`).
+
+The images are split into batches of ``--batch-size``; the attacks of the batch starting at image i are
+seeded with ``--seed + i``, so PGD-n is crafted exactly as the reproduction crafts its pairs
+(:func:`nslib.attacks.pgd_pairs`): for a checkpoint the kit trained, PGD-20 equals notebook 05's on the same
+images. Under ``torchrun`` the batches are dealt to the ranks (:mod:`nslib.distributed`) and the outcomes
+gathered: the table and the outcomes are those of one process, bit for bit; rank 0 alone writes.
+
+Written to ``--out`` (a temporary folder beside it, moved into place at the end; ``--force`` replaces only
+the files this command writes): ``results.json`` (rows, parameters, provenance), ``results.csv``,
+``RESULTS.md`` and ``outcomes.csv`` (one row per image: its index in the data, label, 1 where it is still
+classified correctly clean / under each attack, and FMN's smallest L2 perturbation: inf where none was found,
+0 where the image is misclassified clean).
+
+Usage::
+
+    python -m nslib evaluate --model smallcnn:outputs/train/at/best.pt --data fmnist --n 1000 --attacks fgsm,pgd-20
+    torchrun --nproc_per_node=2 -m nslib evaluate --model ... --data ... --out outputs/eval/at
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from nslib import attacks, checks, data as data_mod, distributed, evaluate, fast, minnorm, specs, streams
+from nslib.models import eval_mode
+from nslib.progress import bar
+from nslib.store import atomic_write_bytes, outputs_dir, provenance, save_json
+
+__all__ = ["parse_attacks", "evaluate_model", "write_results", "add_arguments", "main"]
+
+DEFAULT_ATTACKS = "fgsm,pgd-20,mim-10,fmn-l2,pgd-l2,autoattack"
+FILES = ("results.json", "results.csv", "RESULTS.md", "outcomes.csv")  # what --force may replace
+_GRAMMAR = re.compile(r"^(fgsm|pgd|mim|pgd-l2|fmn-l2|autoattack)(?:-(\d+))?$")
+_STEPS = {"pgd": 20, "mim": 10, "pgd-l2": 50, "fmn-l2": 100}
+
+
+def parse_attacks(text: str) -> list[dict]:
+    """``--attacks`` as a list of ``{"label", "kind", "steps"}``: comma-separated names among fgsm, pgd-N,
+    mim-N, pgd-l2[-N], fmn-l2[-N], autoattack (N: steps; defaults pgd 20, mim 10, pgd-l2 50, fmn-l2 100).
+
+    Raises: ValueError naming --attacks (an unknown name, a repeated one, steps < 1).
+    """
+    out, seen = [], set()
+    for part in (p.strip().lower() for p in str(text).split(",") if p.strip()):
+        m = _GRAMMAR.match(part)
+        if m is None or (m.group(1) in ("fgsm", "autoattack") and m.group(2)):
+            raise ValueError(f"--attacks: unknown attack {part!r}; expected a comma-separated list of fgsm, pgd-N, "
+                             f"mim-N, pgd-l2[-N], fmn-l2[-N], autoattack")
+        kind, steps = m.group(1), int(m.group(2)) if m.group(2) else _STEPS.get(m.group(1))
+        if steps is not None and steps < 1:
+            raise ValueError(f"--attacks: {part} needs at least one step")
+        label = {"fgsm": "FGSM", "autoattack": "AutoAttack"}.get(kind) or f"{kind.upper()}-{steps}"
+        if label in seen:
+            raise ValueError(f"--attacks names {label} twice")
+        seen.add(label)
+        out.append({"label": label, "kind": kind, "steps": steps})
+    if not out:
+        raise ValueError("--attacks must name at least one attack")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# the evaluation
+
+def _correct(model, x, y) -> torch.Tensor:
+    with torch.no_grad():
+        logits = model(x).float()
+    return logits.argmax(1) == y
+
+
+def _attack(model, spec, xb, yb, seed, *, eps, l2_eps, amp, aa) -> tuple[torch.Tensor, dict]:
+    """Whether each example of the batch is still classified correctly after ``spec`` (a bool [B] on the CPU)
+    and extras: FMN's smallest L2 norms, AutoAttack's accuracy after each of its attacks."""
+    kind, steps = spec["kind"], spec["steps"]
+    if kind == "fgsm":
+        x_adv = attacks.fgsm(model, xb, yb, eps=eps, amp=amp)
+    elif kind == "pgd":  # as nslib.attacks.pgd_pairs: the batch starting at image i seeded with seed + i
+        x_adv = attacks.pgd(model, xb, yb, eps=eps, steps=steps, seed=seed, amp=amp)
+    elif kind == "mim":
+        x_adv = attacks.mim(model, xb, yb, eps=eps, steps=steps, amp=amp)
+    elif kind == "pgd-l2":
+        x_adv = attacks.pgd(model, xb, yb, eps=l2_eps, norm="l2", steps=steps, seed=seed, amp=amp)
+    elif kind == "fmn-l2":  # robust where the smallest perturbation found exceeds the L2 radius
+        x_adv = minnorm.fmn(model, xb, yb, norm="l2", steps=steps, amp=amp)
+        adv_ok = _correct(model, x_adv, yb)
+        norms = (x_adv.double() - xb.double()).flatten(1).norm(dim=1)
+        norms = torch.where(adv_ok, torch.full_like(norms, math.inf), norms)
+        return (adv_ok | (norms > l2_eps)).cpu(), {"norm": norms.cpu()}
+    else:
+        x_adv, after = evaluate.autoattack(model, xb, yb, eps=eps, version=aa["version"], attacks=aa["attacks"],
+                                           seed=seed, batch_size=len(xb))
+        return _correct(model, x_adv, yb).cpu(), {"after": after}
+    return _correct(model, x_adv, yb).cpu(), {}
+
+
+def _batches(source, batch_size: int, workers: int):
+    """``(start, x, y)`` of this rank's batches: tensors sliced, or a folder read by a DataLoader."""
+    x, y, index = source["x"], source["y"], source["index"]
+    starts = distributed.my_batches(len(index), batch_size)
+    if x is not None:
+        for i in starts:
+            yield i, x[i:i + batch_size], y[i:i + batch_size]
+        return
+    plan = [index[i:i + batch_size].tolist() for i in starts]
+    for i, (_, xb, yb) in zip(starts, streams.loader(source["dataset"], plan, workers=workers)):
+        yield i, xb, yb
+
+
+def evaluate_model(model, source: dict, suite: list[dict], *, eps: float, l2_eps: float, seed: int = 0,
+                   batch_size: int = 128, amp: bool = False, aa: dict | None = None, workers: int = 0,
+                   progress: bool = True) -> dict:
+    """Clean accuracy and every attack of ``suite`` on the images of ``source``, with per-example outcomes.
+
+    Args: source: ``{"x", "y"}`` tensors (or None for a folder), ``"index"`` [N] the images' indices in the
+    data, ``"label"`` [N], ``"dataset"`` (a folder's ImageFolder); suite: :func:`parse_attacks`; eps (Linf),
+    l2_eps (L2 radius); seed (the batch starting at image i uses seed + i); amp (bf16 attacks; counting is
+    fp32); aa: {"version", "attacks"} for AutoAttack.
+    Returns (on every rank): ``{"rows": [...], "outcomes": {"index", "label", "clean", <label>..., "<FMN> L2"}}``.
+    """
+    device = checks.model_device(model)
+    parts, spent = {}, {s["label"]: 0.0 for s in suite}
+    n_batches = len(distributed.my_batches(len(source["index"]), batch_size))
+    with eval_mode(model):
+        for i, xb, yb in bar(_batches(source, batch_size, workers), total=n_batches, desc="evaluate",
+                             disable=not progress or not distributed.is_main()):
+            xb, yb = xb.to(device), yb.to(device)
+            part = {"clean": _correct(model, xb, yb).cpu()}
+            for spec in suite:
+                t0 = time.perf_counter()
+                ok, extra = _attack(model, spec, xb, yb, seed + i, eps=eps, l2_eps=l2_eps, amp=amp, aa=aa)
+                spent[spec["label"]] += time.perf_counter() - t0
+                part[spec["label"]] = ok & part["clean"]
+                part[spec["label"] + ":extra"] = (extra, len(xb))
+            parts[i] = part
+    merged = distributed.gather_batches(parts)
+    spent = dict(zip(spent, distributed.all_sum(list(spent.values()))))
+    return _table(merged, suite, source, spent)
+
+
+def _table(merged: list[dict], suite: list[dict], source: dict, spent: dict) -> dict:
+    """Rows and outcomes from the gathered batches (in image order)."""
+    outcomes = {"index": source["index"].tolist(), "label": source["label"].tolist()}
+    rows, clean = [], None
+    for label in ["clean"] + [s["label"] for s in suite]:
+        ok = torch.cat([p[label] for p in merged])
+        outcomes[label] = ok.int().tolist()
+        clean = ok if clean is None else clean  # the first label is "clean"
+        k, n = int(ok.sum()), len(ok)
+        low, high = evaluate.wilson_interval(k, n)
+        row = {"attack": label, "accuracy": k / n, "low": low, "high": high, "n": n, "correct": k,
+               "attack_s": round(spent.get(label, 0.0), 3)}
+        extras = [p[label + ":extra"] for p in merged] if label != "clean" else []
+        if extras and "norm" in extras[0][0]:  # as evaluate.min_norm_accuracy: 0 where wrong clean, inf: not broken
+            norms = torch.where(clean, torch.cat([e["norm"] for e, _ in extras]), 0.0)
+            row["median_l2"] = float(norms[clean].median()) if bool(clean.any()) else 0.0
+            outcomes[f"{label} L2"] = [f"{v:.6g}" for v in norms.tolist()]
+        if extras and "after" in extras[0][0]:
+            names = extras[0][0]["after"].keys()
+            row["after"] = {a: sum(e["after"][a] * m for e, m in extras) / n for a in names}
+        rows.append(row)
+    return {"rows": rows, "outcomes": outcomes}
+
+
+# ----------------------------------------------------------------------------------------------------
+# the files
+
+def markdown(result: dict) -> str:
+    """``RESULTS.md``: what was evaluated and the table."""
+    p = result["params"]
+    lines = [f"# Robustness of {p['model']}", "",
+             f"Data: {p['data']}, {p['n']} images; Linf eps {p['eps']:g}, L2 radius {p['l2_eps']:g}; seed {p['seed']} "
+             f"(the batch starting at image i seeded with seed + i, batches of {p['batch_size']}); {p['ranks']} "
+             f"process(es). Accuracy in percent with its 95% Wilson interval; an attack counts an image as robust "
+             f"only when it is also correct clean.", "",
+             "| attack | accuracy | 95% interval | correct / n | notes |", "|---|---|---|---|---|"]
+    for r in result["rows"]:
+        notes = []
+        if "median_l2" in r:
+            notes.append(f"median smallest L2 {r['median_l2']:.3f}")
+        if "after" in r:
+            notes.append(", ".join(f"after {a}: {100 * v:.1f}%" for a, v in r["after"].items()))
+        lines.append(f"| {r['attack']} | {100 * r['accuracy']:.1f} | [{100 * r['low']:.1f}, {100 * r['high']:.1f}] "
+                     f"| {r['correct']} / {r['n']} | {'; '.join(notes)} |")
+    lines += ["", "`outcomes.csv`: one row per image (its index in the data, its label, 1 where it is still "
+              "classified correctly clean and under each attack); `results.json`: the rows, parameters and "
+              "provenance."]
+    return "\n".join(lines) + "\n"
+
+
+def _csv(header, rows) -> bytes:
+    return ("\n".join([",".join(header)] + [",".join(str(v) for v in r) for r in rows]) + "\n").encode()
+
+
+def check_out(out: Path, force: bool) -> None:
+    """--out must be new, empty, or (with --force) hold only files this command writes."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in FILES)
+        if not force:
+            raise ValueError(f"--out {out} exists and is not empty; pass --force to replace its results, or another "
+                             f"--out")
+        if foreign:
+            raise ValueError(f"--out {out} holds files nslib evaluate did not write ({', '.join(foreign[:5])}); "
+                             f"--force replaces only {', '.join(FILES)}: choose another --out")
+
+
+def write_results(out, result: dict) -> Path:
+    """All files into a temporary folder beside ``out``, then moved into place (each file atomically)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_json(tmp / "results.json", {k: v for k, v in result.items() if k != "outcomes"})
+        cols = ["attack", "accuracy", "low", "high", "correct", "n", "median_l2", "attack_s"]
+        atomic_write_bytes(tmp / "results.csv", _csv(cols, [[r.get(c, "") for c in cols] for r in result["rows"]]))
+        atomic_write_bytes(tmp / "RESULTS.md", markdown(result).encode())
+        o = result["outcomes"]
+        atomic_write_bytes(tmp / "outcomes.csv", _csv(list(o), zip(*o.values())))
+        if not out.exists():
+            tmp.rename(out)
+            return out
+        for name in FILES:
+            (tmp / name).replace(out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# the command line
+
+def add_arguments(p) -> None:
+    """The flags of ``nslib evaluate`` on the argparse (sub)parser ``p``."""
+    p.add_argument("--model", required=True, metavar="SPEC", help="as nslib analyze: ARCH:PATH, "
+                   "torchvision:NAME[:PATH] or package.module:function")
+    p.add_argument("--data", required=True, help="fmnist, mnist5k, mnist, cifar10, synthetic:LIKE, a .pt file "
+                   "{'x', 'y'}, or a folder of images in ImageFolder layout (streamed)")
+    p.add_argument("--n", "--num-images", dest="n", type=int, default=1000, help="test images (a fixed "
+                   "class-stratified subset; 0: all); under torchrun spell it --num-images (torchrun reads --n as its "
+                   "own --nnodes or --nproc-per-node)")
+    p.add_argument("--attacks", default=DEFAULT_ATTACKS, help="comma-separated: fgsm, pgd-N, mim-N, pgd-l2[-N], "
+                   "fmn-l2[-N], autoattack (clean is always measured)")
+    p.add_argument("--eps", type=float, default=None, help="Linf radius (default: the dataset's)")
+    p.add_argument("--l2-eps", type=float, default=None, help="L2 radius of pgd-l2 and fmn-l2 (default: "
+                   "2 eps sqrt(pixels) / 10, as notebook 05)")
+    p.add_argument("--aa-version", default="standard", choices=("standard", "plus", "rand", "custom"))
+    p.add_argument("--aa-attacks", default="apgd-ce,apgd-dlr", help="with --aa-version custom: its attacks")
+    p.add_argument("--seed", type=int, default=0, help="the attacks' seed (batch at image i: seed + i) and the "
+                   "subset's")
+    p.add_argument("--batch-size", type=int, default=None, help="images per attack call (default 500 on a GPU, "
+                   "128 on a CPU, as the reproduction)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for a folder of images")
+    p.add_argument("--image-size", type=int, default=None, help="resize and centre-crop a folder's images")
+    p.add_argument("--num-classes", type=int, default=None, help="outputs of a torchvision architecture")
+    p.add_argument("--mean", type=float, nargs="+", default=None, help="per-channel mean the network expects")
+    p.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std the network expects")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available; under torchrun "
+                   "cuda:LOCAL_RANK)")
+    p.add_argument("--precision", default="fp32", help="fp32, auto or bf16: the attacks' autocast (counting is fp32)")
+    p.add_argument("--out", default=None, help="output folder (default: outputs/evaluate/<model>-<data>)")
+    p.add_argument("--force", action="store_true", help="replace the results in a non-empty --out")
+
+
+def load_source(data: str, n: int | None, seed: int, *, image_size=None) -> tuple[dict, float | None]:
+    """The images ``--data`` names: ``({"x", "y", "index", "label", "dataset"}, the dataset's eps or None)``."""
+    if streams.is_folder(data):
+        ds = streams.image_folder(data, size=image_size)
+        labels = streams.targets(ds)
+        index = streams.subset(labels, n, seed)
+        return {"x": None, "y": None, "index": index, "label": labels[index], "dataset": ds}, None
+    x, y, eps = specs.load_data(data, n, seed)
+    index = torch.arange(len(x))
+    if specs.dataset_of(data) == data:  # a registry dataset: the subset's indices in its test split
+        index = streams.subset(data_mod.load(data, "test")[1], n, seed)
+    return {"x": x, "y": y, "index": index, "label": y, "dataset": None}, eps
+
+
+def _prepare(args) -> dict:
+    """Every check before any work; returns what the evaluation needs."""
+    suite = parse_attacks(args.attacks)
+    checks.check_choice(args.precision, "--precision", fast.PRECISIONS)
+    n = None if args.n == 0 else checks.check_positive_int(args.n, "--n")
+    out = Path(args.out or outputs_dir("evaluate", f"{args.model.replace(':', '_').replace('/', '_')}-"
+                                                   f"{Path(args.data).name.replace(':', '_')}"))
+    check_out(out, args.force)
+    source, eps = load_source(args.data, n, args.seed, image_size=args.image_size)
+    model = specs.load_model(args.model, specs.dataset_of(args.data), num_classes=args.num_classes,
+                               mean=args.mean, std=args.std)
+    eps = checks.check_eps(args.eps if args.eps is not None else eps, "--eps", allow_zero=False) \
+        if (args.eps is not None or eps is not None) else None
+    if eps is None:
+        raise ValueError(f"--eps must be given for --data {args.data} (it has no default radius)")
+    if eps > 1:
+        raise ValueError(f"--eps must be a Linf radius in (0, 1] (images are in [0, 1]), got {eps:g}")
+    first = streams.load_indices(source["dataset"], source["index"][:2]) if source["x"] is None \
+        else (source["x"][:2], source["y"][:2])
+    specs.check_model(model, first[0], first[1])
+    with torch.no_grad(), eval_mode(model):
+        classes = model(first[0]).shape[1]
+    checks.check_labels(source["label"], len(source["label"]), classes, "--data labels",
+                        why=f"the model returns {classes} logits")
+    l2_eps = args.l2_eps if args.l2_eps is not None else round(2 * eps * math.sqrt(first[0][0].numel()) / 10, 3)
+    aa = {"version": args.aa_version, "attacks": [a.strip() for a in args.aa_attacks.split(",")]
+          if args.aa_version == "custom" else None}
+    if any(s["kind"] == "autoattack" for s in suite):
+        if importlib.util.find_spec("pyautoattack") is None:
+            raise ValueError("--attacks autoattack needs pyautoattack: pip install 'nslib[autoattack]'")
+    return {"suite": suite, "out": out, "source": source, "model": model, "eps": eps,
+            "l2_eps": checks.check_eps(l2_eps, "--l2-eps", allow_zero=False), "aa": aa}
+
+
+def _work(args) -> int:
+    device = distributed.setup(args.device)
+    try:
+        job = _prepare(args)
+        batch_size = checks.check_positive_int(fast.attack_batch(device, args.batch_size), "--batch-size")
+        workers = checks.check_positive_int(args.workers, "--workers", minimum=0)
+        err = None
+    except (ValueError, TypeError) as e:
+        err = e
+    distributed.agree(err)
+    model = job["model"].to(device)
+    amp = fast.autocast_dtype(args.precision, device) is not None
+    res = evaluate_model(model, job["source"], job["suite"], eps=job["eps"], l2_eps=job["l2_eps"], seed=args.seed,
+                         batch_size=batch_size, amp=amp, aa=job["aa"], workers=workers)
+    if not distributed.is_main():
+        return 0
+    params = {"model": args.model, "data": args.data, "n": len(job["source"]["index"]), "eps": job["eps"],
+              "l2_eps": job["l2_eps"], "attacks": [s["label"] for s in job["suite"]], "seed": args.seed,
+              "batch_size": batch_size, "precision": args.precision, "ranks": distributed.world(),
+              "autoattack": job["aa"]}
+    result = {"params": params, "rows": res["rows"], "outcomes": res["outcomes"],
+              "provenance": provenance(device, **params)}
+    out = write_results(job["out"], result)
+    table = ", ".join(f"{r['attack']} {100 * r['accuracy']:.1f}%" for r in res["rows"])
+    print(f"nslib evaluate: wrote {out}/RESULTS.md ({table})")
+    return 0
+
+
+def main(args) -> int:
+    """Entry of ``python -m nslib evaluate`` (arguments parsed by :func:`add_arguments`)."""
+    return distributed.run_command("evaluate", _work, args)

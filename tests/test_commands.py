@@ -1,0 +1,82 @@
+"""``nslib train`` and ``nslib evaluate`` in one process: bad inputs fail before any work with a message naming
+the flag, ``--force`` replaces only what the command wrote, and the attack grammar. (The commands under
+torchrun, and their results, are in test_distributed.py.)"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nslib.__main__ import main
+from nslib.evaluate_cmd import parse_attacks
+
+MODELS = '''
+from torch import nn
+
+
+def tiny():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+'''
+
+
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    (tmp_path / "cmdmodels.py").write_text(MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    g = torch.Generator().manual_seed(0)
+    torch.save({"x": torch.rand(40, 1, 8, 8, generator=g), "y": torch.randint(0, 3, (40,), generator=g)},
+               tmp_path / "d.pt")
+    return tmp_path
+
+
+def _fails(argv, capsys, *words):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words), err
+    return err
+
+
+def test_train_names_the_bad_flag_before_any_work(files, capsys):
+    base = ["train", "--model", "cmdmodels:tiny", "--data", str(files / "d.pt"), "--eps", "0.1", "--quiet"]
+    _fails(base + ["--method", "nope", "--out", str(files / "a")], capsys, "method", "nope")
+    _fails(base + ["--set", "bogus=1", "--out", str(files / "a")], capsys, "--set bogus")
+    _fails(base + ["--batch-size", "0", "--out", str(files / "a")], capsys, "--batch-size")
+    _fails(base + ["--resume", "--out", str(files / "a")], capsys, "--resume", "no last.pt")
+    _fails(["train", "--model", "cmdmodels:tiny", "--data", str(files / "d.pt"), "--out", str(files / "a")],
+           capsys, "--eps")
+    _fails(base + ["--data", "nowhere.pt", "--out", str(files / "a")], capsys, "--data", "nowhere.pt")
+    _fails(base + ["--import", "no_such_module_x", "--out", str(files / "a")], capsys, "--import")
+    (files / "full").mkdir()
+    (files / "full" / "mine.txt").write_text("not the kit's")
+    _fails(base + ["--out", str(files / "full")], capsys, "--out", "not empty")
+    assert not (files / "a").exists() and (files / "full" / "mine.txt").exists()
+
+
+def test_evaluate_checks_and_force_replaces_only_its_files(files, capsys):
+    base = ["evaluate", "--model", "cmdmodels:tiny", "--data", str(files / "d.pt"), "--n", "0"]
+    out = files / "ev"
+    _fails(base + ["--attacks", "pgd-2,cw", "--eps", "0.1", "--out", str(out)], capsys, "--attacks", "cw")
+    _fails(base + ["--attacks", "fgsm", "--out", str(out)], capsys, "--eps")
+    _fails(base + ["--attacks", "fgsm", "--eps", "2", "--out", str(out)], capsys, "--eps")
+    ok = base + ["--attacks", "fgsm,pgd-2", "--eps", "0.1", "--batch-size", "16", "--out", str(out)]
+    assert main(ok) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["attack"] for r in rows] == ["clean", "FGSM", "PGD-2"] and rows[0]["n"] == 40
+    lines = (out / "outcomes.csv").read_text().splitlines()
+    assert lines[0] == "index,label,clean,FGSM,PGD-2" and len(lines) == 41
+    assert all(int(c) >= int(p) for line in lines[1:] for c, p in [line.split(",")[2:4]])  # robust implies clean
+    _fails(ok, capsys, "--out", "--force")
+    (out / "notes.txt").write_text("mine")
+    _fails(ok + ["--force"], capsys, "did not write", "notes.txt")
+    (out / "notes.txt").unlink()
+    assert main(ok + ["--force"]) == 0
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".ev")) == []  # no temporary folder left
+
+
+def test_attack_grammar():
+    assert [(a["label"], a["steps"]) for a in parse_attacks("fgsm, pgd-50,mim,fmn-l2,pgd-l2-7,autoattack")] == [
+        ("FGSM", None), ("PGD-50", 50), ("MIM-10", 10), ("FMN-L2-100", 100), ("PGD-L2-7", 7), ("AutoAttack", None)]
+    for bad in ("", "pgd-0", "fgsm-3", "pgd-20,pgd-20", "square"):
+        with pytest.raises(ValueError, match="--attacks"):
+            parse_attacks(bad)
