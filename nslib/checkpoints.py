@@ -22,7 +22,7 @@ __all__ = ["load_checkpoint", "read_history", "UnreadableCheckpoint"]
 
 
 # An epoch's mean training loss above this (or not finite) is divergence: cross-entropy starts at ln(classes),
-# about 2.3, and a loss of 1e6 means logits a million apart (the probe of issue 22: 5.9e21, then nan).
+# about 2.3, and a loss of 1e6 means logits a million apart (a diverging run tried: 5.9e21, then nan).
 DIVERGED_LOSS = 1e6
 STOPPED = ("collapsed", "diverged")  # failures: never a result, never a best checkpoint
 

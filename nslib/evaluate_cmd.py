@@ -264,13 +264,7 @@ def add_arguments(p) -> None:
                    "subset's")
     p.add_argument("--batch-size", type=int, default=None, help="images per attack call (default 500 on a GPU, "
                    "128 on a CPU, as the reproduction)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for a folder of images")
-    p.add_argument("--image-size", type=int, default=None, help="resize and centre-crop a folder's images")
-    p.add_argument("--num-classes", type=int, default=None, help="outputs of a torchvision architecture")
-    p.add_argument("--mean", type=float, nargs="+", default=None, help="per-channel mean the network expects")
-    p.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std the network expects")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available; under torchrun "
-                   "cuda:LOCAL_RANK)")
+    specs.add_source_arguments(p)  # --workers --image-size --num-classes --mean --std --device
     p.add_argument("--precision", default="fp32", help="fp32, auto or bf16: the attacks' autocast (counting is fp32)")
     p.add_argument("--out", default=None, help="output folder (default: outputs/evaluate/<model>-<data>)")
     p.add_argument("--force", action="store_true", help="replace the results in a non-empty --out")

@@ -36,7 +36,7 @@ from torch import nn
 from nslib import checks, data as data_mod, models as models_mod, training
 from nslib.sensitivity import capture
 
-__all__ = ["load_model", "load_data", "dataset_of", "check_model", "check_fit"]
+__all__ = ["load_model", "load_data", "dataset_of", "add_source_arguments", "check_model", "check_fit"]
 
 
 def _state_dict(path: str) -> dict:
@@ -177,6 +177,17 @@ def dataset_of(data: str) -> str | None:
     if data.startswith("synthetic:"):
         return data.split(":", 1)[1]
     return data if data in data_mod.DATASETS and data != "synthetic" else None
+
+
+def add_source_arguments(p) -> None:
+    """The flags ``train`` and ``evaluate`` share about where the model and images come from and run."""
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for a folder of images")
+    p.add_argument("--image-size", type=int, default=None, help="resize and centre-crop a folder's images")
+    p.add_argument("--num-classes", type=int, default=None, help="outputs of a torchvision architecture")
+    p.add_argument("--mean", type=float, nargs="+", default=None, help="per-channel mean the network expects")
+    p.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std the network expects")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available; under torchrun "
+                   "cuda:LOCAL_RANK)")
 
 
 def check_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:

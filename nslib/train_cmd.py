@@ -70,13 +70,7 @@ def add_arguments(p) -> None:
                    help="any field of nslib.methods.TrainConfig as a Python literal, e.g. val_n_adv=200; repeatable")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (it may register a method in nslib.methods.METHODS); repeatable")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for a folder of images")
-    p.add_argument("--image-size", type=int, default=None, help="resize and centre-crop a folder's images")
-    p.add_argument("--num-classes", type=int, default=None, help="outputs of a torchvision architecture")
-    p.add_argument("--mean", type=float, nargs="+", default=None, help="per-channel mean the network expects")
-    p.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std the network expects")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available; under torchrun "
-                   "cuda:LOCAL_RANK)")
+    specs.add_source_arguments(p)  # --workers --image-size --num-classes --mean --std --device
     p.add_argument("--out", default=None, help="run folder (default: outputs/train/<method>-<model>-<data>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--batch-starts", action="store_true", help="draw the training attack's random starts per batch "

@@ -1,4 +1,4 @@
-"""Nothing lost, no garbage (issue 22): --force removes only what the kit wrote, non-finite models and runs are
+"""Nothing lost, no garbage: --force removes only what the kit wrote, non-finite models and runs are
 refused, a failed or interrupted notebook re-run keeps the finished one, sizes and lists are checked before any
 work, unreadable checkpoints are named (and retrained by the cache), and every command-line fault ends in one
 line naming the flag. Cheap by design: tiny models, in-process CLI calls, monkeypatched expensive steps."""

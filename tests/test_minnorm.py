@@ -94,7 +94,7 @@ def off_runner_up(model, norm, n=8):
 
 @pytest.mark.parametrize("attack", ["fmn-l2", "fmn-linf", "cw_l2"])
 def test_min_norm_attacks_reach_a_boundary_that_is_not_the_runner_ups(attack):
-    """Untargeted, both attacks follow the highest other class and stop up to 1.3x past the minimum (issue 22);
+    """Untargeted, both attacks follow the highest other class and stop up to 1.3x past the minimum;
     the targeted run toward the class with the nearest linearised boundary reaches it."""
     model = Linear(16, 10, seed=1)
     norm = "linf" if attack.endswith("linf") else "l2"

@@ -128,7 +128,7 @@ def test_reproduce_fails_naming_the_notebook_then_resume_redoes_only_what_is_lef
                   log=messages.append)
     assert log.read_text().split() == ["01", "02", "06", "01", "02", "06"]
 
-    # a re-run of the finished 02 that fails keeps the finished notebook and its done-marker (issue 22)
+    # a re-run of the finished 02 that fails keeps the finished notebook and its done-marker
     finished, marker = out / "quick" / "fmnist" / "02_second.ipynb", out / "quick" / "fmnist" / "02_second.done.json"
     before = (finished.read_text(), marker.read_text())
     (log.parent / "fail").touch()
