@@ -103,3 +103,42 @@ def test_a_registered_method_is_cached_by_the_reproduction_without_other_edits(t
         assert other["dir"] != info["dir"]  # its own parameter is in its key
     finally:
         del METHODS["noisy"]
+
+
+def _claim_child(outputs: str, barrier, results) -> None:
+    """One of two reproductions sharing ``outputs``: counts the training epochs it runs itself."""
+    import os
+
+    os.environ["NSLIB_OUTPUTS"] = outputs
+    torch.set_num_threads(1)
+    from nslib import training as training_mod
+    from nslib.repro import cache as cache_mod
+
+    real, epochs = training_mod._train_epoch, []
+
+    def counting(run, epoch, progress):
+        epochs.append(epoch)
+        return real(run, epoch, progress)
+
+    training_mod._train_epoch = counting
+    barrier.wait()  # both ask for the model at the same moment
+    model, info = cache_mod.get_model("mnist5k", "smallcnn", "pgd_at", 0, **{**TINY, "epochs": 2})
+    results.put((len(epochs), info["status"], sum(float(p.sum()) for p in model.parameters())))
+
+
+def test_two_runs_sharing_the_cache_train_a_model_once(tmp_path):
+    """Two processes want the same untrained model at once: one trains it, the other waits and loads it (with no
+    lock both would train: the run takes seconds, the barrier releases them together)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_claim_child, args=(str(tmp_path), barrier, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=240) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert sorted(n for n, _, _ in got) == [0, 2]  # trained once, two epochs; loaded once
+    assert {status for _, status, _ in got} == {"done"} and got[0][2] == got[1][2]  # the same weights
+    assert len(list((tmp_path / "models" / "mnist5k" / "pgd_at").glob("*/last.pt"))) == 1

@@ -13,12 +13,18 @@ Usage::
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks (see _claim)
+    fcntl = None
 
 from nslib import attacks, fast, models as models_mod, training
 from nslib.checkpoints import UnreadableCheckpoint
@@ -100,25 +106,43 @@ def get_model(dataset: str, arch: str, name: str, seed: int = 0, *, checkpoint: 
         raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     params, key = model_key(dataset, arch, name, seed, **train_args)
     out = outputs_dir("models", dataset, name, key)
-    torch.manual_seed(seed)
-    model = models_mod.build(arch, dataset)
-    t0 = time.perf_counter()
-    try:
-        result, model, which = _train_and_load(model, dataset, name, out, checkpoint, seed, progress, train_args)
-    except UnreadableCheckpoint as err:  # truncated or corrupt: set the run's checkpoints aside, train it again
-        moved = _set_aside(out)
-        print(f"nslib: {err}; moved aside ({', '.join(p.name for p in moved)}), training {name} seed {seed} again",
-              file=sys.stderr, flush=True)
+    with _claim(out):  # another run sharing outputs/ that wants this model waits here, then finds it done
         torch.manual_seed(seed)
         model = models_mod.build(arch, dataset)
-        result, model, which = _train_and_load(model, dataset, name, out, checkpoint, seed, progress, train_args)
-    train_s = time.perf_counter() - t0
-    save_json(out / "params.json", params)
+        t0 = time.perf_counter()
+        try:
+            result, model, which = _train_and_load(model, dataset, name, out, checkpoint, seed, progress, train_args)
+        except UnreadableCheckpoint as err:  # truncated or corrupt: set the run's checkpoints aside, train it again
+            moved = _set_aside(out)
+            print(f"nslib: {err}; moved aside ({', '.join(p.name for p in moved)}), training {name} seed {seed} "
+                  f"again", file=sys.stderr, flush=True)
+            torch.manual_seed(seed)
+            model = models_mod.build(arch, dataset)
+            result, model, which = _train_and_load(model, dataset, name, out, checkpoint, seed, progress, train_args)
+        train_s = time.perf_counter() - t0
+        save_json(out / "params.json", params)
     info = {"name": name, "label": LABELS.get(name, name), "key": key, "dir": str(out), "checkpoint": which,
             "status": result["status"], "collapsed": result["status"] == "collapsed",
             "history": result["history"], "best": result["best"], "params": params,
             "train_s": train_s if train_s > 1.0 else 0.0}
     return model, info
+
+
+@contextlib.contextmanager
+def _claim(out: Path):
+    """Hold an exclusive lock on the run folder ``out`` (an advisory ``fcntl`` lock on ``.<key>.lock`` beside it)
+    while it is trained or loaded, so that two reproductions sharing one outputs folder never train the same model
+    at once: the second waits, then resumes or loads what the first finished. Released also on error and when the
+    process dies. Where ``fcntl`` is missing (Windows) runs go unlocked, as before."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _train_and_load(model, dataset, name: str, out: Path, checkpoint: str, seed: int, progress: bool, train_args):
