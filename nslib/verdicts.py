@@ -1,32 +1,41 @@
-"""The verdict rule: the one place that turns per-seed numbers into "holds", "does not hold" or "inconclusive".
+"""The verdict rule: the one place that turns paired measurements into "holds", "does not hold" or "inconclusive".
 
-Pure functions over numbers (no torch, no files): :func:`compare` judges one comparison, :func:`combine`
-several, :func:`verdict_line` and :func:`describe` say it in words. :data:`RULE` states the rule for the report.
+Pure functions over numbers (numpy, no torch, no files): :func:`compare` judges one comparison as an *effect* with
+a 95% interval against a *margin* fixed in advance, :func:`combine` several, :func:`verdict_line` and
+:func:`describe` say it in words. :data:`RULE` states the rule for the report.
 
 Usage::
 
-    c = compare([0.41, 0.43, 0.40], [0.37, 0.38, 0.36], what="SNS > PGD-AT")   # c["verdict"] == "holds"
+    c = compare([0.41, 0.43, 0.40], [0.37, 0.38, 0.36], margin=0.01, what="SNS > PGD-AT")
+    c["verdict"], c["effect"], c["ci"]      # "holds", 0.0433, (0.0290, 0.0577)
 """
 from __future__ import annotations
 
 import math
+import numbers
 import statistics
 
-__all__ = ["VERDICTS", "ROLES", "RULE", "spread", "compare", "judged", "combine", "verdict_line", "describe"]
+import numpy as np
+
+__all__ = ["VERDICTS", "ROLES", "RULE", "spread", "t_quantile", "compare", "judged", "combine", "decisive",
+           "verdict_line", "effect_text", "describe"]
 
 VERDICTS = ("holds", "does not hold", "inconclusive", "not testable offline")
 # A comparison's role in its claim: "judged" decides the claim's verdict; "control" is reported beside it
 # (a reference, a variant, a sanity context) and never enters the verdict.
 ROLES = ("judged", "control")
 
-RULE = ("A comparison \"A is higher than B\" **holds** when the mean over seeds of the paired difference "
-        "A - B exceeds twice its standard deviation over seeds *and* the 95% intervals of the two "
-        "accuracies (Wilson intervals, averaged over seeds) do not overlap (where intervals exist); it "
-        "**does not hold** when the same criterion is met in the other direction; otherwise it is "
-        "**inconclusive**. With a single seed the spread over seeds is unknown, so every comparison is "
-        "inconclusive: the direction and the intervals are reported, but not read as a verdict (the quick "
-        "profile trains one seed; the cpu and full profiles three). A claim made of several comparisons holds when "
-        "all of them hold and does not hold when any of them does not hold.")
+RULE = ("Each comparison \"A is higher than B\" is an **effect**, the mean paired difference A - B (the same test "
+        "images and attack seeds for A and B, training seed by training seed), with a **95% interval** that counts "
+        "both sources of variation: the spread over training seeds and, where per-image outcomes exist, the finite "
+        "set of test images (a Student t interval whose variance is the seed part plus the image part of a "
+        "crossed design, degrees of freedom by Welch-Satterthwaite; docs/PAPER.md says why). Each claim has a "
+        "**margin**, the smallest effect that would matter, fixed in the configuration before any run. A comparison "
+        "**holds** when its interval lies above zero, **does not hold** when its interval lies below the margin "
+        "(the effect, if any, is smaller than would matter: this wins over \"above zero\"), and is "
+        "**inconclusive** otherwise. One training seed cannot show the spread over seeds: every comparison of "
+        "such a run is inconclusive. A claim holds when all its judged comparisons hold and does not hold when "
+        "any of them does not hold.")
 
 
 def spread(values) -> dict:
@@ -38,68 +47,152 @@ def spread(values) -> dict:
             "min": min(vals), "max": max(vals), "n": len(vals)}
 
 
-def _mean_interval(intervals):
-    if intervals is None:
-        return None
-    intervals = [tuple(map(float, iv)) for iv in intervals]
-    return (statistics.fmean(lo for lo, _ in intervals), statistics.fmean(hi for _, hi in intervals))
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b) by its continued fraction (modified Lentz)."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast below the mean: use the symmetry there
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny, f, c, d = 1e-300, 1.0, 1.0, 0.0
+    for i in range(400):
+        m = i // 2
+        if i == 0:
+            num = 1.0
+        elif i % 2 == 0:
+            num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        else:
+            num = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1.0 + num * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + num / c
+        c = c if abs(c) > tiny else tiny
+        f *= c * d
+        if abs(1.0 - c * d) < 1e-14:
+            break
+    return front * (f - 1.0)
 
 
-def compare(a, b, *, intervals_a=None, intervals_b=None, what: str = "A > B", names=("A", "B"),
-            role: str = "judged", key: dict | None = None) -> dict:
-    """Judge "a is higher than b" by the verdict rule (:data:`RULE`).
+def _t_cdf(t: float, df: float) -> float:
+    tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The ``p`` quantile of Student's t with ``df`` (> 0, any real; inf: the normal) degrees of freedom, to about
+    1e-9 relative (scipy.stats.t.ppf is the test's reference)."""
+    if not 0 < p < 1 or not df > 0:
+        raise ValueError(f"p must be in (0, 1) and df > 0, got p={p!r}, df={df!r}")
+    if df > 1e5:  # the normal quantile and its first Cornish-Fisher term: exact to O(1 / df^2), below 1e-10 here
+        z = statistics.NormalDist().inv_cdf(p)
+        return z if math.isinf(df) else z + (z ** 3 + z) / (4 * df)
+    lo, hi = -1.0, 1.0
+    while _t_cdf(lo, df) > p:
+        lo *= 2
+    while _t_cdf(hi, df) < p:
+        hi *= 2
+    for _ in range(100):  # bisection: the cdf is monotone; 100 halvings reach double precision
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _as_seeds(values, name: str) -> np.ndarray:
+    """Per-seed values as a float array: [S] (one number per seed) or [S, N] (N per-example outcomes per seed)."""
+    try:
+        arr = np.asarray([np.asarray(v, dtype=float) for v in values], dtype=float)
+    except ValueError as e:  # ragged: seeds with different numbers of examples
+        raise ValueError(f"{name} must hold one number or one equal-length sequence of per-example outcomes per "
+                         f"seed, got sequences of lengths {[np.size(v) for v in values]}") from e
+    if arr.ndim not in (1, 2) or arr.shape[0] == 0 or arr.size == 0:
+        raise ValueError(f"{name} must hold one number or one sequence of per-example outcomes per seed (at least "
+                         f"one seed), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} must hold finite numbers (no NaN or infinity)")
+    return arr
+
+
+def _interval(d: np.ndarray, confidence: float) -> tuple[float, float, float]:
+    """(standard error, degrees of freedom, t multiplier) of the mean of paired differences ``d``.
+
+    ``d`` [S]: a paired t over seeds (S - 1 degrees of freedom). ``d`` [S, N], seeds crossed with the same N
+    images: the variance of the grand mean is estimated as var(seed means) / S + var(image means) / N, the seed
+    part and the image part of a crossed design (each also holds a share of the seed-by-image noise, so the sum
+    errs on the wide side, as the two-way "pigeonhole" bootstrap does), with Welch-Satterthwaite degrees of
+    freedom between S - 1 and S + N - 2."""
+    s = d.shape[0]
+    parts = [(float(np.var(d if d.ndim == 1 else d.mean(1), ddof=1)) / s, s - 1)]
+    if d.ndim == 2 and d.shape[1] > 1:
+        parts.append((float(np.var(d.mean(0), ddof=1)) / d.shape[1], d.shape[1] - 1))
+    var = sum(v for v, _ in parts)
+    if var <= 0:
+        return 0.0, math.inf, 0.0
+    df = var ** 2 / sum(v ** 2 / k for v, k in parts if v > 0)
+    return math.sqrt(var), df, t_quantile(0.5 + confidence / 2, df)
+
+
+def compare(a, b, *, margin: float = 0.0, what: str = "A > B", names=("A", "B"), role: str = "judged",
+            key: dict | None = None, unit: str = "", confidence: float = 0.95) -> dict:
+    """Judge "a is higher than b" by the verdict rule (:data:`RULE`): effect, interval, verdict.
 
     Args:
-        a, b: per-seed values, paired by seed (same length >= 1), e.g. robust accuracies of SNS and its
-            base, or sensitivities of vanilla and PGD-AT (to test "PGD-AT is lower", pass vanilla as a).
-        intervals_a, intervals_b: per-seed (low, high) 95% intervals of a and b, or None where the
-            quantity has none (sensitivities).
-        what: a short description, e.g. "SNS (PGD-AT) > PGD-AT, AutoAttack accuracy".
-        names: what a and b are, for the words of :func:`describe` (e.g. ("SNS (PGD-AT)", "PGD-AT")).
+        a, b: per-seed measurements paired by seed, either one number per seed (a robust accuracy, a mean
+            sensitivity, a correlation) or one sequence of per-example outcomes per seed on the *same* examples
+            for every seed and for a and b (1/0 robust or not, per-image similarities): then the interval also
+            counts the finite set of examples. To test "B is lower", pass B as b.
+        margin: the smallest effect a - b that would matter (>= 0, in the unit of a and b), fixed before the run;
+            an interval wholly below it "does not hold".
+        what: a short description, e.g. "SNS (PGD-AT) > PGD-AT, PGD-20 accuracy".
+        names: what a and b are, for :func:`describe` (e.g. ("SNS (PGD-AT)", "PGD-AT")).
         role: "judged" (decides the claim) or "control" (reported beside it, never judged): :data:`ROLES`.
-        key: what is compared, as data (e.g. ``{"claim": "C3", "model": "sns_pgd_at", "base": "pgd_at",
-            "row": "autoattack"}``), returned as ``id``; ``what`` and ``names`` are its words for a person.
+        key: what is compared, as data (``{"claim": "C3", "model": "sns_pgd_at", "base": "pgd_at", "row": "pgd"}``),
+            returned as ``id``; ``what`` and ``names`` are its words for a person.
+        unit: the effect's unit for a person ("accuracy", "log ratio"); "" when self-evident.
+        confidence: of the interval (0.95).
 
     Returns:
-        a dict: id, role, what, verdict (one of "holds", "does not hold", "inconclusive"), reason, n_seeds,
-        a (spread of a), b (spread of b), diff (spread of a - b), interval_a, interval_b (seed-averaged
-        intervals or None), overlap (bool or None), names, and detectable: the smallest |mean difference|
-        this comparison could have called with its spread and intervals (None with one seed).
+        a dict: id, role, what, names, unit, verdict ("holds", "does not hold", "inconclusive"), reason,
+        effect (mean of a - b over seeds and examples), ci ((low, high), None with one seed), margin, se, df,
+        n_seeds, n_examples (None for per-seed numbers), a, b, diff (:func:`spread` of the per-seed means).
 
-    Usage: ``compare([0.41, 0.43, 0.40], [0.37, 0.38, 0.36], what="SNS > PGD-AT")["verdict"]``
+    Raises: ValueError naming a, b, margin or role when they are not as above.
+    Usage: ``compare([0.41, 0.43, 0.40], [0.37, 0.38, 0.36], margin=0.01)["verdict"]  # "holds"``
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-    a, b = [float(v) for v in a], [float(v) for v in b]
-    if not a or len(a) != len(b):
-        raise ValueError(f"a and b must hold one value per seed, paired (same length >= 1); got {len(a)} and "
-                         f"{len(b)}")
-    if any(math.isnan(v) for v in a + b):
-        raise ValueError(f"a and b must not hold NaN (got a={a}, b={b})")
-    diffs = [x - y for x, y in zip(a, b)]
-    d = spread(diffs)
-    ia, ib = _mean_interval(intervals_a), _mean_interval(intervals_b)
-    overlap = None if ia is None or ib is None else not (ia[0] > ib[1] or ib[0] > ia[1])
-    iv_text = "" if overlap is None else ("; intervals overlap" if overlap else "; intervals disjoint")
-    out = {"id": dict(key or {}), "role": role, "what": what, "names": list(names), "n_seeds": len(a), "a": spread(a), "b": spread(b), "diff": d,
-           "interval_a": ia, "interval_b": ib, "overlap": overlap, "detectable": None}
-    if len(a) < 2:
-        out.update(verdict="inconclusive", reason=f"one seed: the spread over seeds is unknown{iv_text}")
+    if not (isinstance(margin, numbers.Real) and not isinstance(margin, bool) and 0 <= margin < math.inf):
+        raise ValueError(f"margin must be a number >= 0 (the smallest effect that matters), got {margin!r}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    xa, xb = _as_seeds(a, "a"), _as_seeds(b, "b")
+    if xa.shape != xb.shape:
+        raise ValueError(f"a and b must be paired: the same seeds and examples (same shape), got {xa.shape} and "
+                         f"{xb.shape}")
+    d = xa - xb
+    seed_mean = (lambda v: v) if d.ndim == 1 else (lambda v: v.mean(1))
+    out = {"id": dict(key or {}), "role": role, "what": what, "names": list(names), "unit": unit,
+           "n_seeds": d.shape[0], "n_examples": None if d.ndim == 1 else d.shape[1], "effect": float(d.mean()),
+           "margin": float(margin), "a": spread(seed_mean(xa)), "b": spread(seed_mean(xb)), "diff": spread(seed_mean(d)),
+           "ci": None, "se": None, "df": None}
+    if d.shape[0] < 2:
+        out.update(verdict="inconclusive", reason="one seed: the spread over seeds is unknown")
         return out
-    # The smallest difference the rule could call here: beyond 2 std, and (with intervals) beyond the two
-    # half-widths, which is when intervals centred that far apart stop overlapping.
-    half = 0.0 if ia is None or ib is None else (ia[1] - ia[0]) / 2 + (ib[1] - ib[0]) / 2
-    out["detectable"] = max(2 * d["std"], half)
-    separated = abs(d["mean"]) > 2 * d["std"]
-    if separated and not overlap:
-        out["verdict"] = "holds" if d["mean"] > 0 else "does not hold"
-        out["reason"] = f"mean difference {d['mean']:+.4f} beyond 2 x std {d['std']:.4f}{iv_text}"
+    se, df, t = _interval(d, confidence)
+    low, high = out["effect"] - t * se, out["effect"] + t * se
+    out.update(ci=(low, high), se=se, df=df)
+    iv = f"the {100 * confidence:g}% interval"
+    if high < margin:
+        out["verdict"] = "does not hold"
+        out["reason"] = (f"{iv} lies below zero" if high < 0 else
+                         f"{iv} lies below the margin: any effect is smaller than matters")
+    elif low > 0:
+        out["verdict"] = "holds"
+        out["reason"] = f"{iv} lies above zero"
     else:
         out["verdict"] = "inconclusive"
-        why = [] if separated else [f"|mean difference| {abs(d['mean']):.4f} <= 2 x std {d['std']:.4f}"]
-        if overlap:
-            why.append("intervals overlap")
-        out["reason"] = "; ".join(why) + f"; this run could detect differences above {out['detectable']:.4f}"
+        out["reason"] = f"{iv} holds zero and reaches the margin"
     return out
 
 
@@ -129,32 +222,48 @@ def combine(verdicts) -> str:
     return "inconclusive"
 
 
+def decisive(comparisons) -> dict | None:
+    """The judged comparison that decides a claim's :func:`combine` verdict: the first that does not hold, else
+    the first inconclusive one, else (all hold) the one whose interval comes nearest zero; None without any."""
+    comps = judged(comparisons)
+    for verdict in ("does not hold", "inconclusive"):
+        for c in comps:
+            if c["verdict"] == verdict:
+                return c
+    return min(comps, key=lambda c: c["ci"][0] if c["ci"] else math.inf, default=None)
+
+
 def verdict_line(claim: str, comparisons) -> str:
     """``"C3: inconclusive (one seed: ...)"``: the claim's combined verdict over its judged comparisons and why,
     with no raw numbers (what the notebooks' checked cells print, stable across machines)."""
     comparisons = judged(comparisons)
+    if not comparisons:
+        return f"{claim}: inconclusive (no judged comparison)"
     verdict = combine(comparisons)
     n = min(c["n_seeds"] for c in comparisons)
     if n < 2:
         why = "one seed: the spread over seeds is unknown"
     else:
-        n_hold = sum(c["verdict"] == "holds" for c in comparisons)
-        why = f"{n} seeds; {n_hold} of {len(comparisons)} comparisons hold"
+        counts = {v: sum(c["verdict"] == v for c in comparisons) for v in ("holds", "does not hold", "inconclusive")}
+        why = f"{n} seeds; of {len(comparisons)} comparisons " + ", ".join(f"{k} {v}" for v, k in counts.items() if k)
     return f"{claim}: {verdict} ({why})"
 
 
+def effect_text(c: dict) -> str:
+    """``"+1.2 [-0.3, +2.7] points, margin 1"``: a comparison's effect, interval and margin in its unit."""
+    scale, fmt = (100, "{:+.1f}") if c.get("unit") == "accuracy" else (1, "{:+.3g}")
+    ci = "" if c["ci"] is None else " [" + ", ".join(fmt.format(scale * v) for v in c["ci"]) + "]"
+    unit = " points" if c.get("unit") == "accuracy" else (f" ({c['unit']})" if c.get("unit") else "")
+    return f"{fmt.format(scale * c['effect'])}{ci}{unit}, margin {scale * c['margin']:g}"
+
+
 def describe(c: dict) -> str:
-    """One line for a comparison from :func:`compare`: what, verdict, the two values by name, the difference."""
-    d = c["diff"]
+    """One line for a comparison from :func:`compare`: what, verdict, the two values by name, effect, interval,
+    margin, seeds and examples, and why."""
     name_a, name_b = c.get("names") or ("A", "B")
-    spread_text = f" +- {d['std']:.4f}" if d["std"] is not None else ""
-    # one seed: the report and the notebooks say it once, in one line, not in every comparison
-    reason = c["reason"] if c["n_seeds"] > 1 else c["reason"].replace("one seed: the spread over seeds is unknown", "")
-    reason = reason.lstrip("; ")
-    ivs = ""
-    if c["interval_a"] is not None:
-        ivs = (f"; 95% intervals [{c['interval_a'][0]:.3f}, {c['interval_a'][1]:.3f}] vs "
-               f"[{c['interval_b'][0]:.3f}, {c['interval_b'][1]:.3f}]")
     control = " (control, not judged)" if c.get("role") == "control" else ""
+    n = f"{c['n_seeds']} seed(s)" + (f" x {c['n_examples']} examples" if c.get("n_examples") else "")
+    # one seed: the report and the notebooks say it once, in one line, not in every comparison
+    reason = "" if c["n_seeds"] < 2 else f" ({c['reason']})"
     return (f"{c['what']}{control}: {c['verdict']} -- {name_a} {c['a']['mean']:.4f} vs {name_b} {c['b']['mean']:.4f}, "
-            f"difference {d['mean']:+.4f}{spread_text} over {c['n_seeds']} seed(s){ivs}" + (f" ({reason})" if reason else ""))
+            f"effect {effect_text(c)}, {n}{reason}")
