@@ -172,7 +172,7 @@ def min_norm_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv:
         robust = clean_ok & (norms > radius)
         k, n = int(robust.sum()), x.shape[0]
         low, high = wilson_interval(k, n)
-        out.update(robust_accuracy=k / n, low=low, high=high, n=n)
+        out.update(robust_accuracy=k / n, low=low, high=high, n=n, robust=robust)
     return out
 
 
@@ -255,8 +255,9 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[di
     robust accuracy after each of its attacks.
 
     Row keys: attack (the entry's name), label (:func:`attack_label`, computed from the parameters), params,
-    clean_accuracy, robust_accuracy, ci_low, ci_high, n, seed, wall_s, and median_l2 or median_linf
-    (minimal-norm attacks) or per_attack (autoattack).
+    clean_accuracy, robust_accuracy, ci_low, ci_high, n, seed, wall_s, outcomes (1 or 0 per example: still
+    correct or not; minimal-norm attacks only with a radius), and median_l2 or median_linf (minimal-norm attacks)
+    or per_attack (autoattack).
 
     Usage: ``run_suite(model, x, y, [{"attack": "pgd", "eps": 0.1, "steps": 20}])  # row label "PGD-20"``
     """
@@ -291,7 +292,8 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[di
             row.update(clean_accuracy=res["clean_accuracy"],
                        robust_accuracy=res.get("robust_accuracy", float("nan")),
                        ci_low=res.get("low", float("nan")), ci_high=res.get("high", float("nan")),
-                       n=x.shape[0], wall_s=wall, **{f"median_{norm}": res["median_norm"]})
+                       n=x.shape[0], wall_s=wall, **{f"median_{norm}": res["median_norm"]},
+                       **({"outcomes": res["robust"].int().tolist()} if "robust" in res else {}))
         else:
             fn = entry.fn
             details = {}
@@ -308,7 +310,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[di
                 kwargs.setdefault("batch_size", batch_size)
             res = robust_accuracy(model, x, y, attack, batch_size=bs, progress=progress)
             row.update(clean_accuracy=res.clean_accuracy, robust_accuracy=res.robust_accuracy, ci_low=res.low,
-                       ci_high=res.high, n=res.n, wall_s=res.wall_s)
+                       ci_high=res.high, n=res.n, wall_s=res.wall_s, outcomes=res.robust.int().tolist())
             if details:
                 row["per_attack"] = dict(details)
         rows.append(row)
@@ -330,9 +332,10 @@ def format_table(rows: list[dict]) -> str:
 
 @torch.no_grad()
 def accuracy_on(model, x_adv: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None = None,
-                batch_size: int = 500) -> dict:
+                batch_size: int = 500, outcomes: bool = False) -> dict:
     """Accuracy on ``x_adv`` (counting only examples also correct on ``x`` when given) with its 95% Wilson
-    interval: ``{"accuracy", "low", "high", "n", "correct"}`` [, "robust" bool [N] on CPU]."""
+    interval: ``{"accuracy", "low", "high", "n", "correct"}``, and with ``outcomes=True`` "outcomes": 1 or 0 per
+    example (classified correctly or not), for paired comparisons."""
     dev = next(model.parameters()).device
     with eval_mode(model):
         ok = []
@@ -345,4 +348,5 @@ def accuracy_on(model, x_adv: torch.Tensor, y: torch.Tensor, x: torch.Tensor | N
     ok = torch.cat(ok)
     k, n = int(ok.sum()), len(ok)
     low, high = wilson_interval(k, n)
-    return {"accuracy": k / n, "low": low, "high": high, "n": n, "correct": k}
+    out = {"accuracy": k / n, "low": low, "high": high, "n": n, "correct": k}
+    return {**out, "outcomes": ok.int().tolist()} if outcomes else out

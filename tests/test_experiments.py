@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from nslib import attacks, verdicts, viz
-from nslib.repro import cache, config, experiments as ex, report
+from nslib.repro import cache, config, experiments as ex, report, robustness as rb
+
+MARGINS = config.KNOBS["margins"].default  # the margins every profile uses unless a run overrides them
 
 
 @settings(max_examples=60, deadline=None)
@@ -32,7 +34,7 @@ def _study(means_by_model):
 def test_c1_c4_comparisons_judge_and_report_what_they_say():
     studies = {s: _study({"vanilla": (0.9 + 0.01 * s, 0.1), "pgd_at": (0.3, 0.5), "trades": (0.2 + 0.01 * s, 0.6)})
                for s in range(3)}
-    comps = ex.c1_c4_comparisons(studies)
+    comps = ex.c1_c4_comparisons(studies, margins=MARGINS)
     c4 = verdicts.judged(ex.of_claim(comps, "C4"))
     assert len(c4) == 4 and all(c["verdict"] == "holds" for c in c4)  # 2 baselines x abs, rel
     assert [(c["id"]["base"], c["id"]["variant"], c["id"]["pairs"]) for c in c4] == \
@@ -45,7 +47,7 @@ def test_c1_c4_comparisons_judge_and_report_what_they_say():
     assert len(c1) == 2 and all(c["verdict"] == "holds" for c in c1)  # lower sensitivity, higher robust accuracy
     flipped = {s: _study({"vanilla": (0.1, 0.1), "pgd_at": (0.3, 0.5), "trades": (0.5 + 0.01 * s, 0.6)})
                for s in range(3)}
-    assert all(c["verdict"] == "does not hold" for c in verdicts.judged(ex.of_claim(ex.c1_c4_comparisons(flipped), "C4")))
+    assert all(c["verdict"] == "does not hold" for c in verdicts.judged(ex.of_claim(ex.c1_c4_comparisons(flipped, margins=MARGINS), "C4")))
 
 
 def test_c1_ties_says_when_the_robust_models_cannot_be_ranked():
@@ -96,13 +98,13 @@ def test_sanity_checks_flag_strong_attacks_that_are_weaker_than_plain_ones():
     good = {"clean": _row(1.0), "pgd": _row(0.5, label="PGD-20"), "fgsm": _row(0.6, label="FGSM"),
             "autoattack": _row(0.45, label="AutoAttack"), "fmn_l2": _row(0.30, label="FMN-L2"),
             "pgd_l2": _row(0.32, 0.2, 0.45, label="PGD-L2-20"), "transfer": _row(0.7)}
-    r = ex.sanity_checks(model, x, y, good, eps=0.1, scales=(1, 20), steps=10)
+    r = rb.sanity_checks(model, x, y, good, eps=0.1, scales=(1, 20), steps=10)
     checks = {c["id"]: c for c in r["checks"]}
     assert r["ok"], r["checks"]
     assert checks["autoattack_not_above_pgd"]["ok"] and checks["fmn_l2_not_above_pgd_l2"]["ok"]
     assert checks["autoattack_not_above_pgd"]["text"] == "AutoAttack accuracy not above PGD-20's"  # from the rows
     bad = {**good, "autoattack": _row(0.7, label="AutoAttack"), "fmn_l2": _row(0.6, label="FMN-L2")}
-    r = ex.sanity_checks(model, x, y, bad, eps=0.1, scales=(1, 20), steps=10)
+    r = rb.sanity_checks(model, x, y, bad, eps=0.1, scales=(1, 20), steps=10)
     checks = {c["id"]: c for c in r["checks"]}
     assert not r["ok"]
     assert not checks["autoattack_not_above_pgd"]["ok"] and not checks["fmn_l2_not_above_pgd_l2"]["ok"]
@@ -116,7 +118,7 @@ def test_the_eps_sweep_is_named_by_the_attack_that_ran(tmp_path):
     rows = {"pgd": _row(0.5, label="PGD-20"), "fgsm": _row(0.6, label="FGSM")}
     for steps in (10, 7):
         cfg = config.settings("quick", "fmnist", "05", {"sanity_steps": steps})
-        r = ex.sanity_checks(model, x, y, rows, eps=0.1, scales=(1, 20), steps=cfg.sanity_steps)
+        r = rb.sanity_checks(model, x, y, rows, eps=0.1, scales=(1, 20), steps=cfg.sanity_steps)
         assert r["label"] == f"PGD-{steps}" and r["attack"] == {"attack": "pgd", "steps": steps}
         ax = viz.plot_eps_curves({"M": r["eps_curve"]}, attack=r["label"], path=tmp_path / "eps").axes[0]
         assert f"PGD-{steps}" in ax.get_ylabel() and "PGD-20" not in ax.get_title()
@@ -131,24 +133,56 @@ def test_evaluate_model_rows_on_a_linear_model():
     cfg = config.settings("quick", "fmnist", "05", {"eps": 0.1, "pair_steps": 5, "n_long": 12, "pgd_long_steps": 10,
                                                     "mim_steps": 5, "l2_n": 16, "fmn_steps": 60, "aa_n": 8,
                                                     "aa_attacks": ["apgd-ce"]})
-    suite = ex.e3_suite(cfg, pixels=16)
-    ev = ex.evaluate_model(model, x, y, suite, pairs={"own": x_wb, "vanilla": x})
+    suite = rb.e3_suite(cfg, pixels=16)
+    ev = rb.evaluate_model(model, x, y, suite, pairs={"own": x_wb, "vanilla": x})
     rows = ev["rows"]
-    assert list(rows) == ["clean", "pgd", "fgsm", "mim", "pgd_long", "fmn_l2", "pgd_l2", "autoattack", "transfer"]
-    assert [r["label"] for r in rows.values()] == ["clean", "PGD-5", "FGSM", "MIM-5", "PGD-10", "FMN-L2", "PGD-L2-20",
-                                                   "AutoAttack (custom)", "transfer"]  # from each row's parameters
+    assert list(rows) == ["clean", "pgd", "pgd_restarts", "fgsm", "mim", "pgd_long", "fmn_l2", "pgd_l2", "autoattack",
+                          "transfer"]
+    assert [r["label"] for r in rows.values()] == ["clean", "PGD-5", "PGD-5 x2", "FGSM", "MIM-5", "PGD-10", "FMN-L2",
+                                                   "PGD-L2-20", "AutoAttack (custom)", "transfer"]  # from the parameters
+    # a second PGD run only ever breaks more: every example robust after both was robust after the first
+    assert all(b <= a for a, b in zip(rows["pgd"]["outcomes"], rows["pgd_restarts"]["outcomes"]))
     assert rows["clean"]["accuracy"] == 1.0 and rows["transfer"]["accuracy"] == 1.0  # x itself "transferred"
-    assert rows["fmn_l2"]["radius"] == rows["pgd_l2"]["radius"] == ex.l2_radius(0.1, 16) == round(2 * 0.1 * 4 / 10, 3)
+    assert rows["fmn_l2"]["radius"] == rows["pgd_l2"]["radius"] == rb.l2_radius(0.1, 16) == round(2 * 0.1 * 4 / 10, 3)
     # on a linear model FMN finds the exact minimal perturbation: it is never weaker than PGD-L2 at the radius
     assert rows["fmn_l2"]["accuracy"] <= rows["pgd_l2"]["accuracy"] + 1e-9
     assert rows["fmn_l2"]["n"] == rows["pgd_l2"]["n"] == 16 and rows["autoattack"]["n"] == 8
-    light = ex.evaluate_model(model, x, y, suite, pairs={"own": x_wb, "vanilla": None}, light=True)["rows"]
-    assert list(light) == ["clean", "pgd", "fgsm"]  # Vanilla: no transfer from itself
+    for r in rows.values():  # per-example outcomes (for paired comparisons) agree with the accuracy they make up
+        assert len(r["outcomes"]) == r["n"] and set(r["outcomes"]) <= {0, 1}
+        assert sum(r["outcomes"]) / r["n"] == pytest.approx(r["accuracy"])
+    light = rb.evaluate_model(model, x, y, suite, pairs={"own": x_wb, "vanilla": None}, light=True)["rows"]
+    assert list(light) == ["clean", "pgd", "pgd_restarts", "fgsm"]  # Vanilla: no transfer from itself
 
 
 def test_mean_rows_and_in_range():
     evals = {("m", s): {"rows": {"pgd": _row(0.2 + 0.1 * s, label="PGD-20")}} for s in range(3)}
-    mean = ex.mean_rows(evals, "m", [0, 1, 2])["pgd"]
+    mean = rb.mean_rows(evals, "m", [0, 1, 2])["pgd"]
     assert mean["accuracy"] == pytest.approx(0.3) and mean["n_seeds"] == 3 and mean["label"] == "PGD-20"
     assert ex.in_range(0.5, 0.5, 0.6) and not ex.in_range(0.61, 0.5, 0.6)
     assert not ex.in_range(None, 0.0, 1.0) and not ex.in_range(float("nan"), 0.0, 1.0)  # a collapsed run has no val PGD
+
+
+def test_c3_comparisons_pair_outcomes_by_image_and_seed_and_judge_only_the_judged_rows():
+    """SNS breaks on 20 of the 200 images its base survives, the same images on every seed (so the effect and its
+    interval are known), on the judged rows; AutoAttack ran on the first seeds only, as 05 runs it."""
+    base = [1] * 120 + [0] * 80
+
+    def ev(outcomes, seed, aa=True):
+        rows = {r: {"outcomes": outcomes, "label": r} for r in ("pgd_restarts", "transfer", "pgd")}
+        if aa:
+            rows["autoattack"] = {"outcomes": outcomes[:100], "label": "AutoAttack"}
+        return {"rows": rows}
+    worse = [0] * 20 + base[20:]
+    evals = {}
+    for s in range(5):
+        evals[("sns_pgd_at", s)] = ev(worse, s, aa=s < 3)
+        evals[("pgd_at", s)] = ev(base, s, aa=s < 3)
+    comps = rb.c3_comparisons(evals, list(range(5)), [("sns_pgd_at", "pgd_at")], margin=0.01, control_seeds=[0, 1, 2])
+    judged = verdicts.judged(comps)
+    assert [c["id"]["row"] for c in judged] == ["pgd_restarts", "transfer"]
+    assert all(c["effect"] == pytest.approx(-0.1) and c["n_seeds"] == 5 and c["n_examples"] == 200 for c in judged)
+    assert all(c["verdict"] == "does not hold" for c in judged)  # the whole interval lies below the margin
+    controls = [c for c in comps if c["role"] == "control"]
+    assert [c["id"]["row"] for c in controls] == ["pgd", "autoattack"]  # pgd_long, mim, fmn_l2 absent: skipped
+    assert controls[1]["n_seeds"] == 3 and controls[1]["n_examples"] == 100
+    assert verdicts.combine(comps) == "does not hold"

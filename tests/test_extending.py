@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nslib import analyze, evaluate, methods
-from nslib.repro import cache, config, experiments as ex, run
+from nslib.repro import cache, config, experiments as ex, robustness as rb, run
 
 
 class Linear2(nn.Module):
@@ -69,9 +69,9 @@ def test_a_new_fixed_radius_attack_is_one_function_and_one_row(linear, monkeypat
     assert torch.equal(evaluate.craft(model, x, y, {"attack": "toy", "eps": eps}), toy_sign(model, x, y, eps=eps))
     # and E3 runs it from one more row of its suite (the reproduction's third file)
     cfg = config.settings("quick", "fmnist", "05")
-    suite = [r for r in ex.e3_suite(cfg, pixels=16) if r["id"] == "clean"] + \
+    suite = [r for r in rb.e3_suite(cfg, pixels=16) if r["id"] == "clean"] + \
         [{"id": "toy", "attack": {"attack": "toy", "eps": eps}}]
-    rows = ex.evaluate_model(model, x, y, suite, pairs={})["rows"]
+    rows = rb.evaluate_model(model, x, y, suite, pairs={})["rows"]
     assert rows["toy"]["label"] == "TOY-0.1" and rows["toy"]["accuracy"] == pytest.approx(robust)
 
 
@@ -109,7 +109,7 @@ def test_a_new_training_method_goes_into_a_profile_and_notebook_03(monkeypatch):
                    "rows": [{"selection": sel, "k": 1, "accuracy": acc + 0.01 * s}
                             for sel, acc in (("top", 0.6), ("random", 0.3), ("bottom", 0.2), ("matched", 0.5))]}]
               for s in range(3)}
-    comps = ex.c2_comparisons(curves, 0.1, model="toy", mode="restore", model_label=cache.label("toy"))
+    comps = ex.c2_comparisons(curves, 0.1, model="toy", mode="restore", model_label=cache.label("toy"), margin=0.01)
     assert [c["id"]["other"] for c in comps] == ["random", "bottom", "matched"]
     assert [c["role"] for c in comps] == ["judged", "judged", "control"] and comps[0]["what"].startswith("toy, restore")
     with pytest.raises(ValueError, match=r"e2_models\[1\] must be a model of"):

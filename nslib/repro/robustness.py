@@ -1,0 +1,222 @@
+"""E3, the robustness experiment of the reproduction (C3, C5): the attack suite as data, each model's rows with
+per-example outcomes, PGD with restarts that attacks only what is still robust, the evaluation sanity checks, the k
+ablation, and C3's paired comparisons of SNS against its base.
+
+Usage::
+
+    suite = e3_suite(cfg, pixels=784)
+    ev = evaluate_model(model, x, y, suite, pairs={"own": x_adv, "vanilla": x_transfer}, seed=0)
+    comps = c3_comparisons({("sns_pgd_at", 0): ev_sns, ("pgd_at", 0): ev}, [0], [("sns_pgd_at", "pgd_at")], margin=0.01)
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+import warnings
+
+import torch
+
+from nslib import attacks, evaluate
+from nslib.evaluate import accuracy_on
+from nslib.repro.cache import adversarial_pairs, get_model, label
+from nslib.verdicts import compare
+
+__all__ = ["l2_radius", "e3_suite", "row_label", "more_restarts", "evaluate_model", "ablation", "sanity_checks",
+           "c3_comparisons", "mean_rows"]
+
+
+def l2_radius(eps: float, pixels: int) -> float:
+    """E3's L2 radius for a Linf radius ``eps``: 2 * eps * sqrt(pixels) / 10, to 3 decimals (0.56 for eps 0.1
+    on 28x28)."""
+    return round(2 * eps * math.sqrt(pixels) / 10, 3)
+
+
+def e3_suite(cfg, pixels: int) -> list[dict]:
+    """E3's rows as data, built once from the settings ``cfg`` (:func:`nslib.repro.config.settings`).
+
+    Each row: ``id`` (what the comparisons, checks and tables key on), ``attack`` (a
+    :func:`nslib.evaluate.run_suite` entry; None for clean accuracy), ``n`` (on the first n test images; None:
+    all), ``pairs`` ("own": the cached PGD pairs against the model itself; "vanilla": those against Vanilla,
+    transferred; absent: the attack runs here) and ``light`` (also run for Vanilla, which every attack breaks).
+    """
+    eps, radius = cfg.eps, l2_radius(cfg.eps, pixels)
+    pairs = {"attack": "pgd", "eps": eps, "steps": cfg.pair_steps}
+    aa = {"attack": "autoattack", "eps": eps, "version": cfg.aa_version,
+          **({"attacks": list(cfg.aa_attacks)} if cfg.aa_version == "custom" else {}),
+          **({"restarts": cfg.aa_restarts} if cfg.aa_restarts is not None else {})}
+    return [
+        {"id": "clean", "attack": None, "light": True},
+        {"id": "pgd", "attack": pairs, "pairs": "own", "light": True},
+        {"id": "pgd_restarts", "attack": {**pairs, "restarts": cfg.pgd_restarts}, "pairs": "own", "light": True},
+        {"id": "fgsm", "attack": {"attack": "fgsm", "eps": eps}, "light": True},
+        {"id": "mim", "attack": {"attack": "mim", "eps": eps, "steps": cfg.mim_steps}},
+        {"id": "pgd_long", "attack": {"attack": "pgd", "eps": eps, "steps": cfg.pgd_long_steps}, "n": cfg.n_long},
+        {"id": "fmn_l2", "attack": {"attack": "fmn", "steps": cfg.fmn_steps, "radius": radius}, "n": cfg.l2_n},
+        {"id": "pgd_l2", "attack": {"attack": "pgd", "norm": "l2", "eps": radius, "steps": cfg.pgd_l2_steps,
+                                    "restarts": cfg.pgd_l2_restarts}, "n": cfg.l2_n},
+        {"id": "autoattack", "attack": aa, "n": cfg.aa_n},
+        {"id": "transfer", "attack": pairs, "pairs": "vanilla", "light": True},
+    ]
+
+
+def row_label(row: dict) -> str:
+    """What a person reads for an E3 row: "clean", "transfer", or the attack's label from its parameters."""
+    if row["attack"] is None:
+        return "clean"
+    return "transfer" if row.get("pairs") == "vanilla" else evaluate.attack_label(row["attack"])
+
+
+def _run_row(model, x, y, row: dict, pairs: dict, seed: int) -> dict:
+    """One E3 row's numbers: accuracy, low, high, n, outcomes (1/0 per example: correct clean and attacked, for
+    paired comparisons) and what its attack adds (correct, wall_s, radius, median_l2, per_attack)."""
+    if row["attack"] is None:
+        return accuracy_on(model, x, y, outcomes=True)
+    if "pairs" in row and row["attack"].get("restarts", 1) > 1:
+        return more_restarts(model, x, y, pairs[row["pairs"]], row["attack"], seed=seed)
+    if "pairs" in row:
+        return accuracy_on(model, pairs[row["pairs"]], y, x=x, outcomes=True)
+    n = row.get("n") or len(x)
+    s = evaluate.run_suite(model, x[:n], y[:n], [row["attack"]], seed=seed)[0]
+    r = {"accuracy": s["robust_accuracy"], "low": s["ci_low"], "high": s["ci_high"], "n": s["n"],
+         **{k: s[k] for k in ("outcomes", "wall_s", "median_l2", "median_linf", "per_attack") if k in s}}
+    if evaluate.ATTACKS[row["attack"]["attack"]].min_norm or row["attack"].get("norm") == "l2":
+        r["radius"] = row["attack"].get("radius", row["attack"].get("eps"))
+    return r
+
+
+def more_restarts(model, x: torch.Tensor, y: torch.Tensor, x_first: torch.Tensor, attack: dict, *, seed: int) -> dict:
+    """Robust accuracy under the worst case of ``attack["restarts"]`` PGD runs (``attack``: eps, steps), the first
+    being ``x_first`` (the cached pairs): each further run (its own seeds) attacks only the examples still robust,
+    since one that an earlier run broke stays broken. Returns accuracy, low, high, n, correct, outcomes, wall_s."""
+    t0 = time.perf_counter()
+    robust = torch.tensor(accuracy_on(model, x_first, y, x=x, outcomes=True)["outcomes"], dtype=torch.bool)
+    for r in range(1, attack["restarts"]):
+        idx = robust.nonzero().flatten()
+        if len(idx):
+            x_adv = attacks.pgd_pairs(model, x[idx], y[idx], eps=attack["eps"], steps=attack["steps"],
+                                      seed=seed + 1_000_003 * r)  # batch seeds apart from the first run's
+            robust[idx] &= torch.tensor(accuracy_on(model, x_adv, y[idx], outcomes=True)["outcomes"], dtype=torch.bool)
+    k, n = int(robust.sum()), len(robust)
+    low, high = evaluate.wilson_interval(k, n)
+    return {"accuracy": k / n, "low": low, "high": high, "n": n, "correct": k, "outcomes": robust.int().tolist(),
+            "wall_s": time.perf_counter() - t0}
+
+
+def evaluate_model(model, x: torch.Tensor, y: torch.Tensor, suite: list[dict], *, pairs: dict, seed: int = 0,
+                   light: bool = False) -> dict:
+    """One model under E3's ``suite`` (:func:`e3_suite`): ``{"rows": {id: row}, "aa_warnings": [...]}``.
+
+    ``pairs`` maps "own" to the cached PGD pairs against the model (all of x) and "vanilla" to those against
+    Vanilla (None for Vanilla itself: no transfer row). Every row holds id, label (:func:`row_label`), attack
+    (its spec), accuracy, low, high (95% Wilson), n, and what its attack adds (wall_s, radius, median_l2,
+    per_attack). ``light=True`` runs only the rows marked light (Vanilla: a reference and the transfer source).
+    """
+    rows, aa_warnings = {}, []
+    for row in suite:
+        if (light and not row.get("light")) or (row.get("pairs") and pairs.get(row["pairs"]) is None):
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rows[row["id"]] = {"id": row["id"], "label": row_label(row), "attack": row["attack"],
+                               **_run_row(model, x, y, row, pairs, seed)}
+        for w in caught:  # AutoAttack's own checks are recorded (they flag the model); others pass on as raised
+            if "AutoAttack" in str(w.message):
+                aa_warnings.append(str(w.message))
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return {"rows": rows, "aa_warnings": aa_warnings}
+
+
+def ablation(dataset: str, arch: str, name: str, values, param: str, x, y, *, eps: float, steps: int, seed: int = 0,
+             progress: bool = True, **train_args) -> list[dict]:
+    """Train ``name`` for each value of ``param`` (e.g. k) and measure clean accuracy and accuracy on PGD-``steps``
+    pairs (the cached pairs of the other notebooks). Returns one row per value: value, model, status, clean, pgd
+    (accuracy dicts; pgd's "label" names the attack), collapsed (bool).
+    """
+    rows = []
+    attack = {"attack": "pgd", "eps": eps, "steps": steps}
+    for v in values:
+        model, info = get_model(dataset, arch, name, seed, progress=progress, **{**train_args, param: v})
+        x_adv = adversarial_pairs(model, info, x, y, eps=eps, steps=steps, seed=seed)
+        rows.append({"value": v, "model": info["label"], "status": info["status"], "collapsed": info["collapsed"],
+                     "clean": accuracy_on(model, x, y),
+                     "pgd": {**accuracy_on(model, x_adv, y, x=x), "label": evaluate.attack_label(attack)}})
+    return rows
+
+
+def sanity_checks(model, x: torch.Tensor, y: torch.Tensor, rows: dict, *, eps: float, scales=(0.5, 1, 2, 4, 8),
+                  steps: int = 20, aa_warnings=(), seed: int = 0, tolerance: float = 0.02) -> dict:
+    """The evaluation sanity checks for one robust model (a model that fails them is flagged).
+
+    - accuracy falls towards 0 as eps grows: PGD-``steps`` at eps * each scale on ``x``; non-increasing
+      (within ``tolerance``) and <= 0.05 at the largest radius (capped at 1);
+    - no black-box attack beats the white-box ones: transfer accuracy >= the PGD pairs' accuracy - tolerance,
+      and FGSM (one step) >= the PGD pairs' - tolerance;
+    - the strong attacks are not weaker than the plain ones: AutoAttack accuracy <= the upper end of the PGD
+      pairs' 95% interval, and the minimal-norm FMN-L2 accuracy at its radius <= the upper end of PGD-L2's there;
+    - AutoAttack's own warnings are listed; any warning flags the model.
+
+    ``rows`` are :func:`evaluate_model`'s, keyed by id. Returns {"attack" (the sweep's spec), "label" (its name:
+    "PGD-10"), "eps_curve": [(eps, accuracy)], "checks": [{"id", "text", "ok"}], "warnings", "ok"}.
+    """
+    attack = {"attack": "pgd", "steps": steps}
+    curve = []
+    dev = next(model.parameters()).device
+    for s in scales:
+        e = min(1.0, eps * s)
+        x_adv = attacks.pgd(model, x.to(dev), y.to(dev), eps=e, steps=steps, seed=seed).cpu()
+        curve.append((e, accuracy_on(model, x_adv, y, x=x)["accuracy"]))
+    accs = [a for _, a in curve]
+    acc = {i: r["accuracy"] for i, r in rows.items()}
+    name = {i: r["label"] for i, r in rows.items()}
+    checks = [("monotone", "accuracy non-increasing in eps", all(b <= a + tolerance for a, b in zip(accs, accs[1:]))),
+              ("vanishes", f"accuracy <= 0.05 at eps {curve[-1][0]:.3g}", accs[-1] <= 0.05),
+              ("fgsm_weaker", f"{name['fgsm']} no stronger than {name['pgd']}", acc["fgsm"] >= acc["pgd"] - tolerance)]
+    for strong, plain in (("autoattack", "pgd"), ("fmn_l2", "pgd_l2")):
+        if strong in rows and plain in rows:
+            checks.append((f"{strong}_not_above_{plain}", f"{name[strong]} accuracy not above {name[plain]}'s",
+                           acc[strong] <= rows[plain]["high"]))
+    if "transfer" in rows:
+        checks.append(("transfer_weaker", f"transfer no stronger than {name['pgd']}", acc["transfer"] >= acc["pgd"] - tolerance))
+    checks.append(("no_aa_warnings", "no AutoAttack warnings", not aa_warnings))
+    checks = [{"id": i, "text": t, "ok": bool(ok)} for i, t, ok in checks]
+    return {"attack": attack, "label": evaluate.attack_label(attack), "eps_curve": curve, "checks": checks,
+            "warnings": list(aa_warnings), "ok": all(c["ok"] for c in checks)}
+
+
+def c3_comparisons(evals: dict, seeds, pairs=(("sns_pgd_at", "pgd_at"), ("sns_trades", "trades")), *,
+                   margin: float, judged=("pgd_restarts", "transfer"),
+                   reported=("pgd", "autoattack", "pgd_long", "mim", "fmn_l2"),
+                   control_seeds=None) -> list[dict]:
+    """C3 from ``evals[(name, seed)]["rows"]`` (keyed by row id): SNS above its base, paired on the same test
+    images and attack seeds (each row's per-example ``outcomes``), with ``margin`` in accuracy.
+
+    Judged over ``seeds`` on the ``judged`` rows (PGD with restarts and transfer from Vanilla, on every test
+    image); reported beside them as controls over ``control_seeds`` (default ``seeds``; rows some seeds lack are
+    skipped) the ``reported`` rows (one PGD run, AutoAttack, the long PGD run, ... on their subsets). Returns a list of
+    :func:`nslib.verdicts.compare` dicts with ids {"claim": "C3", "model", "base", "row"} and roles."""
+    out = []
+    for sns, base in pairs:
+        for role, row_ids, ss in (("judged", judged, seeds), ("control", reported, control_seeds or seeds)):
+            for row in row_ids:
+                if not all(row in evals[(m, s)]["rows"] for m in (sns, base) for s in ss):
+                    continue
+                ra = [evals[(sns, s)]["rows"][row] for s in ss]
+                rb = [evals[(base, s)]["rows"][row] for s in ss]
+                out.append(compare(
+                    [r["outcomes"] for r in ra], [r["outcomes"] for r in rb], margin=margin, unit="accuracy",
+                    what=f"{label(sns)} > {label(base)}, {ra[0]['label']} accuracy", names=(label(sns), label(base)),
+                    role=role, key={"claim": "C3", "model": sns, "base": base, "row": row}))
+    return out
+
+
+def mean_rows(evals: dict, name: str, seeds) -> dict:
+    """{row id: {"accuracy", "low", "high", "n_seeds", "label"}} averaged over seeds, for one model (n_seeds: how
+    many, so a figure can say what it averages)."""
+    rows = evals[(name, seeds[0])]["rows"]
+    return {a: {**{key: statistics.fmean(evals[(name, s)]["rows"][a][key] for s in seeds)
+                   for key in ("accuracy", "low", "high")}, "n_seeds": len(seeds), "label": rows[a].get("label", a)}
+            for a in rows}
+
+
