@@ -1,8 +1,5 @@
-"""Figures (matplotlib + seaborn), one function per figure kind; each saves a PNG and a PDF.
-
-- :func:`plot_layer_sensitivity`: per-layer distribution of neuron sensitivity, one colour per model (E1).
-- :func:`plot_intervention_curve`: accuracy vs k, one line per selection, a band over seeds (E2).
-- :func:`plot_sensitive_neuron_maps`: benign and adversarial inputs, the most sensitive channels' maps overlaid (E4).
+"""Figures (matplotlib + seaborn), one function per figure kind (E1 sensitivity per layer, E2 intervention curves,
+E4 sensitive-channel maps, learning curves, accuracy bars, ablations, eps curves); each saves a PNG and a PDF.
 
 Every figure has labelled axes and a title, is written atomically (through :mod:`nslib.store`) to
 ``path`` + ".png" and ".pdf" (default: ``outputs/figures/<name>``) and is returned, open, for display.
@@ -381,7 +378,7 @@ def plot_robustness_bars(table, *, title: str = "Robust accuracy per attack", pa
     return fig
 
 
-def plot_ablation(rows, *, param: str, metrics=("clean", "pgd"), title: str | None = None, path=None):
+def plot_ablation(rows, *, param: str, metrics=("clean", "pgd"), mark=None, title: str | None = None, path=None):
     """Accuracy against one hyperparameter (e.g. SNS's lambda or k), one line per metric.
 
     Args:
@@ -391,6 +388,7 @@ def plot_ablation(rows, *, param: str, metrics=("clean", "pgd"), title: str | No
         param: the hyperparameter's name (x axis label); a log axis is used when all values are
             positive and span more than a decade (a value of 0 is drawn at the left edge, labelled).
         metrics: which accuracies to draw (keys of the rows; the legend shows each one's "label" where it has one).
+        mark: a value to mark with a dotted vertical line, "chosen" (SNS's lambda chosen on validation), or None.
         title, path: the figure's title; where to save (default ``outputs/figures/ablation_<param>``).
 
     Returns: the Figure.
@@ -413,6 +411,8 @@ def plot_ablation(rows, *, param: str, metrics=("clean", "pgd"), title: str | No
     if collapsed:
         ax.plot(collapsed, [0.02] * len(collapsed), ls="none", marker="x", color="red", markersize=10,
                 label="collapsed (stopped, not a result)")
+    if mark is not None:
+        ax.axvline(xs[values.index(float(mark))], color="black", ls=":", label=f"chosen: {float(mark):g}")
     if log:
         ax.set_xscale("log")
     ax.set_xticks(xs, [("0" if v == 0 else f"{v:g}") for v in values])

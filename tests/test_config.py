@@ -155,7 +155,9 @@ def test_the_cpu_profile_decides_with_three_seeds_on_1000_test_images():
     accuracies on >= 1,000 test images."""
     cfg = config.settings("cpu", "fmnist", "05")
     assert len(cfg.seeds) >= 3 and cfg.n_eval >= 1000 and cfg.precision == "auto"
-    assert config.profile_datasets("cpu") == ("fmnist",)
+    assert config.profile_datasets("cpu") == ("fmnist", "mnist5k")  # C5: a second dataset
+    assert len(cfg.c3_seeds) >= 5 and len(cfg.lam_grid) >= 3 and max(cfg.lam_grid) / min(cfg.lam_grid) >= 10  # C3
+    assert config.settings("cpu", "mnist5k", "05").eps == 0.3
 
 
 def test_vanilla_args_give_the_vanilla_model_its_own_epochs_and_images():
@@ -167,7 +169,7 @@ def test_vanilla_args_give_the_vanilla_model_its_own_epochs_and_images():
     assert config.settings("quick", "fmnist", "02", {"vanilla_n_train": "all"}).vanilla_args["n_train"] is None
     assert config.settings("quick", "fmnist", "02", {"vanilla_n_train": 5000}).vanilla_args["n_train"] == 5000
     cpu = config.settings("cpu", "fmnist", "02")
-    assert cpu.vanilla_args["n_train"] is None and cpu.n_train == 12000  # every image for vanilla only
+    assert cpu.vanilla_args["n_train"] is None and cpu.n_train == 6000  # every image for vanilla only
     # the quick vanilla model keeps the cache key it had when get_models took only vanilla_epochs
     _, now = cache.model_key("fmnist", quick.arch, "vanilla", 0, **{**quick.train_args, **quick.vanilla_args})
     _, before = cache.model_key("fmnist", quick.arch, "vanilla", 0, **{**quick.train_args, "epochs": quick.vanilla_epochs})

@@ -13,14 +13,15 @@ from nslib.repro import report
 def test_write_report_from_constructed_results(tmp_path, monkeypatch):
     monkeypatch.setenv("NSLIB_OUTPUTS", str(tmp_path))
     holds = verdicts.compare([0.5, 0.52, 0.51], [0.4, 0.41, 0.39], what="SNS (PGD-AT) > PGD-AT, AutoAttack accuracy",
-                             names=("SNS (PGD-AT)", "PGD-AT"))
+                             names=("SNS (PGD-AT)", "PGD-AT"), margin=0.01, unit="accuracy")
     weak = verdicts.compare([0.5], [0.4], what="Vanilla > PGD-AT, mean absolute sensitivity", names=("Vanilla", "PGD-AT"))
     report.save_result("quick", "fmnist", "05_sns_robustness",
                     {"claims": {"C3": {"verdict": verdicts.combine([holds]), "comparisons": [holds], "summary": "s",
                                        "figures": [str(tmp_path / "quick" / "fmnist" / "figures" / "x.png")]}},
                      "sections": [report.section("sanity", "sanity", "- **PGD-AT**: passes every check."),
                                   report.section("baselines", "baselines", "| t |")],
-                     "runtime_s": 12.0}, {"profile": "quick", "dataset": "fmnist", "seeds": [0, 1, 2]})
+                     "runtime_s": 12.0}, {"profile": "quick", "dataset": "fmnist", "seeds": [0, 1, 2],
+                                          "margins": {"accuracy": 0.01}})
     report.save_result("quick", "fmnist", "02_neuron_sensitivity",
                     {"claims": {"C4": {"verdict": verdicts.combine([weak]), "comparisons": [weak]}}, "runtime_s": 3.0},
                     {"profile": "quick", "dataset": "fmnist", "seeds": [0]})
@@ -29,12 +30,15 @@ def test_write_report_from_constructed_results(tmp_path, monkeypatch):
     assert path == tmp_path / "quick" / "REPORT.md"
     for claim in report.CLAIMS:
         assert f"## {claim}:" in text
-    # the summary gives each verdict with the direction and size of the claim's main comparison
-    assert "| C3 | **holds**: SNS (PGD-AT) 0.510 vs PGD-AT 0.400 (+0.110 +- 0.010) | not testable offline |" in text
-    assert "| C4 | **inconclusive**: Vanilla 0.500 vs PGD-AT 0.400 (+0.100) | not testable offline |" in text
-    assert "| C1 | not run |" in text
-    assert "| C5 | needs two datasets (C3 over fmnist)" in text  # C5 is C3 over every dataset, not a copy
-    assert "- fmnist: C3 **holds**" in text
+    # one line per claim and dataset: the verdict and the comparison that decides it, effect, interval, margin
+    assert "| C3 | fmnist | **holds** | SNS (PGD-AT) > PGD-AT, AutoAttack accuracy: +11.0 [+8.5, +13.5] points, " \
+           "margin 1; 3 seed(s) |" in text
+    assert "| C4 | fmnist | **inconclusive** | Vanilla > PGD-AT, mean absolute sensitivity: +0.1, margin 0; 1 seed(s) |" in text
+    assert "| C1 | fmnist | not run | - |" in text
+    assert "| C5 | fmnist | **needs two datasets** |" in text  # C5 is every claim over every dataset, not a copy
+    assert "- fmnist: C3 **holds**, C4 **inconclusive**" in text
+    assert "Margins (the smallest effect that matters" in text and "'accuracy': 0.01" in text
+    assert "](forest.png)" in text and (tmp_path / "quick" / "forest.png").exists()  # every judged comparison
     assert "docs/PAPER.md" in text and "PAPER.md)" not in text.replace("docs/PAPER.md", "")
     assert "A 0." not in text and "(COLLAPSED)" not in text
     assert "](fmnist/figures/x.png)" in text  # figure links relative to the report
@@ -56,19 +60,17 @@ def test_report_says_one_seed_once_and_reads_runtimes_from_the_markers(tmp_path,
               {"notebook": "06_report.ipynb", "runtime_s": 4.2, "provenance": {"device_name": "cpu"}})
     text = report.write_report("quick").read_text()
     assert text.count("**One seed**") == 1
-    assert "| C5 | inconclusive (C3 over fmnist, mnist5k)" in text
+    assert "| C5 | fmnist, mnist5k | **inconclusive** |" in text
     assert "### fmnist\n\ngoal 0.85: met" in text
     assert "| fmnist | 06_report | 4 | cpu |" in text
 
 
-def test_describe_and_detectable_difference():
-    c = verdicts.compare([0.50, 0.47, 0.52], [0.48, 0.48, 0.47], names=("SNS", "PGD-AT"),
-                         intervals_a=[(0.45, 0.55)] * 3, intervals_b=[(0.43, 0.53)] * 3)
-    assert c["verdict"] == "inconclusive"
-    # 2 x std of the differences (0.02, -0.01, 0.05) = 0.06; the two half-widths add to 0.10
-    assert c["detectable"] == __import__("pytest").approx(0.10)
+def test_describe_gives_the_effect_its_interval_the_margin_and_the_seeds():
+    a, b = [[1, 1, 0, 1], [1, 0, 0, 1], [1, 1, 1, 1]], [[1, 0, 0, 1], [1, 0, 0, 1], [1, 1, 0, 1]]
+    c = verdicts.compare(a, b, names=("SNS", "PGD-AT"), what="SNS > PGD-AT", margin=0.01, unit="accuracy")
     line = verdicts.describe(c)
-    assert "SNS 0.4967 vs PGD-AT 0.4767" in line and "could detect differences above 0.1000" in line
+    assert line.startswith("SNS > PGD-AT: inconclusive -- SNS 0.7500 vs PGD-AT 0.5833, effect +16.7 [-16.1, +49.4]")
+    assert "points, margin 1, 3 seed(s) x 4 examples (the 95% interval holds zero and reaches the margin)" in line
 
 
 def test_sections_go_where_their_kind_says_and_a_new_claim_is_reported(tmp_path, monkeypatch):
@@ -86,7 +88,7 @@ def test_sections_go_where_their_kind_says_and_a_new_claim_is_reported(tmp_path,
         {"profile": "quick", "dataset": "fmnist", "seeds": [0, 1, 2]})
     text = report.write_report("quick").read_text()
     assert "## C7: Toys are robust." in text
-    assert "| C7 | **holds**: toy 0.510 vs base 0.400" in text  # the headline is the judged comparison
+    assert "| C7 | fmnist | **holds** | toy > base: +0.11" in text  # the headline is the judged comparison
     sanity = text.index("## Evaluation sanity")
     other = text.index("## Other sections")
     assert sanity < text.index("SANITY-BODY") < other < text.index("ABLATION-BODY")

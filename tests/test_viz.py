@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from nslib import viz  # noqa: E402
+from nslib import forest, verdicts, viz  # noqa: E402
 from nslib.intervention import intervention_curve  # noqa: E402
 
 
@@ -200,3 +200,24 @@ def test_mean_rows_records_the_seed_count():
     evals = {("m", s): {"rows": {"clean": _acc(a)}} for s, a in ((0, 0.6), (1, 0.8))}
     row = mean_rows(evals, "m", [0, 1])["clean"]
     assert row["n_seeds"] == 2 and row["accuracy"] == pytest.approx(0.7)
+
+
+def test_forest_plot_draws_each_effect_its_interval_zero_and_the_margin(tmp_path):
+    holds = verdicts.compare([0.50, 0.52, 0.51], [0.40, 0.41, 0.39], what="SNS > base, PGD", margin=0.01,
+                             unit="accuracy")
+    nope = verdicts.compare([0.30, 0.31, 0.29], [0.30, 0.31, 0.29], what="SNS > base, transfer", margin=0.01,
+                            unit="accuracy")
+    rho = verdicts.compare([0.5, 0.6, 0.55], [0.0, 0.0, 0.0], what="-Spearman > 0", margin=0.2, unit="correlation")
+    fig = forest.plot_forest({"C3 (points)": [holds, nope], "C1 (correlation)": [rho], "empty": []},
+                             path=tmp_path / "forest")
+    written(tmp_path / "forest")
+    c3, c1 = fig.axes  # the empty group gets no panel
+    assert [t.get_text() for t in c3.get_yticklabels()] == ["SNS > base, transfer", "SNS > base, PGD"]  # top down
+    interval = [ln for ln in c3.get_lines() if ln.get_color() == forest.COLOURS["holds"] and len(ln.get_xdata()) == 2][0]
+    assert interval.get_xdata() == pytest.approx([100 * v for v in holds["ci"]])  # accuracy drawn in points
+    verticals = sorted(ln.get_xdata()[0] for ln in c3.get_lines() if list(ln.get_xdata()) == [ln.get_xdata()[0]] * 2
+                       and ln.get_ydata()[0] != ln.get_ydata()[1])
+    assert verticals == pytest.approx([0.0, 1.0])  # zero and the 1-point margin
+    assert nope["verdict"] == "does not hold" and c1.get_title(loc="left") == "C1 (correlation)"
+    with pytest.raises(ValueError, match="groups must hold at least one comparison"):
+        forest.plot_forest({"C3": []})

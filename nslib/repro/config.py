@@ -29,116 +29,20 @@ import difflib
 import numbers
 from typing import Any, Callable
 
-import torch
 
 from nslib import data as data_mod, models as models_mod, training
 from nslib.repro.cache import MODELS
+from nslib.repro.profiles import (DEFAULT_NOTEBOOK_S, EXPECTED_S, PROFILES, QUICK_RANGES, auto_profile,
+                                  expected_seconds)
 from nslib.training import ATTACK_DEFAULTS
 
-__all__ = ["KNOBS", "Knob", "PROFILES", "NOTEBOOKS", "REPORT_NOTEBOOK", "EXPECTED_S", "Settings", "settings_class", "settings",
+__all__ = ["KNOBS", "Knob", "PROFILES", "NOTEBOOKS", "REPORT_NOTEBOOK", "EXPECTED_S", "DEFAULT_NOTEBOOK_S", "Settings", "settings_class", "settings",
            "parse_overrides", "check_datasets", "profile_datasets", "auto_profile", "expected_seconds"]
 
 # The reproduction's numbered notebooks, in run order; the report notebook reads every other's results, so it
 # runs last and again whenever a notebook before it ran. Notebooks numbered otherwise (07) are tools.
 NOTEBOOKS = ("00", "01", "02", "03", "04", "05", "06")
 REPORT_NOTEBOOK = "06"
-
-# Expected ranges of the checked notebook cells: loose enough to hold on any CPU and seed, tight enough to catch
-# a broken run (a model at chance, an attack that does nothing). Quick values come from runs of 2,000 images x
-# 2 epochs (PGD-AT ~0.5 clean / ~0.3 PGD; TRADES ~0.6 / ~0.45; the vanilla model, 8 epochs, ~0.8 clean /
-# ~0.13 under PGD-20 at eps 0.1: not fully trained, not 0).
-_QUICK_RANGES = {"train_ranges": {"vanilla_clean": (0.45, 0.95), "robust_clean": (0.25, 0.90), "robust_pgd": (0.10, 0.75)},
-                 "eval_ranges": {"clean": (0.25, 0.90), "aa": (0.03, 0.70), "vanilla_pgd": (0.0, 0.3)}}
-_CPU_RANGES = {"train_ranges": {"vanilla_clean": (0.80, 1.0), "robust_clean": (0.60, 0.95), "robust_pgd": (0.40, 0.90)},
-               "eval_ranges": {"clean": (0.60, 0.95), "aa": (0.30, 0.90), "vanilla_pgd": (0.0, 0.2)}}
-_FULL_RANGES = {"train_ranges": {"vanilla_clean": (0.85, 1.0), "robust_clean": (0.70, 1.0), "robust_pgd": (0.40, 0.98)},
-                "eval_ranges": {"clean": (0.70, 1.0), "aa": (0.30, 0.98), "vanilla_pgd": (0.0, 0.05)}}
-
-PROFILES: dict[str, dict] = {
-    # CPU, minutes: checks the machinery (what CI and nbval run); one seed, so it decides nothing. Its values for
-    # every notebook are the knobs' defaults (KNOBS); it lists only where a notebook or dataset differs.
-    "quick": {
-        "datasets": ("fmnist",),
-        # 00's clean SmallCNN run: larger subset, larger batches, a few epochs
-        "00": {"n_train": 20000, "epochs": 4, "batch_size": 64},
-        ("mnist5k", "00"): {"n_train": None},  # the subset has 3,500 training images after the hold-out
-    },
-    # CPU, the main job without a GPU (`make reproduce` there): three seeds of every model on real
-    # Fashion-MNIST, verdict numbers on 1,000 test images; minutes on two cores: EXPECTED_S.
-    "cpu": {
-        "datasets": ("fmnist",),
-        # 12,000 images x 2 epochs, PGD-2 (alpha 1.25 eps); vanilla on all 58,000 x 3 epochs (10 epochs on 12,000:
-        # 87.3%, 2 on 58,000: 87.6%); E1, E2, E4 on the paper's 1,000 pairs, E3's images (05 reuses 02's PGD-20
-        # pairs; 400 pairs left C2's PGD-AT intervals overlapping)
-        "all": {"seeds": [0, 1, 2], "batch_size": 128, "lr": 0.05, "epochs": 2, "vanilla_epochs": 3,
-                "vanilla_n_train": "all",
-                "n_train": 12000, "attack_steps": 2, "val_size": 2000, "val_n_adv": 500, "val_attack_steps": 5,
-                "n_pairs": 1000, "n_eval": 1000, "n_long": 200, "pgd_long_steps": 50, "mim_steps": 10,
-                "l2_n": 100, "fmn_steps": 50, "pgd_l2_steps": 20, "aa_n": 200, "aa_restarts": 1,
-                "lam_grid": [0.0, 0.01, 0.1], "k_grid": [0.1], "n_sanity": 100, "n_maps": 8, **_CPU_RANGES,
-                "c1_eps_scales": [0.5]},  # the robust four tie (58.6-59.7% PGD): C1 needs a level between
-        "00": {"n_train": 20000, "epochs": 4, "batch_size": 64},
-        # not measured: the subset's 3,500 training images, eps 0.3 (a stronger training attack, eps warm-up)
-        "mnist5k": {"n_train": None, "val_size": 500, "epochs": 10, "vanilla_epochs": 20, "attack_steps": 10,
-                    "eps_warmup_epochs": 3},
-        ("mnist5k", "00"): {"n_train": None},
-    },
-    # GPU, paper scale: three seeds, AutoAttack on 1,000 images. Not yet measured on a GPU (estimate).
-    "full": {
-        "datasets": ("fmnist", "mnist5k"),
-        "all": {"seeds": [0, 1, 2], "batch_size": 128, "lr": 0.05, "val_n_adv": 1000, "val_attack_steps": 10,
-                "n_pairs": 1000, "ks": [0.02, 0.05, 0.1, 0.2, 0.5], "n_maps": 8, "n_eval": 2000, "n_long": 1000,
-                "pgd_long_steps": 100, "mim_steps": 20, "l2_n": 500, "fmn_steps": 200, "pgd_l2_steps": 50,
-                "pgd_l2_restarts": 3,
-                "aa_n": 1000, "aa_version": "standard", "lam_grid": [0.0, 0.001, 0.01, 0.1, 1.0],
-                "k_grid": [0.05, 0.1, 0.2], "n_sanity": 500, "sanity_steps": 20, "c1_eps_scales": [0.25, 0.5],
-                **_FULL_RANGES},
-        "00": {"n_train": None, "batch_size": 128},
-        "fmnist": {"epochs": 10, "vanilla_epochs": 10, "n_train": None, "val_size": 5000, "attack_steps": 10,
-                   "eps_warmup_epochs": 0},
-        "mnist5k": {"epochs": 30, "vanilla_epochs": 30, "n_train": None, "val_size": 500, "attack_steps": 40,
-                    "eps_warmup_epochs": 5},
-        # online only (torchvision downloads): python -m nslib reproduce --profile full --datasets mnist,cifar10
-        "mnist": {"epochs": 10, "vanilla_epochs": 10, "n_train": None, "val_size": 5000, "attack_steps": 40,
-                  "eps_warmup_epochs": 2},
-        "cifar10": {"arch": "resnet18", "epochs": 30, "vanilla_epochs": 30, "n_train": None, "val_size": 5000,
-                    "attack_steps": 10, "eps_warmup_epochs": 0, "lr": 0.1, "n_eval": 1000},
-        ("mnist5k", "05"): {"n_eval": 1000},  # the subset's whole test split
-        # 00's clean SmallCNN run: 15 epochs on all 55,000 images reached 92.3% test accuracy (goal 91.5%)
-        ("fmnist", "00"): {"epochs": 15, "min_test_acc": 0.915},
-        ("mnist5k", "00"): {"min_test_acc": 0.95},
-    },
-}
-
-# Wall seconds of each notebook on fmnist on a quiet 2-core CPU (AMD EPYC, AVX2, fp32): what `reproduce`
-# announces before it starts and the weights of its whole-run progress bar. cpu: `make reproduce` from a clean
-# clone at 662e98f, 2026-11-29 (2,581 s in all). quick: its measured total (7-8 min, the same day) split by estimate. A
-# notebook or profile missing here counts DEFAULT_NOTEBOOK_S and the announcement says "unknown".
-EXPECTED_S = {
-    "quick": {"00": 70, "01": 150, "02": 40, "03": 60, "04": 15, "05": 90, "06": 10},
-    "cpu": {"00": 98, "01": 1263, "02": 430, "03": 227, "04": 58, "05": 493, "06": 6},
-}
-DEFAULT_NOTEBOOK_S = 60
-
-
-def auto_profile(cuda: bool | None = None) -> tuple[str, str]:
-    """The profile for this machine and why: ``("full", ...)`` with a CUDA device, ``("cpu", ...)`` without.
-
-    Usage: ``profile, why = auto_profile()  # ("cpu", "no CUDA device")``
-    """
-    if cuda is None:
-        cuda = torch.cuda.is_available()
-    return ("full", "a CUDA device is present") if cuda else ("cpu", "no CUDA device")
-
-
-def expected_seconds(profile: str, dataset: str, notebook: str | None) -> tuple[float, bool]:
-    """``(seconds, measured)``: the expected wall time of one notebook run; ``measured`` is False when the
-    value is the :data:`DEFAULT_NOTEBOOK_S` guess (a profile, dataset or notebook not in :data:`EXPECTED_S`)."""
-    table = EXPECTED_S.get(profile, {})
-    if dataset == "fmnist" and notebook in table:
-        return float(table[notebook]), True
-    return float(DEFAULT_NOTEBOOK_S), False
-
 
 # ----------------------------------------------------------------------------------------------------
 # checks: one per knob, each raising ValueError that names the knob, the expectation and the value
@@ -200,6 +104,15 @@ def _ranges(name, v):
         _fail(name, "a dict of (low, high) ranges", v)
 
 
+MARGIN_KEYS = ("accuracy", "sensitivity", "correlation", "similarity")
+
+
+def _margins(name, v):
+    if not isinstance(v, dict) or set(v) != set(MARGIN_KEYS) or not all(
+            isinstance(m, numbers.Real) and not isinstance(m, bool) and 0 <= m < 1e6 for m in v.values()):
+        _fail(name, "a dict of numbers >= 0 with exactly the keys " + ", ".join(MARGIN_KEYS), v)
+
+
 @dataclasses.dataclass(frozen=True)
 class Knob:
     """One knob: its default (the quick profile's value), its check ``check(name, value)`` (raises ValueError
@@ -240,7 +153,15 @@ KNOBS: dict[str, Knob] = {
     "val_n_adv": Knob(200, _int(0), "validation images attacked after each epoch: picks the best checkpoint",
                       train=True),
     "val_attack_steps": Knob(5, _int(1), "PGD steps of that validation attack", train=True),
-    "lam": Knob(0.01, _real(0, 1e6), "SNS penalty weight lambda (dimensionless)", train=True),
+    "models": Knob(["vanilla", "pgd_at", "trades", "sns_pgd_at", "sns_trades"],
+                   _list(_model_name, "model names", distinct=True),
+                   "the models of 01, 02, 04 and 05: Vanilla first, each SNS model after its base"),
+    "lam": Knob(None, _real(0, 1e6, optional=True),
+                "SNS penalty weight lambda (dimensionless); None: chosen per base on the validation split from "
+                "lam_grid (notebook 01), never on the test set", train=True),
+    "lam_grid": Knob([0.01, 0.1], _list(_real(0, 1e6, low_open=True), "positive lambda values", distinct=True),
+                     "SNS's lambda candidates: each trained on the first seed per base, the one with the best "
+                     "validation robust accuracy (PGD, val_n_adv images) is used; include values that collapse"),
     "k": Knob(0.1, _k, 'SNS top-k: fraction of each layer\'s neurons penalised ("sensitive")', train=True),
     "precision": Knob("auto", _choice(("auto", "fp32", "bf16")),
                       'training and pair attacks: "auto" (bf16 on CUDA and bf16-capable CPUs), "fp32", "bf16"',
@@ -266,6 +187,8 @@ KNOBS: dict[str, Knob] = {
                       "layer drawn (None: the deepest default layer with maps of 8x8 or more)"),
     # E3 (05)
     "n_eval": Knob(200, _int(1), "test images for clean, FGSM, PGD-20, MIM and transfer"),
+    "pgd_restarts": Knob(2, _int(1), "PGD runs on every test image, worst case per image (the first: the PGD pairs; "
+                                     "each further run attacks only the images still robust): C3's judged attack"),
     "n_long": Knob(100, _int(1), "test images for the long PGD run"),
     "pgd_long_steps": Knob(50, _int(1), "steps of the long PGD run (paper: 100)"),
     "mim_steps": Knob(10, _int(1), "MIM iterations (step eps / steps, decay 1)"),
@@ -280,16 +203,22 @@ KNOBS: dict[str, Knob] = {
                        "AutoAttack's attacks when aa_version is \"custom\""),
     "aa_restarts": Knob(None, _int(1, optional=True),
                         'restarts of AutoAttack\'s APGD/FAB (None: its own: 5 in "custom", 1 in "standard")'),
-    "lam_grid": Knob([0.0, 0.01, 0.1], _list(_real(0, 1e6), "lambda values"),
-                     "SNS (PGD-AT) lambda ablation, first seed (0 is PGD-AT itself)"),
-    "k_grid": Knob([0.1, 0.3], _list(_k, "top-k sizes"), "SNS (PGD-AT) top-k ablation, first seed"),
+    "c3_seeds": Knob(None, lambda name, v: v is None or _list(_int(0), "seeds (integers >= 0)", distinct=True)(name, v),
+                     "C3's seeds (every base and its SNS model): a superset of seeds, whose extra seeds get only "
+                     "05's light rows (clean, the PGD pairs, FGSM, transfer); None: seeds"),
+    "k_grid": Knob([0.1, 0.3], _list(_k, "top-k sizes"), "SNS (PGD-AT) top-k ablation at the chosen lambda, first seed"),
     "n_sanity": Knob(50, _int(1), "test images for the eps sweep of the sanity checks"),
     "sanity_steps": Knob(10, _int(1), "PGD steps of the eps sweep"),
     "eps_scales": Knob([0.5, 1, 2, 4, 8], _list(_real(0, 1e3, low_open=True), "positive multiples of eps"),
                        "the sweep's radii as multiples of eps (capped at 1)"),
+    # the verdicts (every notebook): fixed before any run, never tuned on results
+    "margins": Knob({"accuracy": 0.01, "sensitivity": 0.1, "correlation": 0.2, "similarity": 0.05}, _margins,
+                    "the smallest effect that would matter, per quantity: accuracy (a fraction: 0.01 is 1 point; "
+                    "C2, C3), sensitivity (log ratio of mean sigma: 0.1 is about 10%; C4), correlation (-Spearman; "
+                    "C1), similarity (cosine; C6)"),
     # the checked notebook cells
-    "train_ranges": Knob(_QUICK_RANGES["train_ranges"], _ranges, "01's expected (low, high) validation accuracies"),
-    "eval_ranges": Knob(_QUICK_RANGES["eval_ranges"], _ranges, "05's expected (low, high) test accuracies"),
+    "train_ranges": Knob(QUICK_RANGES["train_ranges"], _ranges, "01's expected (low, high) validation accuracies"),
+    "eval_ranges": Knob(QUICK_RANGES["eval_ranges"], _ranges, "05's expected (low, high) test accuracies"),
 }
 CHECKS = {name: knob.check for name, knob in KNOBS.items()}  # name -> check(name, value)
 
@@ -313,6 +242,8 @@ class _Derived:
         """Keyword arguments of :func:`nslib.repro.cache.get_model` (and so of :func:`nslib.training.train`):
         every knob declared ``train=True``, the derived ``alpha``, and ``eps`` when it is not the dataset's."""
         args = {name: getattr(self, name) for name, knob in KNOBS.items() if knob.train}
+        if args["lam"] is None:  # chosen on validation per base (nslib.repro.zoo), not one value for all
+            del args["lam"]
         args["alpha"] = self.alpha
         if self.eps != ATTACK_DEFAULTS.get(self.dataset, {}).get("eps"):
             args["eps"] = self.eps  # the dataset's radius is train()'s own default: keep the cache key as it was
@@ -406,6 +337,15 @@ def settings(profile: str, dataset: str, notebook: str | None = None, overrides:
         if isinstance(value, numbers.Integral) and value > limit:
             raise ValueError(f"{name} must be at most {limit} on {dataset} ({left + merged['val_size']} training images, "
                              f"{merged['val_size']} of them held out for validation), got {value}")
+    if merged["c3_seeds"] is None:
+        merged["c3_seeds"] = merged["seeds"]
+    elif not set(merged["seeds"]) <= set(merged["c3_seeds"]):
+        raise ValueError(f"c3_seeds must include every seed of seeds {list(merged['seeds'])}, got "
+                         f"{list(merged['c3_seeds'])}")
+    models = list(merged["models"])
+    if models[:1] != ["vanilla"] or any(MODELS.get(n, {}).get("base") not in (None, *models[:i])
+                                        for i, n in enumerate(models)):
+        raise ValueError(f"models must start with 'vanilla' and name each SNS model after its base, got {models}")
     if merged["eps"] is None:
         if dataset not in ATTACK_DEFAULTS:
             raise ValueError(f"eps must be given for dataset {dataset!r} (it has no default radius)")

@@ -20,14 +20,15 @@ import os
 import statistics
 from pathlib import Path
 
+from nslib import forest
 from nslib.fast import default_device as device
 from nslib.repro.cache import label
 from nslib.store import atomic_write_bytes, load_json, outputs_dir, provenance, save_json
-from nslib.verdicts import RULE, combine, describe, judged, spread
+from nslib.verdicts import RULE, combine, decisive, describe, effect_text, judged, spread
 
 __all__ = ["CLAIMS", "SECTION_KINDS", "section", "claims_of", "profile_dir", "figures_dir", "save_result", "load_result",
            "load_results", "rows_markdown",
-           "markdown_table", "checkpoint_rows", "sensitivity_markdown", "ablation_markdown", "sanity_markdown",
+           "markdown_table", "checkpoint_rows", "sensitivity_markdown", "ablation_markdown", "lam_markdown", "sanity_markdown",
            "report_verdicts", "write_report"]
 
 CLAIMS = {
@@ -35,7 +36,7 @@ CLAIMS = {
     "C2": "Sensitive neurons make the most non-trivial contributions to predictions in the adversarial setting.",
     "C3": "SNS (constraining sensitive neurons' behaviour between benign and adversarial inputs) improves robustness.",
     "C4": "Adversarial training improves robustness by reducing neuron sensitivities.",
-    "C5": "SNS's gain holds across datasets (MNIST, CIFAR-10, ImageNet in the paper): C3 on every dataset run.",
+    "C5": "The findings hold across datasets (MNIST, CIFAR-10, ImageNet in the paper): every claim on every dataset run.",
     "C6": "Visualising sensitive neurons interprets robustness (benign vs adversarial activation maps).",
 }
 
@@ -173,6 +174,25 @@ def ablation_markdown(rows: list[dict], param: str) -> str:
     return "\n".join(lines)
 
 
+def lam_markdown(curves: dict) -> str:
+    """Markdown of :func:`nslib.repro.zoo.lam_curve` results: per SNS model, each lambda's validation accuracies
+    (95% Wilson intervals) and which one was chosen."""
+    lines = []
+    for name, c in curves.items():
+        if c["fixed"]:
+            lines.append(f"{label(name)}: lambda {c['lam']:g}, fixed by the settings (no choice made).")
+            continue
+        lines += [f"{label(name)}: lambda chosen on the validation split (seed {c['seed']}): **{c['lam']:g}**", "",
+                  "| lambda | status | validation clean [95%] | validation PGD [95%] | |", "|---|---|---|---|---|"]
+        for r in c["rows"]:
+            cells = [f"{r[k]:.3f} [{r[k + '_ci'][0]:.3f}, {r[k + '_ci'][1]:.3f}]" if r[k] is not None else "-"
+                     for k in ("val_clean", "val_pgd")]
+            note = "chosen" if r["lam"] == c["lam"] else ("the base itself" if r["lam"] == 0 else "")
+            lines.append(f"| {r['lam']:g} | {r['status']} | {cells[0]} | {cells[1]} | {note} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def sanity_markdown(sanity: dict) -> str:
     """Markdown of :func:`sanity_checks` results per model: the eps sweep, each check, warnings, a flag."""
     lines = []
@@ -222,66 +242,87 @@ def claims_of(results: dict) -> dict[str, str]:
 
 
 def _claim_verdicts(results: dict) -> dict[str, dict[str, str]]:
-    """{claim: {dataset: verdict}}; C5 is C3 combined over every dataset run (key "all")."""
+    """{claim: {dataset: verdict}}; C5 is every other claim combined over every dataset run (key "all")."""
     table: dict[str, dict[str, str]] = {}
     for claim in claims_of(results):
         for dataset, entry in _claim_rows(claim, results) if claim != "C5" else []:
             prev = table.setdefault(claim, {}).get(dataset)
             table[claim][dataset] = combine([prev, entry["verdict"]]) if prev else entry["verdict"]
-    c3 = list(table.get("C3", {}).values())
-    table["C5"] = {"all": combine(c3) if len(c3) > 1 else "needs two datasets"} if c3 else {}
+    per_dataset = [v for claim, by in table.items() for v in by.values()]
+    datasets = {d for by in table.values() for d in by}
+    table["C5"] = {"all": combine(per_dataset) if len(datasets) > 1 else "needs two datasets"} if per_dataset else {}
     return table
 
 
 def report_verdicts(profile: str) -> dict[str, dict[str, str]]:
-    """{claim: {dataset: verdict}} from the result files of a profile (C5: {"all": C3 over the datasets})."""
+    """{claim: {dataset: verdict}} from the result files of a profile (C5: {"all": every claim over the datasets})."""
     results = load_results(profile)
     table = _claim_verdicts(results)
     return {claim: table.get(claim, {}) for claim in claims_of(results)}
 
 
 def _headline(comparisons: list[dict]) -> str:
-    """The direction and size of a claim's main comparison (its first judged one), in words."""
-    comparisons = judged(comparisons)
-    if not comparisons:
+    """The comparison that decides a claim (:func:`nslib.verdicts.decisive`) in words: what, effect, interval, margin."""
+    c = decisive(comparisons)
+    if c is None:
         return ""
-    c = comparisons[0]
-    name_a, name_b = c.get("names") or ("A", "B")
-    std = f" +- {c['diff']['std']:.3f}" if c["diff"]["std"] is not None else ""
-    # an inconclusive comparison says how large a difference this run could have called
-    detect = f"; detectable above {c['detectable']:.3f}" if c.get("verdict") == "inconclusive" \
-        and c.get("detectable") is not None else ""
-    return f"{name_a} {c['a']['mean']:.3f} vs {name_b} {c['b']['mean']:.3f} ({c['diff']['mean']:+.3f}{std}{detect})"
+    n = f"{c['n_seeds']} seed(s)" + (f" x {c['n_examples']} images" if c.get("n_examples") else "")
+    return f"{c['what']}: {effect_text(c)}; {n}"
 
 
 def _summary(results: dict, verdicts: dict, datasets: list[str]) -> list[str]:
-    lines = ["| claim | " + " | ".join(datasets) + " | MNIST, CIFAR-10, ImageNet |",
-             "|---|" + "---|" * len(datasets) + "---|"]
+    """One line per claim and dataset: verdict, and the comparison that decides it (effect, 95% interval,
+    margin, seeds and images)."""
+    lines = ["| claim | dataset | verdict | deciding comparison: effect [95% interval], margin; seeds x images |",
+             "|---|---|---|---|"]
     for claim in claims_of(results):
         if claim == "C5":
             v = verdicts.get("C5", {}).get("all", "not run")
-            lines.append(f"| C5 | {v} (C3 over {', '.join(datasets)})" + " |" * len(datasets)
-                         + " not testable offline |")
+            lines.append(f"| C5 | {', '.join(datasets)} | **{v}** | every claim above on every dataset run |")
             continue
         entries = dict(_claim_rows(claim, results))
-        cells = [f"**{verdicts.get(claim, {}).get(d, 'not run')}**: {_headline(entries[d].get('comparisons', []))}"
-                 if d in entries else "not run" for d in datasets]
-        lines.append(f"| {claim} | " + " | ".join(cells) + " | not testable offline |")
+        for d in datasets:
+            cells = (f"**{verdicts.get(claim, {}).get(d, 'not run')}** | {_headline(entries[d].get('comparisons', []))}"
+                     if d in entries else "not run | -")
+            lines.append(f"| {claim} | {d} | {cells} |")
+    lines.append("| C1-C6 | MNIST, CIFAR-10, ImageNet | not testable offline | - |")
     seeds = {len(rec.get("params", {}).get("seeds", [])) for nbs in results.values() for rec in nbs.values()
              if rec.get("params", {}).get("seeds")}
     if seeds == {1}:
         lines += ["", "**One seed**: the spread over seeds is unknown, so no comparison can be decided; the "
                       "table shows each claim's main comparison (direction and size), not a verdict. Run with "
                       "`--set \"seeds=[0, 1, 2]\"` (or the cpu or full profile) for verdicts."]
+    margins = {str(rec["params"]["margins"]) for nbs in results.values() for rec in nbs.values()
+               if rec.get("params", {}).get("margins")}
+    if margins:
+        lines += ["", f"Margins (the smallest effect that matters, fixed in the configuration before the run): "
+                      f"{'; '.join(sorted(margins))} (accuracy as a fraction: 0.01 is 1 point)."]
     return lines
+
+
+def _forest(results: dict, datasets: list[str], root: Path) -> list[str]:
+    """The forest plot of every judged comparison, one panel per claim and dataset; the report's lines for it."""
+    groups = {}
+    for claim in claims_of(results):
+        for d, entry in _claim_rows(claim, results) if claim != "C5" else []:
+            comps = judged(entry.get("comparisons", []))
+            if comps:
+                unit = comps[0].get("unit") or "effect"
+                groups.setdefault(f"{claim} on {d} ({'points' if unit == 'accuracy' else unit})", []).extend(comps)
+    if not groups:
+        return []
+    forest.plot_forest(groups, path=root / "forest")
+    return ["![every judged comparison: effect and 95% interval, zero and the margin drawn](forest.png)", ""]
 
 
 def _claim_section(claim: str, text: str, results: dict, verdicts: dict, datasets: list[str], root: Path) -> list[str]:
     lines = [f"## {claim}: {text}", ""]
     if claim == "C5":
-        lines += ["C5 adds one thing to C3: whether SNS's gain holds on *every* dataset run (the same rule, "
-                  "combined over datasets). Per dataset:", ""]
-        lines += [f"- {d}: C3 **{verdicts.get('C3', {}).get(d, 'not run')}**" for d in datasets]
+        lines += ["C5 asks whether the claims hold on *every* dataset run: it holds when every claim holds on every "
+                  "dataset, does not hold when any claim does not hold on any of them, and is inconclusive "
+                  "otherwise (one dataset: it needs two). Per dataset:", ""]
+        lines += [f"- {d}: " + ", ".join(f"{c} **{by[d]}**" for c, by in verdicts.items() if c != "C5" and d in by)
+                  for d in datasets]
         return lines + [f"- MNIST (full), CIFAR-10, ImageNet: **{_ONLINE}**", ""]
     rows = _claim_rows(claim, results)
     if not rows:
@@ -343,7 +384,7 @@ def write_report(profile: str) -> Path:
              f"IEEE TIP 2021; the claims and definitions this kit tests are in `docs/PAPER.md`. The paper's own "
              f"tables are not available offline: these verdicts test its claims on the datasets available here, "
              f"not its numbers.", "", "## Verdict rule", "", RULE, "", "## Summary", "",
-             *_summary(results, verdicts, datasets), ""]
+             *_summary(results, verdicts, datasets), "", *_forest(results, datasets, root)]
     for claim, text in claims_of(results).items():
         lines += _claim_section(claim, text, results, verdicts, datasets, root)
     lines += [f"## {SECTION_KINDS['baselines']}", "",

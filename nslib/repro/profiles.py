@@ -1,0 +1,114 @@
+"""The reproduction's profiles: what each one changes from the knobs' defaults, and what a run costs.
+
+:data:`PROFILES` holds, per profile, only where it differs from :data:`nslib.repro.config.KNOBS`' defaults (the
+quick profile's values), in layers (see :func:`nslib.repro.config.settings`); :data:`EXPECTED_S` the measured wall
+time of each notebook, which ``reproduce`` announces and weighs its progress bar with.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["PROFILES", "QUICK_RANGES", "EXPECTED_S", "DEFAULT_NOTEBOOK_S", "auto_profile", "expected_seconds"]
+
+# Expected ranges of the checked notebook cells: loose enough to hold on any CPU and seed, tight enough to catch
+# a broken run (a model at chance, an attack that does nothing). Quick values come from runs of 2,000 images x
+# 2 epochs (PGD-AT ~0.5 clean / ~0.3 PGD; TRADES ~0.6 / ~0.45; the vanilla model, 8 epochs, ~0.8 clean /
+# ~0.13 under PGD-20 at eps 0.1: not fully trained, not 0).
+QUICK_RANGES = {"train_ranges": {"vanilla_clean": (0.45, 0.95), "robust_clean": (0.25, 0.90), "robust_pgd": (0.10, 0.75)},
+                 "eval_ranges": {"clean": (0.25, 0.90), "aa": (0.03, 0.70), "vanilla_pgd": (0.0, 0.3)}}
+_CPU_RANGES = {"train_ranges": {"vanilla_clean": (0.80, 1.0), "robust_clean": (0.60, 0.95), "robust_pgd": (0.40, 0.90)},
+               "eval_ranges": {"clean": (0.60, 0.95), "aa": (0.30, 0.90), "vanilla_pgd": (0.0, 0.2)}}
+_FULL_RANGES = {"train_ranges": {"vanilla_clean": (0.85, 1.0), "robust_clean": (0.70, 1.0), "robust_pgd": (0.40, 0.98)},
+                "eval_ranges": {"clean": (0.70, 1.0), "aa": (0.30, 0.98), "vanilla_pgd": (0.0, 0.05)}}
+
+PROFILES: dict[str, dict] = {
+    # CPU, minutes: checks the machinery (what CI and nbval run); one seed, so it decides nothing. Its values for
+    # every notebook are the knobs' defaults (KNOBS); it lists only where a notebook or dataset differs.
+    "quick": {
+        "datasets": ("fmnist",),
+        # 00's clean SmallCNN run: larger subset, larger batches, a few epochs
+        "00": {"n_train": 20000, "epochs": 4, "batch_size": 64},
+        ("mnist5k", "00"): {"n_train": None},  # the subset has 3,500 training images after the hold-out
+    },
+    # CPU, the main job without a GPU (`make reproduce` there): three seeds of every model on real
+    # Fashion-MNIST, verdict numbers on 1,000 test images; minutes on two cores: EXPECTED_S.
+    "cpu": {
+        "datasets": ("fmnist", "mnist5k"),
+        # 6,000 images x 2 epochs, PGD-2 (alpha 1.25 eps; 12,000 until C3 needed five seeds and a lambda grid: 8,000
+        # took 52 s per PGD-AT model here, validation PGD-5 56.4%); vanilla on all 58,000 x 2 epochs (10 epochs on
+        # 12,000: 87.3%, 2 on 58,000: 87.6%); E1, E2, E4 on the paper's 1,000 pairs, E3's images (05 reuses 02's
+        # PGD-20 pairs; 400 pairs left C2's PGD-AT intervals overlapping)
+        "all": {"seeds": [0, 1, 2], "batch_size": 128, "lr": 0.05, "epochs": 2, "vanilla_epochs": 2,
+                "vanilla_n_train": "all",
+                "n_train": 6000, "attack_steps": 2, "val_size": 2000, "val_n_adv": 500, "val_attack_steps": 5,
+                "n_pairs": 1000, "n_eval": 1000, "n_long": 200, "pgd_long_steps": 50, "mim_steps": 10,
+                "l2_n": 100, "fmn_steps": 50, "pgd_l2_steps": 20, "aa_n": 200, "aa_restarts": 1,
+                # C3: SNS's lambda chosen on validation from a grid reaching collapse (0.3 and above collapsed in
+                # calibration runs), then SNS and its base over five seeds
+                "lam_grid": [0.01, 0.05, 0.25], "c3_seeds": [0, 1, 2, 3, 4], "k_grid": [0.1], "n_sanity": 100,
+                "n_maps": 8, **_CPU_RANGES,
+                "c1_eps_scales": [0.5]},  # the robust four tie (58.6-59.7% PGD): C1 needs a level between
+        "00": {"n_train": 20000, "epochs": 4, "batch_size": 64},
+        # C5's second dataset: the subset's 3,500 training images, eps 0.3 with eps warm-up; PGD-AT and its SNS
+        # only (TRADES would double the time). Calibration, seed 0, 5 epochs: PGD-AT 57 s, validation clean 94.6%,
+        # PGD-10 47.8% (best epoch 4 of 5)
+        "mnist5k": {"n_train": None, "val_size": 500, "epochs": 4, "vanilla_epochs": 10, "attack_steps": 3,
+                    "eps_warmup_epochs": 2, "models": ["vanilla", "pgd_at", "sns_pgd_at"]},
+        ("mnist5k", "00"): {"n_train": None},
+    },
+    # GPU, paper scale: three seeds, AutoAttack on 1,000 images. Not yet measured on a GPU (estimate).
+    "full": {
+        "datasets": ("fmnist", "mnist5k"),
+        "all": {"seeds": [0, 1, 2], "batch_size": 128, "lr": 0.05, "val_n_adv": 1000, "val_attack_steps": 10,
+                "n_pairs": 1000, "ks": [0.02, 0.05, 0.1, 0.2, 0.5], "n_maps": 8, "n_eval": 2000, "n_long": 1000,
+                "pgd_long_steps": 100, "mim_steps": 20, "l2_n": 500, "fmn_steps": 200, "pgd_l2_steps": 50,
+                "pgd_l2_restarts": 3,
+                "aa_n": 1000, "aa_version": "standard", "lam_grid": [0.003, 0.01, 0.03, 0.1, 0.3],
+                "c3_seeds": [0, 1, 2, 3, 4],
+                "k_grid": [0.05, 0.1, 0.2], "n_sanity": 500, "sanity_steps": 20, "c1_eps_scales": [0.25, 0.5],
+                **_FULL_RANGES},
+        "00": {"n_train": None, "batch_size": 128},
+        "fmnist": {"epochs": 10, "vanilla_epochs": 10, "n_train": None, "val_size": 5000, "attack_steps": 10,
+                   "eps_warmup_epochs": 0},
+        "mnist5k": {"epochs": 30, "vanilla_epochs": 30, "n_train": None, "val_size": 500, "attack_steps": 40,
+                    "eps_warmup_epochs": 5},
+        # online only (torchvision downloads): python -m nslib reproduce --profile full --datasets mnist,cifar10
+        "mnist": {"epochs": 10, "vanilla_epochs": 10, "n_train": None, "val_size": 5000, "attack_steps": 40,
+                  "eps_warmup_epochs": 2},
+        "cifar10": {"arch": "resnet18", "epochs": 30, "vanilla_epochs": 30, "n_train": None, "val_size": 5000,
+                    "attack_steps": 10, "eps_warmup_epochs": 0, "lr": 0.1, "n_eval": 1000},
+        ("mnist5k", "05"): {"n_eval": 1000},  # the subset's whole test split
+        # 00's clean SmallCNN run: 15 epochs on all 55,000 images reached 92.3% test accuracy (goal 91.5%)
+        ("fmnist", "00"): {"epochs": 15, "min_test_acc": 0.915},
+        ("mnist5k", "00"): {"min_test_acc": 0.95},
+    },
+}
+
+# Wall seconds of each notebook per dataset on a quiet 2-core CPU (AMD EPYC, AVX2, fp32): what `reproduce`
+# announces before it starts and the weights of its whole-run progress bar. cpu: `make reproduce` from a clean
+# clone at 662e98f, 2026-11-29 (2,581 s in all). quick: its measured total (7-8 min, the same day) split by estimate. A
+# notebook, dataset or profile missing here counts DEFAULT_NOTEBOOK_S and the announcement says "unknown".
+EXPECTED_S = {
+    "quick": {"fmnist": {"00": 70, "01": 150, "02": 40, "03": 60, "04": 15, "05": 90, "06": 10}},
+    "cpu": {"fmnist": {"00": 98, "01": 1263, "02": 430, "03": 227, "04": 58, "05": 493, "06": 6}},
+}
+DEFAULT_NOTEBOOK_S = 60
+
+
+def auto_profile(cuda: bool | None = None) -> tuple[str, str]:
+    """The profile for this machine and why: ``("full", ...)`` with a CUDA device, ``("cpu", ...)`` without.
+
+    Usage: ``profile, why = auto_profile()  # ("cpu", "no CUDA device")``
+    """
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    return ("full", "a CUDA device is present") if cuda else ("cpu", "no CUDA device")
+
+
+def expected_seconds(profile: str, dataset: str, notebook: str | None) -> tuple[float, bool]:
+    """``(seconds, measured)``: the expected wall time of one notebook run; ``measured`` is False when the
+    value is the :data:`DEFAULT_NOTEBOOK_S` guess (a profile, dataset or notebook not in :data:`EXPECTED_S`)."""
+    table = EXPECTED_S.get(profile, {}).get(dataset, {})
+    if notebook in table:
+        return float(table[notebook]), True
+    return float(DEFAULT_NOTEBOOK_S), False

@@ -1,0 +1,97 @@
+"""The reproduction's models as every notebook asks for them: SNS's lambda chosen on validation, then the models.
+
+SNS's penalty weight lambda is the method's own hyperparameter. A fair test of SNS (C3) chooses it the way a user
+would, before the test set is looked at: :func:`lam_curve` trains SNS on each value of ``lam_grid`` (the first
+seed, per base method) and picks the one with the best robust accuracy on the *validation* split held out of the
+training images (the PGD accuracy training records after each epoch, best epoch). :func:`main_models` then trains
+or loads ``cfg.models`` for each seed with that lambda, so notebooks 01-05 all analyse the same SNS models.
+
+Usage::
+
+    trained, curves = main_models(cfg)            # {(name, seed): (model, info)}, {"sns_pgd_at": curve, ...}
+    curves["sns_pgd_at"]["lam"]                   # the chosen lambda
+"""
+from __future__ import annotations
+
+from nslib.evaluate import wilson_interval
+from nslib.repro.cache import MODELS, get_model, label
+
+__all__ = ["sns_models", "lam_curve", "curve_rows", "main_models"]
+
+
+def sns_models(names) -> list[str]:
+    """The SNS models among ``names`` (those of :data:`nslib.repro.cache.MODELS` with a base)."""
+    return [n for n in names if MODELS.get(n, {}).get("base")]
+
+
+def _args(cfg, name: str, lam: float | None = None) -> dict:
+    """Training arguments of model ``name``: the settings' (vanilla's own epochs and images), lambda for SNS."""
+    args = {key: v for key, v in cfg.train_args.items() if key != "lam"}
+    if name == "vanilla":
+        args.update(cfg.vanilla_args)
+    if lam is not None:
+        args["lam"] = lam
+    return args
+
+
+def _validation_row(lam: float, info: dict, n_val: int, n_adv: int) -> dict:
+    best = info["best"] or {}
+    row = {"lam": lam, "status": info["status"], "collapsed": info["status"] == "collapsed", "n_val": n_val,
+           "n_adv": n_adv, "val_clean": best.get("val_clean"), "val_pgd": best.get("val_pgd")}
+    for key, n in (("val_clean", n_val), ("val_pgd", n_adv)):
+        row[key + "_ci"] = None if row[key] is None else wilson_interval(round(row[key] * n), n)
+    return row
+
+
+def lam_curve(cfg, name: str, *, progress: bool = True) -> dict:
+    """Choose SNS model ``name``'s lambda on validation: its base (lambda 0) and SNS at each of ``cfg.lam_grid``,
+    trained (or loaded) on the first seed, each read at its best epoch.
+
+    Returns ``{"name", "base", "seed", "lam" (the chosen value), "fixed" (True when cfg.lam was given: no
+    choice made), "rows": [{"lam", "status", "collapsed", "n_val", "n_adv", "val_clean", "val_pgd", and their 95%
+    Wilson intervals "val_clean_ci", "val_pgd_ci"}]}`` (rows empty when fixed). The chosen lambda has the highest
+    validation robust accuracy among the runs that did not collapse (ties: the smaller lambda).
+
+    Raises: ValueError naming lam_grid when SNS collapsed at every value.
+    """
+    base, seed = MODELS[name]["base"], cfg.seeds[0]
+    out = {"name": name, "base": base, "seed": seed, "fixed": cfg.lam is not None, "rows": [], "lam": cfg.lam}
+    if cfg.lam is not None:
+        return out
+    n_val, n_adv = cfg.val_size, min(cfg.val_n_adv, cfg.val_size)
+    _, info = get_model(cfg.dataset, cfg.arch, base, seed, progress=progress, **_args(cfg, base))
+    out["rows"].append(_validation_row(0.0, info, n_val, n_adv))
+    for lam in cfg.lam_grid:
+        _, info = get_model(cfg.dataset, cfg.arch, name, seed, progress=progress, **_args(cfg, name, lam))
+        out["rows"].append(_validation_row(lam, info, n_val, n_adv))
+    usable = [r for r in out["rows"][1:] if r["status"] == "done" and r["val_pgd"] is not None]
+    if not usable:
+        raise ValueError(f"lam_grid must hold a lambda at which {label(name)} trains without collapse on "
+                         f"{cfg.dataset}; it collapsed at every value of {list(cfg.lam_grid)}")
+    out["lam"] = max(usable, key=lambda r: (r["val_pgd"], -r["lam"]))["lam"]
+    return out
+
+
+def curve_rows(curve: dict, steps: int) -> list[dict]:
+    """A :func:`lam_curve`'s rows as :func:`nslib.viz.plot_ablation` draws them: value (lambda; 0 is the base),
+    "clean" and "pgd" validation accuracies with their intervals (``steps``: the validation attack's), collapsed
+    (also a run that diverged: neither is a result)."""
+    def acc(r, key, what):
+        low, high = r[key + "_ci"] or (0.0, 0.0)
+        return {"accuracy": r[key] if r[key] is not None else float("nan"), "low": low, "high": high,
+                "label": f"validation {what} ({r['n_val' if key == 'val_clean' else 'n_adv']} images)"}
+    return [{"value": r["lam"], "collapsed": r["status"] != "done", "clean": acc(r, "val_clean", "clean"),
+             "pgd": acc(r, "val_pgd", f"PGD-{steps}")} for r in curve["rows"]]
+
+
+def main_models(cfg, names=None, seeds=None, *, progress: bool = True) -> tuple[dict, dict]:
+    """``(trained, curves)``: ``{(name, seed): (model, info)}`` for ``names`` (default ``cfg.models``) and
+    ``seeds`` (default ``cfg.seeds``), trained or loaded from the cache, every SNS model at its lambda from
+    :func:`lam_curve` (``curves``: ``{sns name: curve}``)."""
+    names = list(cfg.models if names is None else names)
+    seeds = list(cfg.seeds if seeds is None else seeds)
+    curves = {n: lam_curve(cfg, n, progress=progress) for n in sns_models(names)}
+    trained = {(n, s): get_model(cfg.dataset, cfg.arch, n, s, progress=progress,
+                                 **_args(cfg, n, curves[n]["lam"] if n in curves else None))
+               for s in seeds for n in names}
+    return trained, curves
