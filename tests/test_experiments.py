@@ -177,7 +177,7 @@ def test_c3_comparisons_pair_outcomes_by_image_and_seed_and_judge_only_the_judge
     for s in range(5):
         evals[("sns_pgd_at", s)] = ev(worse, s, aa=s < 3)
         evals[("pgd_at", s)] = ev(base, s, aa=s < 3)
-    comps = rb.c3_comparisons(evals, list(range(5)), [("sns_pgd_at", "pgd_at")], margin=0.01, control_seeds=[0, 1, 2])
+    comps = rb.c3_comparisons(evals, list(range(5)), [("sns_pgd_at", "pgd_at")], margin=0.01)
     judged = verdicts.judged(comps)
     assert [c["id"]["row"] for c in judged] == ["pgd_restarts", "transfer"]
     assert all(c["effect"] == pytest.approx(-0.1) and c["n_seeds"] == 5 and c["n_examples"] == 200 for c in judged)
@@ -186,3 +186,6 @@ def test_c3_comparisons_pair_outcomes_by_image_and_seed_and_judge_only_the_judge
     assert [c["id"]["row"] for c in controls] == ["pgd", "autoattack"]  # pgd_long, mim, fmn_l2 absent: skipped
     assert controls[1]["n_seeds"] == 3 and controls[1]["n_examples"] == 100
     assert verdicts.combine(comps) == "does not hold"
+    del evals[("pgd_at", 4)]["rows"]["transfer"]  # a judged row every seed must have
+    with pytest.raises(ValueError, match=r"evals must hold row 'transfer' of sns_pgd_at and pgd_at for every seed"):
+        rb.c3_comparisons(evals, list(range(5)), [("sns_pgd_at", "pgd_at")], margin=0.01)

@@ -182,8 +182,8 @@ def test_ctrl_c_stops_with_one_line_naming_the_command_that_resumes(tiny, monkey
 def test_the_announcement_names_the_profile_why_and_the_expected_time():
     runs = run.plan("cpu")
     line = run.announce("cpu", runs, "no CUDA device")
-    total = sum(config.expected_seconds("cpu", "fmnist", nb)[0] for nb in config.NOTEBOOKS)
-    assert line.startswith("nslib reproduce: profile 'cpu' (no CUDA device) on fmnist (7 notebook runs)")
+    total = sum(config.expected_seconds("cpu", d, nb)[0] for nb in config.NOTEBOOKS for d in ("fmnist", "mnist5k"))
+    assert line.startswith("nslib reproduce: profile 'cpu' (no CUDA device) on fmnist, mnist5k (14 notebook runs)")
     assert f"expected about {total / 60:.0f} min" in line
     assert "expected time unknown" in run.announce("full", run.plan("full", datasets=["mnist5k"]))
 

@@ -189,6 +189,8 @@ KNOBS: dict[str, Knob] = {
     "n_eval": Knob(200, _int(1), "test images for clean, FGSM, PGD-20, MIM and transfer"),
     "pgd_restarts": Knob(2, _int(1), "PGD runs on every test image, worst case per image (the first: the PGD pairs; "
                                      "each further run attacks only the images still robust): C3's judged attack"),
+    "suite_seeds": Knob(1, _int(1), "how many of the seeds (the first) run 05's secondary attacks (MIM, the long PGD "
+                                    "run, the L2 rows, AutoAttack: C3's controls); the others run the light rows"),
     "n_long": Knob(100, _int(1), "test images for the long PGD run"),
     "pgd_long_steps": Knob(50, _int(1), "steps of the long PGD run (paper: 100)"),
     "mim_steps": Knob(10, _int(1), "MIM iterations (step eps / steps, decay 1)"),

@@ -64,7 +64,7 @@ PROFILES: dict[str, dict] = {
                 "pgd_long_steps": 100, "mim_steps": 20, "l2_n": 500, "fmn_steps": 200, "pgd_l2_steps": 50,
                 "pgd_l2_restarts": 3,
                 "aa_n": 1000, "aa_version": "standard", "lam_grid": [0.003, 0.01, 0.03, 0.1, 0.3],
-                "c3_seeds": [0, 1, 2, 3, 4],
+                "c3_seeds": [0, 1, 2, 3, 4], "suite_seeds": 3,
                 "k_grid": [0.05, 0.1, 0.2], "n_sanity": 500, "sanity_steps": 20, "c1_eps_scales": [0.25, 0.5],
                 **_FULL_RANGES},
         "00": {"n_train": None, "batch_size": 128},
@@ -85,12 +85,14 @@ PROFILES: dict[str, dict] = {
 }
 
 # Wall seconds of each notebook per dataset on a quiet 2-core CPU (AMD EPYC, AVX2, fp32): what `reproduce`
-# announces before it starts and the weights of its whole-run progress bar. cpu: `make reproduce` from a clean
-# clone at 662e98f, 2026-11-29 (2,581 s in all). quick: its measured total (7-8 min, the same day) split by estimate. A
+# announces before it starts and the weights of its whole-run progress bar. cpu: estimated from per-model
+# calibration runs (fmnist PGD-AT on 8,000 images 52 s, mnist5k 57 s for 5 epochs) and the 662e98f run's
+# analysis times, pending a measured run. quick: its measured total (7-8 min, 2026-11-29) split by estimate. A
 # notebook, dataset or profile missing here counts DEFAULT_NOTEBOOK_S and the announcement says "unknown".
 EXPECTED_S = {
     "quick": {"fmnist": {"00": 70, "01": 150, "02": 40, "03": 60, "04": 15, "05": 90, "06": 10}},
-    "cpu": {"fmnist": {"00": 98, "01": 1263, "02": 430, "03": 227, "04": 58, "05": 493, "06": 6}},
+    "cpu": {"fmnist": {"00": 98, "01": 1250, "02": 330, "03": 227, "04": 58, "05": 420, "06": 6},
+            "mnist5k": {"00": 40, "01": 800, "02": 250, "03": 150, "04": 40, "05": 200, "06": 6}},
 }
 DEFAULT_NOTEBOOK_S = 60
 

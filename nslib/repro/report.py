@@ -103,8 +103,8 @@ def load_results(profile: str) -> dict[str, dict[str, dict]]:
 # tables
 
 def markdown_table(evals: dict, names, seeds, columns) -> str:
-    """Markdown table: one row per model, one column per E3 row id (headed by its label): mean +- std over
-    seeds (percent) and the seed-averaged 95% interval."""
+    """Markdown table: one row per model, one column per E3 row id (headed by its label): mean +- std over the
+    seeds that ran it (percent; "(1 seed)" where fewer than all did) and the seed-averaged 95% interval."""
     first = {c: next((evals[(n, s)]["rows"][c]["label"] for n in names for s in seeds if c in evals[(n, s)]["rows"]),
                      c) for c in columns}
     head = "| model | " + " | ".join(first[c] for c in columns) + " |"
@@ -112,15 +112,16 @@ def markdown_table(evals: dict, names, seeds, columns) -> str:
     for n in names:
         cells = []
         for c in columns:
-            rs = [evals[(n, s)]["rows"].get(c) for s in seeds]
-            if any(r is None for r in rs):
+            rs = [r for r in (evals[(n, s)]["rows"].get(c) for s in seeds) if r is not None]
+            if not rs:
                 cells.append("-")
                 continue
             sp = spread([r["accuracy"] for r in rs])
             lo = statistics.fmean(r["low"] for r in rs)
             hi = statistics.fmean(r["high"] for r in rs)
             std = f" +- {100 * sp['std']:.1f}" if sp["std"] is not None else ""
-            cells.append(f"{100 * sp['mean']:.1f}{std} [{100 * lo:.0f}, {100 * hi:.0f}]")
+            fewer = f" ({len(rs)} seed{'s' * (len(rs) > 1)})" if len(rs) < len(seeds) else ""
+            cells.append(f"{100 * sp['mean']:.1f}{std} [{100 * lo:.0f}, {100 * hi:.0f}]{fewer}")
         lines.append(f"| {label(n)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -187,23 +187,25 @@ def sanity_checks(model, x: torch.Tensor, y: torch.Tensor, rows: dict, *, eps: f
 
 def c3_comparisons(evals: dict, seeds, pairs=(("sns_pgd_at", "pgd_at"), ("sns_trades", "trades")), *,
                    margin: float, judged=("pgd_restarts", "transfer"),
-                   reported=("pgd", "autoattack", "pgd_long", "mim", "fmn_l2"),
-                   control_seeds=None) -> list[dict]:
+                   reported=("pgd", "autoattack", "pgd_long", "mim", "fmn_l2")) -> list[dict]:
     """C3 from ``evals[(name, seed)]["rows"]`` (keyed by row id): SNS above its base, paired on the same test
     images and attack seeds (each row's per-example ``outcomes``), with ``margin`` in accuracy.
 
     Judged over ``seeds`` on the ``judged`` rows (PGD with restarts and transfer from Vanilla, on every test
-    image); reported beside them as controls over ``control_seeds`` (default ``seeds``; rows some seeds lack are
-    skipped) the ``reported`` rows (one PGD run, AutoAttack, the long PGD run, ... on their subsets). Returns a list of
+    image); reported beside them as controls, each over the seeds that ran it, the ``reported`` rows (one PGD
+    run, AutoAttack, the long PGD run, ... on their subsets; a row no seed ran is left out). Returns a list of
     :func:`nslib.verdicts.compare` dicts with ids {"claim": "C3", "model", "base", "row"} and roles."""
     out = []
     for sns, base in pairs:
-        for role, row_ids, ss in (("judged", judged, seeds), ("control", reported, control_seeds or seeds)):
+        for role, row_ids in (("judged", judged), ("control", reported)):
             for row in row_ids:
-                if not all(row in evals[(m, s)]["rows"] for m in (sns, base) for s in ss):
+                ran = [s for s in seeds if all(row in evals[(m, s)]["rows"] for m in (sns, base))]
+                if not ran or (role == "judged" and ran != list(seeds)):
+                    if role == "judged":
+                        raise ValueError(f"evals must hold row {row!r} of {sns} and {base} for every seed of {list(seeds)}")
                     continue
-                ra = [evals[(sns, s)]["rows"][row] for s in ss]
-                rb = [evals[(base, s)]["rows"][row] for s in ss]
+                ra = [evals[(sns, s)]["rows"][row] for s in ran]
+                rb = [evals[(base, s)]["rows"][row] for s in ran]
                 out.append(compare(
                     [r["outcomes"] for r in ra], [r["outcomes"] for r in rb], margin=margin, unit="accuracy",
                     what=f"{label(sns)} > {label(base)}, {ra[0]['label']} accuracy", names=(label(sns), label(base)),
@@ -212,11 +214,12 @@ def c3_comparisons(evals: dict, seeds, pairs=(("sns_pgd_at", "pgd_at"), ("sns_tr
 
 
 def mean_rows(evals: dict, name: str, seeds) -> dict:
-    """{row id: {"accuracy", "low", "high", "n_seeds", "label"}} averaged over seeds, for one model (n_seeds: how
-    many, so a figure can say what it averages)."""
-    rows = evals[(name, seeds[0])]["rows"]
-    return {a: {**{key: statistics.fmean(evals[(name, s)]["rows"][a][key] for s in seeds)
-                   for key in ("accuracy", "low", "high")}, "n_seeds": len(seeds), "label": rows[a].get("label", a)}
-            for a in rows}
-
-
+    """{row id: {"accuracy", "low", "high", "n_seeds", "label"}} averaged over the seeds that ran each row (05 runs
+    the secondary attacks on the first ``suite_seeds`` only), for one model (n_seeds: how many, so a figure can
+    say what it averages)."""
+    out = {}
+    for s in seeds:
+        for a, r in evals[(name, s)]["rows"].items():
+            out.setdefault(a, {"label": r.get("label", a), "rows": []})["rows"].append(r)
+    return {a: {**{key: statistics.fmean(r[key] for r in v["rows"]) for key in ("accuracy", "low", "high")},
+                "n_seeds": len(v["rows"]), "label": v["label"]} for a, v in out.items()}
