@@ -85,14 +85,14 @@ PROFILES: dict[str, dict] = {
 }
 
 # Wall seconds of each notebook per dataset on a quiet 2-core CPU (AMD EPYC, AVX2, fp32): what `reproduce`
-# announces before it starts and the weights of its whole-run progress bar. cpu: estimated from per-model
-# calibration runs (fmnist PGD-AT on 8,000 images 52 s, mnist5k 57 s for 5 epochs) and the 662e98f run's
-# analysis times, pending a measured run. quick: its measured total (7-8 min, 2026-11-29) split by estimate. A
-# notebook, dataset or profile missing here counts DEFAULT_NOTEBOOK_S and the announcement says "unknown".
+# announces before it starts and the weights of its whole-run progress bar. cpu: `make reproduce` from a clean
+# clone at 0723796, 2026-12-03 (3,190 s of notebooks; 3,310 s with the environment's install). quick: its measured
+# total (7-8 min, 2026-11-29) split by estimate. A notebook, dataset or profile missing here counts
+# DEFAULT_NOTEBOOK_S and the announcement says "unknown".
 EXPECTED_S = {
     "quick": {"fmnist": {"00": 70, "01": 150, "02": 40, "03": 60, "04": 15, "05": 90, "06": 10}},
-    "cpu": {"fmnist": {"00": 98, "01": 1250, "02": 330, "03": 227, "04": 58, "05": 420, "06": 6},
-            "mnist5k": {"00": 40, "01": 800, "02": 250, "03": 150, "04": 40, "05": 200, "06": 6}},
+    "cpu": {"fmnist": {"00": 81, "01": 1012, "02": 276, "03": 198, "04": 47, "05": 349, "06": 6},
+            "mnist5k": {"00": 21, "01": 545, "02": 252, "03": 212, "04": 32, "05": 153, "06": 6}},
 }
 DEFAULT_NOTEBOOK_S = 60
 
