@@ -337,8 +337,8 @@ def plot_robustness_bars(table, *, title: str = "Robust accuracy per attack", pa
     Args:
         table: {model name: {row id: {"accuracy", "low", "high", "n_seeds"[, "label"]}}} (fractions in [0, 1]; the
             axis shows each row's "label", else its id), as
-            from :func:`nslib.repro.experiments.mean_rows`: values averaged over ``n_seeds`` seeds. A row without
-            ``n_seeds`` (one from :func:`nslib.repro.experiments.evaluate_model`) counts as one seed.
+            from :func:`nslib.repro.robustness.mean_rows`: values averaged over ``n_seeds`` seeds. A row without
+            ``n_seeds`` (one from :func:`nslib.repro.robustness.evaluate_model`) counts as one seed.
         title, path: the figure's title; where to save (default ``outputs/figures/robustness_bars``).
 
     Returns: the Figure.
@@ -383,7 +383,7 @@ def plot_ablation(rows, *, param: str, metrics=("clean", "pgd"), mark=None, titl
 
     Args:
         rows: a list of {"value": number, metric: {"accuracy", "low", "high"[, "label"]}, "collapsed": bool} (as from
-            :func:`nslib.repro.experiments.ablation`). A collapsed run was stopped, so its accuracy is no
+            :func:`nslib.repro.robustness.ablation`). A collapsed run was stopped, so its accuracy is no
             result: it is not drawn, the lines break there, and a red cross at the bottom marks it.
         param: the hyperparameter's name (x axis label); a log axis is used when all values are
             positive and span more than a decade (a value of 0 is drawn at the left edge, labelled).

@@ -195,7 +195,7 @@ def test_eps_curves_name_the_attack_that_ran(tmp_path):
 
 
 def test_mean_rows_records_the_seed_count():
-    from nslib.repro.experiments import mean_rows
+    from nslib.repro.robustness import mean_rows
 
     evals = {("m", s): {"rows": {"clean": _acc(a)}} for s, a in ((0, 0.6), (1, 0.8))}
     row = mean_rows(evals, "m", [0, 1])["clean"]

@@ -166,7 +166,7 @@ def sensitivity_markdown(study: dict) -> str:
 
 
 def ablation_markdown(rows: list[dict], param: str) -> str:
-    """Markdown table of :func:`nslib.repro.experiments.ablation` rows."""
+    """Markdown table of :func:`nslib.repro.robustness.ablation` rows."""
     lines = [f"| {param} | model | status | clean | {rows[0]['pgd']['label']} [95% interval] |", "|---|---|---|---|---|"]
     for r in rows:
         p = r["pgd"]
