@@ -97,17 +97,20 @@ def test_sanity_checks_flag_strong_attacks_that_are_weaker_than_plain_ones():
     y = model(x).argmax(1)
     good = {"clean": _row(1.0), "pgd": _row(0.5, label="PGD-20"), "fgsm": _row(0.6, label="FGSM"),
             "autoattack": _row(0.45, label="AutoAttack"), "fmn_l2": _row(0.30, label="FMN-L2"),
-            "pgd_l2": _row(0.32, 0.2, 0.45, label="PGD-L2-20"), "transfer": _row(0.7)}
+            "pgd_l2": _row(0.32, 0.2, 0.45, label="PGD-L2-20"), "transfer": _row(0.7), "pgd_long": _row(0.48, label="PGD-50")}
     r = rb.sanity_checks(model, x, y, good, eps=0.1, scales=(1, 20), steps=10)
     checks = {c["id"]: c for c in r["checks"]}
     assert r["ok"], r["checks"]
     assert checks["autoattack_not_above_pgd"]["ok"] and checks["fmn_l2_not_above_pgd_l2"]["ok"]
     assert checks["autoattack_not_above_pgd"]["text"] == "AutoAttack accuracy not above PGD-20's"  # from the rows
-    bad = {**good, "autoattack": _row(0.7, label="AutoAttack"), "fmn_l2": _row(0.6, label="FMN-L2")}
+    bad = {**good, "autoattack": _row(0.7, label="AutoAttack"), "fmn_l2": _row(0.6, label="FMN-L2"),
+           "pgd_long": _row(0.8, label="PGD-50")}  # a longer PGD that breaks less: masked gradients
     r = rb.sanity_checks(model, x, y, bad, eps=0.1, scales=(1, 20), steps=10)
     checks = {c["id"]: c for c in r["checks"]}
     assert not r["ok"]
     assert not checks["autoattack_not_above_pgd"]["ok"] and not checks["fmn_l2_not_above_pgd_l2"]["ok"]
+    assert not checks["pgd_long_not_above_pgd"]["ok"] and checks["pgd_long_not_above_pgd"]["text"] == \
+        "PGD-50 accuracy not above PGD-20's"
 
 
 def test_the_eps_sweep_is_named_by_the_attack_that_ran(tmp_path):

@@ -153,8 +153,9 @@ def sanity_checks(model, x: torch.Tensor, y: torch.Tensor, rows: dict, *, eps: f
       (within ``tolerance``) and <= 0.05 at the largest radius (capped at 1);
     - no black-box attack beats the white-box ones: transfer accuracy >= the PGD pairs' accuracy - tolerance,
       and FGSM (one step) >= the PGD pairs' - tolerance;
-    - the strong attacks are not weaker than the plain ones: AutoAttack accuracy <= the upper end of the PGD
-      pairs' 95% interval, and the minimal-norm FMN-L2 accuracy at its radius <= the upper end of PGD-L2's there;
+    - the strong attacks are not weaker than the plain ones: AutoAttack's and the long PGD run's accuracy <= the
+      upper end of the PGD pairs' 95% interval (a longer PGD that breaks less is a sign of masked gradients), and
+      the minimal-norm FMN-L2 accuracy at its radius <= the upper end of PGD-L2's there;
     - AutoAttack's own warnings are listed; any warning flags the model.
 
     ``rows`` are :func:`evaluate_model`'s, keyed by id. Returns {"attack" (the sweep's spec), "label" (its name:
@@ -173,7 +174,7 @@ def sanity_checks(model, x: torch.Tensor, y: torch.Tensor, rows: dict, *, eps: f
     checks = [("monotone", "accuracy non-increasing in eps", all(b <= a + tolerance for a, b in zip(accs, accs[1:]))),
               ("vanishes", f"accuracy <= 0.05 at eps {curve[-1][0]:.3g}", accs[-1] <= 0.05),
               ("fgsm_weaker", f"{name['fgsm']} no stronger than {name['pgd']}", acc["fgsm"] >= acc["pgd"] - tolerance)]
-    for strong, plain in (("autoattack", "pgd"), ("fmn_l2", "pgd_l2")):
+    for strong, plain in (("autoattack", "pgd"), ("pgd_long", "pgd"), ("fmn_l2", "pgd_l2")):
         if strong in rows and plain in rows:
             checks.append((f"{strong}_not_above_{plain}", f"{name[strong]} accuracy not above {name[plain]}'s",
                            acc[strong] <= rows[plain]["high"]))
