@@ -7,6 +7,11 @@ once a second: every open bar, outermost first, with its count and time left
 (``sns epochs 1/2 <00:40 | epoch 2 35/63 <00:08``). The runner reads that line into its own bar. Without the
 variable it is plain tqdm.
 
+A bar opened with ``overall=True`` stands for most of a notebook's work (notebook 01's models to train): while
+it is open, a second line holds the share of it done, its count refined by the bars inside it (model 3 of 12,
+epoch 1 of 2, step 30 of 60: (2 + (0 + 30/60) / 2) / 12), which the runner turns into the notebook's share of
+its expected time, so that the whole run's "time left" follows the machine's real speed.
+
 Usage: ``for xb, yb in bar(batches, total=n, desc="epoch 1"): ...``
 """
 from __future__ import annotations
@@ -17,7 +22,7 @@ import time
 
 from tqdm.auto import tqdm
 
-__all__ = ["bar", "stage", "status_line", "read_status"]
+__all__ = ["bar", "stage", "status_line", "fraction", "read_status", "read_fraction"]
 
 _OPEN: list = []  # open bars and stage names, outermost first
 _LAST_WRITE = [0.0]
@@ -38,6 +43,20 @@ def _describe(b) -> str:
 def status_line() -> str:
     """The open bars and stages of this process in one line, outermost first."""
     return " | ".join(b if isinstance(b, str) else _describe(b) for b in _OPEN)
+
+
+def fraction() -> float | None:
+    """The share done of the outermost open ``overall`` bar, refined by the bars inside it; None when none is open
+    or its total is 0 (nothing of it left to do)."""
+    k = next((i for i, b in enumerate(_OPEN) if getattr(b, "overall", False)), None)
+    if k is None or not _OPEN[k].total:
+        return None
+    share = 0.0
+    for b in reversed(_OPEN[k:]):  # innermost first: each bar's count plus the share of its current item
+        if isinstance(b, str) or not b.total:
+            continue
+        share = min(1.0, (min(b.n, b.total) + (share if b.n < b.total else 0.0)) / b.total)
+    return share
 
 
 def _forget(item) -> None:
@@ -64,27 +83,44 @@ def _write_status(force: bool = False) -> None:
     _LAST_WRITE[0] = now
     try:
         tmp = f"{path}.{os.getpid()}.tmp"
+        share = fraction()
         with open(tmp, "w") as f:
-            f.write(status_line())
+            f.write(status_line() + ("" if share is None else f"\n{share:.6f}"))
         os.replace(tmp, path)
     except OSError:  # the status line is a courtesy: never let it stop the work
         pass
 
 
-def read_status(path) -> str:
-    """The last line a kernel wrote to ``path`` ('' when there is none yet)."""
+def _read(path) -> list[str]:
     try:
         with open(path) as f:
-            return f.read().strip()
+            return f.read().split("\n")
     except OSError:
-        return ""
+        return []
+
+
+def read_status(path) -> str:
+    """The status line a kernel last wrote to ``path`` ('' when there is none yet)."""
+    lines = _read(path)
+    return lines[0].strip() if lines else ""
+
+
+def read_fraction(path) -> float | None:
+    """The share done of the kernel's open ``overall`` bar as last written to ``path`` (None: no such bar)."""
+    lines = _read(path)
+    try:
+        return float(lines[1]) if len(lines) > 1 else None
+    except ValueError:
+        return None
 
 
 class bar(tqdm):  # noqa: N801 -- used like tqdm
-    """``tqdm.auto.tqdm`` that also reports to ``NSLIB_PROGRESS_FILE`` (see the module docstring)."""
+    """``tqdm.auto.tqdm`` that also reports to ``NSLIB_PROGRESS_FILE`` (see the module docstring); ``overall=True``
+    marks the bar whose share done stands for the notebook's."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, overall: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.overall = overall  # most of the notebook's work: its share done goes to the runner (module docstring)
         if not self.disable:  # a disabled bar has no counters to report
             _OPEN.append(self)
             _write_status(force=True)
@@ -104,6 +140,13 @@ class bar(tqdm):  # noqa: N801 -- used like tqdm
         out = super().update(n)
         _write_status()
         return out
+
+    def skip(self, n=1):
+        """Take ``n`` items off the total instead of counting them: they cost nothing (a model found trained), so
+        the share done counts only the work that is really done."""
+        self.total = max(self.n, (self.total or 0) - n)
+        self.refresh()
+        _write_status(force=True)
 
     def close(self):
         if any(b is self for b in _OPEN):

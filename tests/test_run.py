@@ -199,3 +199,33 @@ def test_the_cli_runs_the_profile_for_the_machine_by_default(monkeypatch, capsys
     assert "profile 'cpu' (no CUDA device)" in capsys.readouterr().out
     monkeypatch.setattr(config, "auto_profile", lambda: ("full", "a CUDA device is present"))
     assert cli_main(["reproduce", "--only", "06"]) == 0 and called[-1] == ("full", ["06"])
+
+
+def test_the_run_bar_follows_the_share_of_work_the_kernel_reports(monkeypatch, tmp_path):
+    """A notebook expected to take 1,000 s whose kernel reports half of its models trained after a second: its part
+    of the whole-run bar stands at half of its share (95% of 1,000 s x 0.5), not at the one second the clock says;
+    when the share is gone (the models bar closed) the clock runs on from there; the bar never goes back."""
+    def kernel(path, out_nb, params, status_file, outcome, log=None):
+        time.sleep(0.6)
+        status_file.write_text("models 1/2\n0.500000")
+        time.sleep(1.2)
+        status_file.write_text("plots")
+        time.sleep(1.2)
+
+    class Bar:  # the part of tqdm that _run_one touches, recording each redraw
+        n, seen = 0.0, []
+
+        def set_postfix_str(self, text, refresh=True):
+            self.seen.append((self.n, text))
+
+        def refresh(self):
+            pass
+
+    monkeypatch.setattr(run, "_execute", kernel)
+    bar = Bar()
+    assert run._run_one(Path("01_train.ipynb"), tmp_path / "01.ipynb", {"dataset": "fmnist"}, bar, 1000.0) is None
+    ns = [n for n, _ in bar.seen]
+    assert ns == sorted(ns)
+    assert any(n == pytest.approx(475.0) for n, text in bar.seen if "models 1/2" in text)
+    assert 475.0 < ns[-1] < 480.0  # the clock's second or so after the share
+    assert bar.n == 1000.0  # done: the notebook's whole share

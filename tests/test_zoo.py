@@ -78,3 +78,29 @@ def test_settings_check_c3_seeds_models_and_margins():
         config.settings("quick", "fmnist", "05", {"margins": {"accuracy": 0.01}})
     with pytest.raises(ValueError, match=r"lam_grid\[0\] must be a number in \(0, 1e\+06\]"):
         config.settings("quick", "fmnist", "05", {"lam_grid": [0.0, 0.1]})
+
+
+def test_main_models_counts_the_models_that_train_on_one_overall_bar(monkeypatch):
+    """Notebook 01's time left follows the training: one overall bar over the lambda grid, the main models and C3's
+    extra seeds (of every model but Vanilla); a model found trained is taken off its total, one that trains counts.
+    The share written for the runner, read at each call, is the models trained so far over those that train."""
+    from nslib import progress as bars
+
+    cfg = config.settings("quick", "fmnist", "01", {"lam_grid": [0.01, 0.1], "seeds": [0]})
+    shares, cached = [], {("vanilla", 0), ("pgd_at", 0)}  # these two are found trained
+
+    def get_model(dataset, arch, name, seed, progress=True, **args):
+        shares.append(bars.fraction())
+        lam = args.get("lam", 0.0) if name.startswith("sns") else 0.0
+        return object(), {"status": "done", "best": {"val_clean": 0.7, "val_pgd": 0.5 - lam}, "label": name,
+                          "train_s": 0.0 if (name, seed) in cached else 12.0}
+    monkeypatch.setattr(zoo, "get_model", get_model)
+    trained, _ = zoo.main_models(cfg, extra_seeds=[0, 1])
+    # grid: (base + 2 lambdas) x 2 SNS models = 6 runs; main: 5 models x seed 0; extra: 4 robust models x seed 1
+    assert len(shares) == 6 + 5 + 4 and set(trained) == {(n, 0) for n in cfg.models} | {
+        (n, 1) for n in cfg.models if n != "vanilla"}
+    assert shares[0] == 0.0 and all(a <= b for a, b in zip(shares, shares[1:]))
+    # the first call (PGD-AT seed 0, the grid's base) is cached: 14 left, and the 5 SNS grid runs train; the 7th
+    # call (Vanilla seed 0) reads 5 / 14; it is cached too: the 8th reads 5 / 13
+    assert shares[6] == pytest.approx(5 / 14) and shares[7] == pytest.approx(5 / 13)
+    assert bars.fraction() is None  # closed

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from nslib import models as models_mod
 from nslib.data import DATASETS
 from nslib.fast import default_device as device
-from nslib.progress import read_status
+from nslib.progress import read_fraction, read_status
 from nslib.repro import config
 from nslib.repro.report import profile_dir
 from nslib.sensitivity import capture
@@ -191,19 +191,28 @@ def _execute(path: Path, out_nb: Path, params: dict, status_file: Path, outcome:
 def _run_one(path, out_nb, params, bar, expected: float, log: Path | None = None) -> BaseException | None:
     """Execute a notebook while the terminal bar shows its kernel's progress line.
 
-    The whole-run bar counts expected seconds (:func:`nslib.repro.config.expected_seconds`): while the notebook
-    runs it advances with the wall clock, up to 95% of the notebook's share (a slow notebook holds the bar
-    there rather than running into the next one's), so tqdm's rate is the run's speed against the
-    measured machine and its "remaining" the estimate of what is left."""
+    The whole-run bar counts expected seconds (:func:`nslib.repro.config.expected_seconds`). While the kernel
+    reports the share done of an ``overall`` bar (:func:`nslib.progress.read_fraction`: notebook 01's models to
+    train), the notebook's part of the bar is that share; otherwise it advances with the wall clock from where
+    it stands, up to 95% of the notebook's share (a slow notebook holds the bar there rather than running into
+    the next one's). Either way tqdm's rate is the run's speed against the measured machine and its
+    "remaining" the estimate of what is left; with the share it follows the work actually done."""
     status_file = Path(tempfile.mkdtemp(prefix="nslib-progress-")) / "status"
     outcome: dict = {}
     worker = threading.Thread(target=_execute, args=(path, out_nb, params, status_file, outcome, log), daemon=True)
     worker.start()
     label, shown, start, t0 = f"{params['dataset']}/{path.stem}", None, bar.n, time.perf_counter()
+    base, t_base = 0.0, t0  # the clock runs on from the last share reported
     while worker.is_alive():
         worker.join(timeout=0.5)
         text = f"{label}: {read_status(status_file)}".rstrip(": ")
-        moved = min(time.perf_counter() - t0, 0.95 * expected)
+        share, now = read_fraction(status_file), time.perf_counter()
+        if share is not None:
+            base, t_base = max(base, 0.95 * expected * share), now
+            candidate = base
+        else:
+            candidate = base + (now - t_base)
+        moved = max(bar.n - start, min(candidate, 0.95 * expected))
         if text != shown or moved - (bar.n - start) >= max(1.0, expected / 100):
             # redraw only on news or a visible step (a log file would otherwise fill with identical lines)
             bar.n = start + moved

@@ -14,6 +14,7 @@ Usage::
 from __future__ import annotations
 
 from nslib.evaluate import wilson_interval
+from nslib.progress import bar
 from nslib.repro.cache import MODELS, get_model, label
 
 __all__ = ["sns_models", "lam_curve", "curve_rows", "main_models"]
@@ -43,7 +44,15 @@ def _validation_row(lam: float, info: dict, n_val: int, n_adv: int) -> dict:
     return row
 
 
-def lam_curve(cfg, name: str, *, progress: bool = True) -> dict:
+def _get(cfg, name: str, seed: int, args: dict, progress: bool, models=None):
+    """:func:`get_model`, counted on the ``models`` bar: one done when it trained, one skipped when it was cached."""
+    model, info = get_model(cfg.dataset, cfg.arch, name, seed, progress=progress, **args)
+    if models is not None:
+        models.update(1) if info.get("train_s") else models.skip(1)
+    return model, info
+
+
+def lam_curve(cfg, name: str, *, progress: bool = True, models=None) -> dict:
     """Choose SNS model ``name``'s lambda on validation: its base (lambda 0) and SNS at each of ``cfg.lam_grid``,
     trained (or loaded) on the first seed, each read at its best epoch.
 
@@ -59,10 +68,10 @@ def lam_curve(cfg, name: str, *, progress: bool = True) -> dict:
     if cfg.lam is not None:
         return out
     n_val, n_adv = cfg.val_size, min(cfg.val_n_adv, cfg.val_size)
-    _, info = get_model(cfg.dataset, cfg.arch, base, seed, progress=progress, **_args(cfg, base))
+    _, info = _get(cfg, base, seed, _args(cfg, base), progress, models)
     out["rows"].append(_validation_row(0.0, info, n_val, n_adv))
     for lam in cfg.lam_grid:
-        _, info = get_model(cfg.dataset, cfg.arch, name, seed, progress=progress, **_args(cfg, name, lam))
+        _, info = _get(cfg, name, seed, _args(cfg, name, lam), progress, models)
         out["rows"].append(_validation_row(lam, info, n_val, n_adv))
     usable = [r for r in out["rows"][1:] if r["status"] == "done" and r["val_pgd"] is not None]
     if not usable:
@@ -84,14 +93,20 @@ def curve_rows(curve: dict, steps: int) -> list[dict]:
              "pgd": acc(r, "val_pgd", f"PGD-{steps}")} for r in curve["rows"]]
 
 
-def main_models(cfg, names=None, seeds=None, *, progress: bool = True) -> tuple[dict, dict]:
+def main_models(cfg, names=None, seeds=None, *, extra_seeds=(), progress: bool = True) -> tuple[dict, dict]:
     """``(trained, curves)``: ``{(name, seed): (model, info)}`` for ``names`` (default ``cfg.models``) and
-    ``seeds`` (default ``cfg.seeds``), trained or loaded from the cache, every SNS model at its lambda from
-    :func:`lam_curve` (``curves``: ``{sns name: curve}``)."""
+    ``seeds`` (default ``cfg.seeds``), and for ``extra_seeds`` of every name but Vanilla (C3's further seeds),
+    trained or loaded from the cache, every SNS model at its lambda from :func:`lam_curve` (``curves``:
+    ``{sns name: curve}``). One ``overall`` bar counts the models that train (those found trained are taken
+    off its total), so the run's time left follows the training (:mod:`nslib.progress`)."""
     names = list(cfg.models if names is None else names)
     seeds = list(cfg.seeds if seeds is None else seeds)
-    curves = {n: lam_curve(cfg, n, progress=progress) for n in sns_models(names)}
-    trained = {(n, s): get_model(cfg.dataset, cfg.arch, n, s, progress=progress,
-                                 **_args(cfg, n, curves[n]["lam"] if n in curves else None))
-               for s in seeds for n in names}
+    extra = [s for s in extra_seeds if s not in seeds]
+    runs = [(n, s) for s in seeds for n in names] + [(n, s) for s in extra for n in names if n != "vanilla"]
+    sns = sns_models(names)
+    curve_runs = 0 if cfg.lam is not None else len(sns) * (1 + len(cfg.lam_grid))
+    with bar(total=curve_runs + len(runs), desc="models", disable=not progress, overall=True) as models:
+        curves = {n: lam_curve(cfg, n, progress=progress, models=models) for n in sns}
+        trained = {(n, s): _get(cfg, n, s, _args(cfg, n, curves[n]["lam"] if n in curves else None), progress, models)
+                   for n, s in runs}
     return trained, curves
