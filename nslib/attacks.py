@@ -1,4 +1,4 @@
-"""Adversarial attacks of fixed radius: FGSM, PGD and MIM, and the helpers every attack shares.
+"""Adversarial attacks of fixed radius: FGSM, PGD and MIM (the helpers they share: :mod:`nslib.attack_core`).
 
 The minimal-norm attacks are in :mod:`nslib.minnorm`; the AutoAttack wrapper in :mod:`nslib.evaluate`.
 
@@ -31,192 +31,21 @@ Usage::
 """
 from __future__ import annotations
 
-import contextlib
-from itertools import chain
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nslib.progress import bar
-from nslib.checks import (check_choice, check_eps, check_images, check_labels, check_logits,
-                          check_input_dtype, check_positive_int, model_device)
+from nslib.attack_core import (LOSSES, NORMS, _ascend, _base_seed, _check_inputs, _check_output, _clean_logits,
+                               _input_grad, _l2_exact, _linf_box, _objective, _project, _restart_generator, _score,
+                               _success, margin)
+from nslib.checks import check_choice, check_eps, check_positive_int
 from nslib.fast import attack_batch
 from nslib.models import eval_mode  # noqa: F401  (re-exported: attacks.eval_mode is public)
+from nslib.progress import bar
 
 __all__ = ["fgsm", "pgd", "mim", "margin", "NORMS", "LOSSES", "pgd_pairs"]
 
-NORMS = ("linf", "l2")
-LOSSES = ("ce", "margin", "kl")
 KL_START_STD = 0.001  # TRADES's inner maximisation starts at x + 0.001 * N(0, 1) (Zhang et al., 2019)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# shared helpers
-
-def _autocast(x: torch.Tensor, amp: bool):
-    """bf16 autocast on the input's device (CUDA or CPU) when ``amp``; a no-op context otherwise."""
-    if amp and x.device.type in ("cuda", "cpu"):
-        return torch.autocast(x.device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _check_model(model) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
-
-
-def _check_device(model: nn.Module, x: torch.Tensor) -> None:
-    has_state = next(chain(model.parameters(), model.buffers()), None) is not None
-    dev = model_device(model)
-    if has_state and (dev.type != x.device.type or (dev.index or 0) != (x.device.index or 0)):
-        raise ValueError(f"x is on {x.device} but the model is on {dev}; move them to the same device")
-
-
-def _check_inputs(model, x: torch.Tensor, y, *, need_y: bool = True) -> None:
-    """The checks that need no forward pass: the model's type and device, ``x``, and ``y``'s shape and dtype."""
-    _check_model(model)
-    check_images(x)
-    _check_device(model, x)
-    check_input_dtype(model, x)  # a float64 batch into a float32 model fails deep inside a layer otherwise
-    if y is not None or need_y:
-        if y is None:
-            raise TypeError("y must be a tensor of class indices [N], got None")
-        check_labels(y, x.shape[0])
-
-
-def _check_output(logits, x: torch.Tensor, y) -> None:
-    """The checks on the model's first output: logits [N, classes] (not a tuple, a dict or probabilities),
-    and labels in [0, classes)."""
-    check_logits(logits, x.shape[0])
-    if y is not None:
-        check_labels(y, x.shape[0], logits.shape[1])
-
-
-def _clean_logits(model: nn.Module, x: torch.Tensor, y, *, need_y: bool = True) -> torch.Tensor:
-    """Check ``x``, the model's output and ``y`` once; return the clean fp32 logits [N, classes].
-
-    Runs one forward pass without gradients (the model must already be in eval mode).
-    """
-    _check_inputs(model, x, y, need_y=need_y)
-    with torch.no_grad():
-        logits = model(x)
-    _check_output(logits, x, y)
-    return logits.float()
-
-
-def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Best other-class logit minus the logit of class ``y``, per example (> 0: not classified as ``y``).
-
-    Computed by masking class ``y`` with -inf (STYLE #8), right for negative logits too.
-    Shapes: ``logits`` [N, classes], ``y`` [N] -> [N] in the logits' dtype.
-    """
-    true = logits.gather(1, y[:, None]).squeeze(1)  # [N]
-    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)  # [N]
-    return other - true
-
-
-def _below(value: float, dtype: torch.dtype, device) -> torch.Tensor:
-    """The largest number of ``dtype`` that is <= ``value`` (a 0-d tensor)."""
-    t = torch.tensor(value, dtype=dtype, device=device)
-    if float(t) > value:
-        t = torch.nextafter(t, torch.zeros_like(t))
-    return t
-
-
-def _linf_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-coordinate bounds (lo, hi) of the intersection of [0, 1] and the Linf ball of radius eps.
-
-    ``x`` + eps is rounded; where the rounding would put a bound outside the ball, it moves one ulp inwards,
-    so any value in [lo, hi] is within eps of x also in exact arithmetic.
-    """
-    # The radius is rounded on the host: a 0-d CPU tensor mixes with x on any device, and no GPU value
-    # is read back (no synchronisation, so training loops can call this on every step).
-    e = _below(eps, x.dtype, "cpu")
-    lo = (x - e).clamp_(min=0)
-    hi = (x + e).clamp_(max=1)
-    wide = torch.float64  # exact differences of float32 (and narrower) values
-    xw, ew = x.to(wide), e.to(wide)
-    lo = torch.where(xw - lo.to(wide) > ew, torch.nextafter(lo, x), lo)
-    hi = torch.where(hi.to(wide) - xw > ew, torch.nextafter(hi, x), hi)
-    return lo, hi
-
-
-def _l2_project(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tensor:
-    """Project ``x_adv`` onto the L2 ball of radius eps around ``x``, then clip to [0, 1]."""
-    delta = x_adv - x
-    norms = delta.flatten(1).norm(dim=1)  # [N]
-    factor = (eps / norms.clamp_min(1e-12)).clamp(max=1.0)
-    return (x + delta * factor.view(-1, 1, 1, 1)).clamp(0, 1)
-
-
-def _l2_exact(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tensor:
-    """Shrink the rare outputs whose float64 L2 distance to ``x`` exceeds eps by rounding (once per call)."""
-    shrink = 1.0 - 4 * torch.finfo(x.dtype).eps
-    for _ in range(8):
-        norms = (x_adv.double() - x.double()).flatten(1).norm(dim=1)  # [N]
-        over = norms > eps
-        if not bool(over.any()):
-            return x_adv
-        factor = (eps / norms.clamp_min(1e-300) * shrink).clamp(max=1.0).to(x.dtype).view(-1, 1, 1, 1)
-        x_adv = torch.where(over.view(-1, 1, 1, 1), (x + (x_adv - x) * factor).clamp(0, 1), x_adv)
-        shrink = 1.0 - 2 * (1.0 - shrink)
-    return x  # unreachable in practice; the clean input is always inside the ball
-
-
-def _restart_generator(device: torch.device, base: int, restart: int) -> torch.Generator:
-    """Generator of restart ``restart``: a function of (base seed, restart) only, so restarts are nested."""
-    g = torch.Generator(device=device)
-    g.manual_seed((base * 1_000_003 + restart * 7_919 + 1) % (2 ** 63))
-    return g
-
-
-def _base_seed(seed) -> int:
-    if seed is None:  # drawn from torch's global generator, so torch.manual_seed makes it reproducible
-        return int(torch.randint(0, 2 ** 62, (1,)))
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-    return seed
-
-
-def _input_grad(model, x_adv, objective, amp: bool, check=None) -> torch.Tensor:
-    """Gradient of ``objective(logits_fp32)`` (summed over the batch) with respect to ``x_adv`` only.
-
-    ``check(logits)``, when given, validates the model's output before the loss uses it (first step).
-    """
-    x_adv = x_adv.detach().requires_grad_(True)
-    with torch.enable_grad():
-        with _autocast(x_adv, amp):
-            logits = model(x_adv)
-        if check is not None:
-            check(logits)
-        obj = objective(logits.float())
-        (grad,) = torch.autograd.grad(obj, x_adv)
-    return grad
-
-
-def _objective(loss: str, y, targeted: bool, p_clean):
-    """The batch-summed quantity the attack ascends (a sum, so each example's gradient is its own)."""
-    if loss == "kl":  # KL(p(x) || p(x')), as TRADES
-        return lambda logits: F.kl_div(F.log_softmax(logits, 1), p_clean, reduction="sum")
-    if loss == "ce":
-        sign = -1.0 if targeted else 1.0
-        return lambda logits: sign * F.cross_entropy(logits, y, reduction="sum")
-    sign = -1.0 if targeted else 1.0  # margin: move the best other class above y (or the target above all)
-    return lambda logits: (sign * margin(logits, y)).sum()
-
-
-def _score(model, x_adv, y, loss: str, targeted: bool, p_clean) -> torch.Tensor:
-    """How adversarial each example is, from an fp32 forward pass: higher is worse for the model.
-
-    Margin (> 0 exactly when the attack succeeds) for labelled losses, KL(p(x) || p(x')) for "kl".
-    """
-    with torch.no_grad():
-        logits = model(x_adv).float()
-    if loss == "kl":
-        return F.kl_div(F.log_softmax(logits, 1), p_clean, reduction="none").sum(1)
-    m = margin(logits, y)
-    return -m if targeted else m
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -256,7 +85,8 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, targ
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float, alpha: float | None = None,
         steps: int = 10, norm: str = "linf", random_start: bool = True, restarts: int = 1, loss: str = "ce",
-        targeted: bool = False, seed: int | None = None, amp: bool = False) -> torch.Tensor:
+        targeted: bool = False, seed: int | None = None, amp: bool = False,
+        early_stop: bool = False) -> torch.Tensor:
     r"""PGD, 'Towards Deep Learning Models Resistant to Adversarial Attacks' [https://arxiv.org/abs/1706.06083].
 
     Projected gradient ascent on a loss, in the Linf ball (signed steps) or the L2 ball (normalised
@@ -284,13 +114,20 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float
         targeted (bool): move toward the classes in ``y`` (ce and margin only).
         seed (int or None): seeds the random starts; None draws one from torch's global generator.
         amp (bool): bf16 autocast for the forward/backward passes (CUDA or CPU; see the module docstring).
+        early_stop (bool): for robust accuracy, where only whether each example can be broken matters:
+            an example is returned at the first iterate found adversarial (misclassified; classified as
+            its target when ``targeted``) and no longer attacked, and a restart attacks only the examples
+            no earlier run broke. Robust accuracy is then never higher than without it (an example the
+            full run ends on correctly may have been broken on the way) and costs less; the iterates of the
+            examples not broken are unchanged. Not for ``loss="kl"`` (no labels to judge by) nor where
+            the perturbations themselves are wanted (neuron sensitivity pairs: use the full run).
 
     Shapes:
         x: [N, C, H, W] in [0, 1]; y: [N] int64; output: like ``x``.
 
     Raises:
         ValueError, TypeError: bad input (see the module docstring), ``targeted`` with ``loss="kl"``,
-            or no labels for ce/margin.
+            no labels for ce/margin, or ``early_stop`` with ``loss="kl"``.
 
     Usage: ``x_adv = pgd(model, x, y, eps=8/255, steps=20, restarts=5, seed=0)``
     """
@@ -302,6 +139,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float
     alpha = 2.5 * eps / steps if alpha is None else check_eps(alpha, "alpha")
     if loss == "kl" and targeted:
         raise ValueError("targeted=True needs labels; it is not defined for loss='kl'")
+    if loss == "kl" and early_stop:
+        raise ValueError("early_stop=True judges success by the labels; it is not defined for loss='kl'")
     base = _base_seed(seed)
     with eval_mode(model):
         p_clean = None
@@ -312,17 +151,30 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float
             _check_inputs(model, x, y)
         objective = _objective(loss, y, targeted, p_clean)
         lo_hi = _linf_box(x, eps) if norm == "linf" else None
+        stop = _success(model, y, targeted, amp) if early_stop else None
         best = best_score = None
         for r in range(restarts):
             g = _restart_generator(x.device, base, r)
             check = (lambda logits: _check_output(logits, x, y)) if r == 0 and loss != "kl" else None
-            x_adv = _pgd_run(model, x, objective, eps=eps, alpha=alpha, steps=steps, norm=norm, lo_hi=lo_hi,
-                             start=("gauss" if loss == "kl" else norm) if random_start else None, gen=g, amp=amp,
-                             check=check)
+            start = ("gauss" if loss == "kl" else norm) if random_start else None
+            if early_stop and best is not None:  # only what no earlier run broke; the others keep their example
+                todo = (best_score <= 0).nonzero().flatten()
+                if len(todo) == 0:
+                    break
+                x_adv = _pgd_run(model, x, objective, eps=eps, alpha=alpha, steps=steps, norm=norm, lo_hi=lo_hi,
+                                 start=start, gen=g, amp=amp, check=None, stop=stop, rows=todo)
+                x_adv = torch.where((best_score > 0).view(-1, 1, 1, 1), best, x_adv)
+                score = best_score.clone()
+                score[todo] = _score(model, x_adv[todo], y[todo], loss, targeted, p_clean)
+            else:
+                x_adv = _pgd_run(model, x, objective, eps=eps, alpha=alpha, steps=steps, norm=norm, lo_hi=lo_hi,
+                                 start=start, gen=g, amp=amp, check=check, stop=stop)
+                score = None
             if restarts == 1:
                 best = x_adv
                 break
-            score = _score(model, x_adv, y, loss, targeted, p_clean)  # [N], fp32
+            if score is None:
+                score = _score(model, x_adv, y, loss, targeted, p_clean)  # [N], fp32
             if best is None:
                 best, best_score = x_adv, score
             else:
@@ -333,9 +185,14 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float
 
 
 def _pgd_run(model, x, objective, *, eps, alpha, steps, norm, lo_hi, start, gen, amp, check,
-             noise=None) -> torch.Tensor:
+             noise=None, stop=None, rows=None) -> torch.Tensor:
     """One PGD run from a (random) start; returns the last iterate, inside the ball and [0, 1]. ``noise(kind)``
-    (Linf and gauss starts) draws the start like x, "uniform" or "normal", in place of ``gen``."""
+    (Linf and gauss starts) draws the start like x, "uniform" or "normal", in place of ``gen``. ``stop``
+    (:func:`_success`): early stopping, each example is returned at the first iterate found adversarial (read
+    from the step's own forward pass) and leaves the batch; the others run on exactly as without it. ``rows``
+    (with ``stop``): attack only these examples, from the starts the whole batch would draw (so that a restart
+    on the examples still robust gives each the iterates it would have had); the others are returned at their
+    start."""
     n = x.shape[0]
     draw = noise or (lambda kind: (torch.rand if kind == "uniform" else torch.randn)(
         x.shape, generator=gen, device=x.device, dtype=x.dtype))
@@ -351,22 +208,43 @@ def _pgd_run(model, x, objective, *, eps, alpha, steps, norm, lo_hi, start, gen,
             r = torch.rand(n, generator=gen, device=x.device, dtype=x.dtype)  # radius as a share of eps
             x_adv = x + d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1) * (r * eps).view(-1, 1, 1, 1)
         x_adv = _project(x, x_adv, eps, norm, lo_hi)
+    if stop is not None:
+        return _pgd_run_stopping(model, x, x_adv, objective, eps=eps, alpha=alpha, steps=steps, norm=norm,
+                                 lo_hi=lo_hi, amp=amp, check=check, stop=stop, rows=rows)
     for i in range(steps):
         grad = _input_grad(model, x_adv, objective, amp, check if i == 0 else None)  # like x
-        if norm == "linf":
-            x_adv = x_adv + alpha * grad.sign()
-        else:
-            gnorm = grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-10  # 1e-10 as torchattacks' PGDL2
-            x_adv = x_adv + alpha * grad / gnorm
-        x_adv = _project(x, x_adv, eps, norm, lo_hi)
+        x_adv = _project(x, _ascend(x_adv, grad, alpha, norm), eps, norm, lo_hi)
     return x_adv
 
 
-def _project(x, x_adv, eps, norm, lo_hi):
-    if norm == "linf":
-        lo, hi = lo_hi
-        return torch.min(torch.max(x_adv, lo), hi)
-    return _l2_project(x, x_adv, eps)
+
+
+def _pgd_run_stopping(model, x, x_adv, objective, *, eps, alpha, steps, norm, lo_hi, amp, check, stop, rows=None):
+    """:func:`_pgd_run`'s steps with early stopping: the batch shrinks to the examples not yet adversarial, so
+    an attack on a model that most examples break costs a fraction of the full run. Every example's iterates
+    are those of the full run (each example's gradient is its own) until it is found adversarial; the last
+    iterate of the others is not checked (the caller's evaluation reads it)."""
+    out = x_adv.clone()
+    idx = torch.arange(x.shape[0], device=x.device) if rows is None else rows  # the examples still attacked
+    if rows is not None:
+        x_adv = x_adv[rows]
+    lo, hi = lo_hi if lo_hi is not None else (None, None)
+    for i in range(steps):
+        grad, logits = _input_grad(model, x_adv, lambda z, idx=idx: objective(z, idx), amp,
+                                   check if i == 0 else None, with_logits=True)
+        going = ~stop(x_adv, logits, idx)
+        if not bool(going.all()):  # freeze the adversarial ones where found, attack on with the rest
+            done = ~going
+            out[idx[done]] = x_adv[done]
+            idx, x_adv, grad = idx[going], x_adv[going], grad[going]
+            if len(idx) == 0:
+                return out
+        box = (lo[idx], hi[idx]) if lo is not None else None
+        x_adv = _project(x[idx], _ascend(x_adv, grad, alpha, norm), eps, norm, box)
+    out[idx] = x_adv
+    return out
+
+
 
 
 def _pgd_unchecked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
@@ -392,7 +270,8 @@ def _pgd_unchecked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
 
 
 def mim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float | None = None,
-        steps: int = 10, decay: float = 1.0, targeted: bool = False, amp: bool = False) -> torch.Tensor:
+        steps: int = 10, decay: float = 1.0, targeted: bool = False, amp: bool = False,
+        early_stop: bool = False) -> torch.Tensor:
     r"""MIM (MI-FGSM), 'Boosting Adversarial Attacks with Momentum' [https://arxiv.org/abs/1710.06081].
 
     Signed steps along a momentum of L1-normalised cross-entropy gradients, projected onto the Linf ball
@@ -408,6 +287,8 @@ def mim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
         decay (float): momentum decay factor mu, >= 0.
         targeted (bool): descend the cross-entropy toward ``y``.
         amp (bool): bf16 autocast for the forward/backward passes (CUDA or CPU; see the module docstring).
+        early_stop (bool): return each example at the first iterate found adversarial and stop attacking it
+            (for robust accuracy; see :func:`pgd`).
 
     Shapes:
         x: [N, C, H, W] in [0, 1]; y: [N] int64; output: like ``x``.
@@ -426,25 +307,46 @@ def mim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
         objective = _objective("ce", y, targeted, None)
         lo, hi = _linf_box(x, eps)
         momentum = torch.zeros_like(x)
-        x_adv = x
+        x_adv = out = x
+        idx = torch.arange(x.shape[0], device=x.device)  # the examples still attacked (all, without early_stop)
+        stop = _success(model, y, targeted, amp) if early_stop else None
         tiny = torch.finfo(x.dtype).tiny  # only guards an all-zero gradient (0 / 0)
         for i in range(steps):
-            grad = _input_grad(model, x_adv, objective, amp, (lambda z: _check_output(z, x, y)) if i == 0 else None)
+            check = (lambda z: _check_output(z, x, y)) if i == 0 else None
+            if stop is None:
+                grad = _input_grad(model, x_adv, objective, amp, check)
+            else:
+                grad, logits = _input_grad(model, x_adv, lambda z, idx=idx: objective(z, idx), amp, check,
+                                           with_logits=True)
+                going = ~stop(x_adv, logits, idx)
+                if not bool(going.all()):  # freeze the adversarial ones where found
+                    out = out.clone() if out is x else out
+                    out[idx[~going]] = x_adv[~going]
+                    idx, x_adv, grad, momentum = idx[going], x_adv[going], grad[going], momentum[going]
+                    lo, hi = lo[going], hi[going]
+                    if len(idx) == 0:
+                        return out
             grad = grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(tiny)
             momentum = grad + decay * momentum
             x_adv = torch.min(torch.max(x_adv + alpha * momentum.sign(), lo), hi)
-    return x_adv
+    if stop is None:
+        return x_adv
+    out = out.clone() if out is x else out
+    out[idx] = x_adv
+    return out
 
 
 def pgd_pairs(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 20, seed: int = 0,
-              batch_size: int | None = None, amp: bool = False, progress: bool = False) -> torch.Tensor:
+              batch_size: int | None = None, amp: bool = False, progress: bool = False,
+              early_stop: bool = False) -> torch.Tensor:
     """The reproduction's pairs, uncached: Linf PGD-``steps`` with random start (step 2.5 eps / steps) in
     batches of ``batch_size`` (None: 500 on a GPU, 128 on a CPU), the batch starting at image i seeded
-    with ``seed + i``; x_adv like ``x``, on the CPU."""
+    with ``seed + i``; x_adv like ``x``, on the CPU. ``early_stop`` (:func:`pgd`): where only robust accuracy
+    is read (further restarts), never for the pairs that neuron sensitivity is measured on."""
     dev = next(model.parameters()).device
     batch_size = attack_batch(dev, batch_size)
     parts = []
     for i in bar(range(0, len(x), batch_size), desc=f"PGD-{steps} pairs", disable=not progress):
         xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
-        parts.append(pgd(model, xb, yb, eps=eps, steps=steps, seed=seed + i, amp=amp).cpu())
+        parts.append(pgd(model, xb, yb, eps=eps, steps=steps, seed=seed + i, amp=amp, early_stop=early_stop).cpu())
     return torch.cat(parts)

@@ -20,7 +20,7 @@ import warnings
 import torch
 from torch import nn
 
-from nslib.attacks import NORMS, _check_model, _clean_logits, _l2_exact, _l2_project, _linf_box
+from nslib.attack_core import NORMS, _check_model, _clean_logits, _l2_exact, _l2_project, _linf_box
 from nslib.checks import check_choice, check_eps, check_positive_int
 from nslib.models import eval_mode
 

@@ -73,7 +73,7 @@ def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, *, batch_size: int | None = None,
-                    progress: bool = False) -> RobustAccuracy:
+                    progress: bool = False, skip_wrong: bool = False) -> RobustAccuracy:
     """Share of examples classified correctly both clean and after ``attack``, with a 95% Wilson interval.
 
     Args:
@@ -81,10 +81,16 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, 
         x (Tensor): images [N, C, H, W] in [0, 1], on any device (moved batch by batch to the model's).
         y (Tensor): labels [N] int64.
         attack (callable): ``attack(model, x, y) -> x_adv``, e.g.
-            ``functools.partial(nslib.attacks.pgd, eps=0.1, steps=20)``.
+            ``functools.partial(nslib.attacks.pgd, eps=0.1, steps=20)``; called on each batch (with
+            ``skip_wrong``, on its examples the model classifies correctly clean).
         batch_size (int or None): examples per attack call, >= 1 (None: 500 on a GPU, 128 on a CPU,
             :func:`nslib.fast.attack_batch`).
         progress (bool): show a tqdm bar over batches.
+        skip_wrong (bool): attack only the examples classified correctly clean (the others are not robust
+            whatever the attack does): less work for an attack that cannot stop early by itself. It changes
+            the batches the attack sees, so a randomly started attack draws other starts; the kit's PGD and
+            MIM stop early instead (``early_stop=True``), which keeps each example's draws and so gives, example
+            by example, the full attack's answer or a stronger one.
 
     Raises:
         ValueError, TypeError: bad input, or an attack that returns something shaped unlike its input.
@@ -108,16 +114,20 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, 
     with eval_mode(model):
         for i in starts:
             xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-            pred = _predict(model, xb)
-            x_adv = attack(model, xb, yb)
-            if isinstance(x_adv, tuple):  # autoattack returns (x_adv, accuracy)
-                x_adv = x_adv[0]
-            if not isinstance(x_adv, torch.Tensor) or x_adv.shape != xb.shape:
-                got = tuple(x_adv.shape) if isinstance(x_adv, torch.Tensor) else type(x_adv).__name__
-                raise ValueError(f"attack must return x_adv shaped like its input {tuple(xb.shape)}, got {got}")
-            ok = pred == yb
+            ok = _predict(model, xb) == yb
+            todo = ok.nonzero().flatten() if skip_wrong else torch.arange(len(yb), device=yb.device)
+            robust = torch.zeros_like(ok)
+            if len(todo):
+                xs = xb if len(todo) == len(xb) else xb[todo]
+                x_adv = attack(model, xs, yb[todo])
+                if isinstance(x_adv, tuple):  # autoattack returns (x_adv, accuracy)
+                    x_adv = x_adv[0]
+                if not isinstance(x_adv, torch.Tensor) or x_adv.shape != xs.shape:
+                    got = tuple(x_adv.shape) if isinstance(x_adv, torch.Tensor) else type(x_adv).__name__
+                    raise ValueError(f"attack must return x_adv shaped like its input {tuple(xs.shape)}, got {got}")
+                robust[todo] = _predict(model, x_adv) == yb[todo]
             clean_ok.append(ok.cpu())
-            robust_ok.append((ok & (_predict(model, x_adv) == yb)).cpu())
+            robust_ok.append(robust.cpu())
     wall = time.perf_counter() - t0
     clean, robust = torch.cat(clean_ok), torch.cat(robust_ok)
     k = int(robust.sum())
@@ -183,13 +193,16 @@ class Attack:
     ``fn(model, x, y, **params) -> x_adv`` (or ``(x_adv, details)``); ``label(params)`` is the name a person
     reads, computed from the parameters that ran (``{"steps": 10}`` -> "PGD-10"); ``min_norm``: it returns the
     smallest perturbation it found and takes no radius (robust accuracy at a ``"radius"`` of the suite entry);
-    ``seeded``: it takes ``seed``; ``whole_batch``: it runs once over all of x and batches by itself.
+    ``seeded``: it takes ``seed``; ``whole_batch``: it runs once over all of x and batches by itself;
+    ``stops_early``: it takes ``early_stop`` (stop attacking an example once it is broken), which
+    :func:`run_suite` turns on, since a suite reads only robust accuracy.
     """
     fn: Callable
     label: Callable[[dict], str]
     min_norm: bool = False
     seeded: bool = False
     whole_batch: bool = False
+    stops_early: bool = False
 
 
 _NORM_LABELS = {"linf": "Linf", "l2": "L2"}
@@ -210,8 +223,8 @@ def _steps_label(name: str, fn: Callable) -> Callable[[dict], str]:
 # name -> Attack: the one place an attack is declared for run_suite, the E3 suite and `analyze --attack`
 ATTACKS = {
     "fgsm": Attack(_attacks.fgsm, label=lambda p: "FGSM"),
-    "pgd": Attack(_attacks.pgd, label=_steps_label("PGD", _attacks.pgd), seeded=True),
-    "mim": Attack(_attacks.mim, label=_steps_label("MIM", _attacks.mim)),
+    "pgd": Attack(_attacks.pgd, label=_steps_label("PGD", _attacks.pgd), seeded=True, stops_early=True),
+    "mim": Attack(_attacks.mim, label=_steps_label("MIM", _attacks.mim), stops_early=True),
     "cw_l2": Attack(minnorm.cw_l2, label=lambda p: "C&W-L2", min_norm=True),
     "fmn": Attack(minnorm.fmn, label=lambda p: f"FMN-{_NORM_LABELS[p.get('norm', 'l2')]}", min_norm=True),
     "autoattack": Attack(autoattack, label=lambda p: "AutoAttack" + (" (custom)" if p.get("version") == "custom"
@@ -279,8 +292,11 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[di
         kwargs = dict(params)
         if entry.seeded:
             kwargs.setdefault("seed", seed)
+        if entry.stops_early:  # only robust accuracy is read: a broken example needs no more steps
+            kwargs.setdefault("early_stop", True)
         torch.manual_seed(seed)
-        row = {"attack": name, "label": entry.label(params), "params": params, "seed": seed}
+        row = {"attack": name, "label": entry.label(params), "params": params, "seed": seed,
+               "early_stop": bool(kwargs.get("early_stop", False))}
         if entry.min_norm:
             radius, norm = kwargs.pop("radius", None), kwargs.get("norm", "l2")
             t0 = time.perf_counter()

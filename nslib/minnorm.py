@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from nslib.attacks import NORMS, _autocast, _clean_logits, margin
+from nslib.attack_core import NORMS, _autocast, _clean_logits, margin
 from nslib.checks import check_choice, check_eps, check_images, check_number, check_positive_int
 from nslib.models import eval_mode
 
