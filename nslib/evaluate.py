@@ -125,7 +125,7 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, 
                 if not isinstance(x_adv, torch.Tensor) or x_adv.shape != xs.shape:
                     got = tuple(x_adv.shape) if isinstance(x_adv, torch.Tensor) else type(x_adv).__name__
                     raise ValueError(f"attack must return x_adv shaped like its input {tuple(xs.shape)}, got {got}")
-                robust[todo] = _predict(model, x_adv) == yb[todo]
+                robust[todo] = ok[todo] & (_predict(model, x_adv) == yb[todo])  # correct clean and attacked
             clean_ok.append(ok.cpu())
             robust_ok.append(robust.cpu())
     wall = time.perf_counter() - t0
