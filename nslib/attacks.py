@@ -217,8 +217,6 @@ def _pgd_run(model, x, objective, *, eps, alpha, steps, norm, lo_hi, start, gen,
     return x_adv
 
 
-
-
 def _pgd_run_stopping(model, x, x_adv, objective, *, eps, alpha, steps, norm, lo_hi, amp, check, stop, rows=None):
     """:func:`_pgd_run`'s steps with early stopping: the batch shrinks to the examples not yet adversarial, so
     an attack on a model that most examples break costs a fraction of the full run. Every example's iterates
@@ -243,8 +241,6 @@ def _pgd_run_stopping(model, x, x_adv, objective, *, eps, alpha, steps, norm, lo
         x_adv = _project(x[idx], _ascend(x_adv, grad, alpha, norm), eps, norm, box)
     out[idx] = x_adv
     return out
-
-
 
 
 def _pgd_unchecked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
