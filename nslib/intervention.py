@@ -16,6 +16,7 @@ Usage::
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 
@@ -73,7 +74,7 @@ class _Patcher:
     """Hooks one layer: records its output (``record``) or patches it (``patch``), per forward pass."""
 
     def __init__(self, model: nn.Module, layer: str, mode: str):
-        self.layer, self.mode, self.action, self.clean, self.idx = layer, mode, None, None, None
+        self.layer, self.mode, self.action, self.clean, self.adv, self.idx = layer, mode, None, None, None, None
         self.hooks = _Hooks(model, [layer], self._fn)
         self.width = None
 
@@ -84,6 +85,8 @@ class _Patcher:
         self.width = output.shape[1]
         if self.action == "record":
             self.clean = output.clone()  # clone: a later in-place op (ReLU(inplace=True)) must not change it
+        elif self.action == "keep":
+            self.adv = output.clone()  # the unpatched adversarial output, patched per configuration
         elif self.action == "patch":
             _check_width(self.idx, self.width, self.layer)
             return _patch(output, self.idx, self.clean if self.mode == "restore" else None)
@@ -217,8 +220,7 @@ def intervention_curve(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y
         n_sel = min(n - 1, max(1, round(split * n)))
         sel, ev = perm[:n_sel].to(x.device), perm[n_sel:].to(x.device)
         sigma = neuron_sensitivity(model, x[sel], x_adv[sel], layers=[layer], batch_size=batch_size,
-                                   relative=relative)
-        sigma = (sigma[0] if relative else sigma)[layer]
+                                   relative=relative)[layer]
         x, x_adv, y = x[ev], x_adv[ev], y[ev.to(y.device)]
     else:
         if not isinstance(sensitivity, torch.Tensor) or sensitivity.dim() != 1:
@@ -287,12 +289,82 @@ def _configurations(sigma, layer, ks, selections, seeds) -> list[tuple]:
     return configs
 
 
+def _rest_of(model: nn.Module, layer: str) -> tuple[nn.Module, list[nn.Module]]:
+    """``(top, steps)``: the modules that run after ``layer`` inside the ``nn.Sequential`` containers that enclose
+    it, innermost first, and the outermost module so reached (``layer`` itself when its parent is no Sequential).
+
+    Applying ``steps`` to the layer's output gives ``top``'s output: what a patched pass computes between the
+    two, without the layers before ``layer`` (compute once: every configuration of a layer shares them).
+    """
+    modules = dict(model.named_modules())
+    path = (layer if layer in modules else "net." + layer).split(".")  # Wrapped: names relative to the net
+    steps: list[nn.Module] = []
+    while path:
+        parent = modules[".".join(path[:-1])]  # "" is the model itself
+        if not isinstance(parent, nn.Sequential):
+            break
+        names = list(parent._modules)
+        steps += [parent._modules[n] for n in names[names.index(path[-1]) + 1:]]
+        path = path[:-1]
+    return modules[".".join(path)], steps
+
+
+@contextlib.contextmanager
+def _returning(module: nn.Module, value: torch.Tensor):
+    """Within the block, ``module`` returns ``value`` without computing (the rest of the model runs as usual).
+    An instance attribute shadows the class's ``forward`` for this one module; removed on exit, also on error."""
+    module.forward = lambda *args, **kwargs: value
+    try:
+        yield
+    finally:
+        del module.forward
+
+
+class _Suffix:
+    """Logits of a patched pass from the layer's patched output: the rest of the enclosing Sequentials
+    (:func:`_rest_of`), then the model's forward with their outermost module's computation skipped, or
+    nothing more when that module's output is the model's logits. Bit-identical to the full patched pass
+    (the same modules on the same tensors); :meth:`check` holds it to that on the first batch, and a model
+    where it does not hold (a forward that reads its submodules other than by calling them) keeps the full
+    pass."""
+
+    def __init__(self, model: nn.Module, layer: str):
+        self.model = model
+        self.top, self.steps = _rest_of(model, layer)
+        self.top_out, self.calls, self.is_logits, self.ok = None, 0, False, True
+
+    def record(self):
+        """A forward hook on ``top`` that keeps its output of the last pass and counts its calls."""
+        def keep(module, args, output):
+            self.top_out, self.calls = output, self.calls + 1
+        return self.top.register_forward_hook(keep)
+
+    def logits(self, h: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        for m in self.steps:
+            h = m(h)
+        if self.is_logits:
+            return h
+        self.calls = 0
+        with _returning(self.top, h):
+            return self.model(xb)
+
+    def check(self, h: torch.Tensor, xb: torch.Tensor, want: torch.Tensor) -> None:
+        """``want``: a full patched pass's logits from the patched output ``h``, which :meth:`logits` must equal,
+        with ``top`` called once in it. Call after a pass whose logits told :attr:`is_logits`."""
+        got = self.logits(h.clone(), xb)
+        self.ok = (self.is_logits or self.calls == 1) and torch.equal(got, want)
+
+
 def _count_correct(model, x, x_adv, y, layer, mode, configs, width, batch_size) -> list[int]:
-    """Correct predictions per configuration, then clean, then unpatched adversarial (one list)."""
+    """Correct predictions per configuration, then clean, then unpatched adversarial (one list).
+
+    Per batch, the clean and the adversarial pass run whole; each configuration then runs only what comes
+    after the patched layer where the model's structure shows it (:class:`_Suffix`; bit-identical)."""
     device = model_device(model)
     patcher = _Patcher(model, layer, mode)
+    suffix = _Suffix(model, layer)
     correct = torch.zeros(len(configs) + 2, dtype=torch.long, device=device)  # configs, clean, adversarial
-    with _eval_mode(model), torch.no_grad(), patcher.hooks:
+    with _eval_mode(model), torch.no_grad(), patcher.hooks, _removing(suffix.record()):
         for start in range(0, x.shape[0], batch_size):
             xb = x[start:start + batch_size].to(device)
             xab = x_adv[start:start + batch_size].to(device)
@@ -304,13 +376,37 @@ def _count_correct(model, x, x_adv, y, layer, mode, configs, width, batch_size) 
                 if patcher.width != width:
                     raise ValueError(f"sensitivity has {width} neurons but layer {layer!r} has {patcher.width}")
             correct[-2] += (out.argmax(1) == yb).sum()  # counts stay on the device: no sync per pass
+            patcher.action = "keep"
+            out = model(xab)
+            correct[-1] += (out.argmax(1) == yb).sum()
+            suffix.is_logits = suffix.top_out is out  # top's output is the model's: nothing runs after it
             patcher.action = None
-            correct[-1] += (model(xab).argmax(1) == yb).sum()
-            patcher.action = "patch"
+            check = next((i for i, c in enumerate(configs) if c[3].numel()), 0)  # a configuration that patches
             for i, (_, _, _, idx) in enumerate(configs):
-                patcher.idx = idx
-                correct[i] += (model(xab).argmax(1) == yb).sum()
+                # a new tensor each time (an in-place op after the layer must not reach the kept output)
+                h = _patch(patcher.adv, idx, patcher.clean if mode == "restore" else None) if idx.numel() \
+                    else patcher.adv.clone()
+                if start == 0 and i == check:
+                    patcher.action, patcher.idx = "patch", idx
+                    want = model(xab)  # the full patched pass, once: the suffix must give the very same logits
+                    patcher.action = None
+                    suffix.check(h, xab, want)
+                if suffix.ok:
+                    logits = suffix.logits(h, xab)
+                else:
+                    patcher.action, patcher.idx = "patch", idx
+                    logits = model(xab)
+                    patcher.action = None
+                correct[i] += (logits.argmax(1) == yb).sum()
     return correct.tolist()
+
+
+@contextlib.contextmanager
+def _removing(handle):
+    try:
+        yield handle
+    finally:
+        handle.remove()
 
 
 def intervention_study(model, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, *, layers=None, ks=(0.1,),
@@ -318,8 +414,26 @@ def intervention_study(model, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Ten
     """:func:`intervention_curve` for each layer and mode: ``{mode: [curve per layer]}``.
 
     Neurons are chosen on half of the pairs and accuracy measured on the other half (``split_seed``), so
-    the measure never sees the pairs that chose the neurons.
+    the measure never sees the pairs that chose the neurons. The split is :func:`intervention_curve`'s, and
+    the sensitivities of every layer come from one pass over the choosing half (compute once: they depend on
+    neither the layer's curve nor the mode), so each curve is the one :func:`intervention_curve` returns alone.
     """
     layers = default_layers(model) if layers is None else list(layers)
-    return {mode: [intervention_curve(model, x, x_adv, y, layer, list(ks), seeds=seeds, mode=mode,
-                                      split_seed=split_seed) for layer in layers] for mode in modes}
+    check_images(x, "x")
+    check_images(x_adv, "x_adv")
+    n = x.shape[0]
+    if n < 2 or x_adv.shape != x.shape:  # intervention_curve says what is wrong
+        return {mode: [intervention_curve(model, x, x_adv, y, layer, list(ks), seeds=seeds, mode=mode,
+                                          split_seed=split_seed) for layer in layers] for mode in modes}
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(split_seed)))
+    n_sel = min(n - 1, max(1, round(0.5 * n)))  # intervention_curve's split at its default share
+    sel, ev = perm[:n_sel].to(x.device), perm[n_sel:].to(x.device)
+    sigma = neuron_sensitivity(model, x[sel], x_adv[sel], layers=layers)
+    x, x_adv, y = x[ev], x_adv[ev], y[ev.to(y.device)]
+    out = {}
+    for mode in modes:
+        out[mode] = [intervention_curve(model, x, x_adv, y, layer, list(ks), seeds=seeds, mode=mode,
+                                        sensitivity=sigma[layer]) for layer in layers]
+        for curve in out[mode]:
+            curve["n_select"] = n_sel  # chosen on the other half, as intervention_curve's split says
+    return out

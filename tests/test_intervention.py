@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from nslib.intervention import intervene, intervention_curve, matched_choice
+from nslib import intervention
+from nslib.intervention import intervene, intervention_curve, intervention_study, matched_choice
 
 
 def chain(seed=0, c_in=1, size=6, classes=4):
@@ -187,3 +188,91 @@ def test_torchvision_resnet18_block_restore():
     torch.testing.assert_close(intervene(model, x, x_adv, "layer2.1.conv1", []), adv, atol=1e-5, rtol=0)
     partial = intervene(model, x, x_adv, "layer2.1.conv1", [0, 5, 7])
     assert partial.shape == (2, 10) and not torch.allclose(partial, adv)
+
+
+class Iterating(nn.Module):
+    """Reads its Sequential's children one by one instead of calling it: the patched pass cannot skip the
+    Sequential's computation, so the study must run whole passes here."""
+
+    def __init__(self):
+        super().__init__()
+        self.seq = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 36, 4))
+
+    def forward(self, x):
+        for m in self.seq:
+            x = m(x)
+        return self.head(x)
+
+
+class Block(nn.Module):
+    """A residual block (conv, in-place ReLU, conv, plus the input), as torchvision's ResNets hold them."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.relu, self.conv2 = nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv2(self.relu(self.conv1(x)))
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.blocks = nn.Sequential(Block(4), Block(4))
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def _model_cases():
+    from nslib.models import build
+    torch.manual_seed(0)
+    small = build("smallcnn", "fmnist").eval()
+    nn.init.normal_(small.classifier.fc3.weight, std=0.3)  # starts at zero: predictions would not move
+    resnet = Residual().eval()
+    inplace = nn.Sequential(OrderedDict(conv=nn.Conv2d(1, 3, 3, padding=1), relu=nn.ReLU(inplace=True),
+                                        flat=nn.Flatten(), fc=nn.Linear(3 * 36, 4))).eval()
+    return [(small, 1, 28, ["feature_extractor.relu2", "classifier.relu1"]),
+            (chain(3), 1, 6, ["stem", "body.conv", "head.2"]),  # the model is the Sequential: no forward at all
+            (resnet, 3, 8, ["blocks.0", "blocks.1.conv1"]),  # a block's conv: its parent is no Sequential
+            (inplace, 1, 6, ["conv"]),  # ReLU(inplace=True) right after the patched layer
+            (Iterating().eval(), 1, 6, ["seq.1"])]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_study_runs_only_the_rest_of_the_model_and_equals_whole_patched_passes(case):
+    # Oracle: every configuration's accuracy from intervene(), which runs the whole model with the layer hooked
+    # (what the study did for every configuration before it ran only what follows the layer).
+    model, c, size, layers = _model_cases()[case]
+    x, x_adv = pairs(40, c=c, size=size, seed=case, noise=0.4)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # labels the model gets right on x: restoring moves accuracy
+    ks, seeds = [0, 1, 0.5], [0, 1]
+    study = intervention_study(model, x, x_adv, y, layers=layers, ks=ks, seeds=seeds, split_seed=5)
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(5))
+    ev = perm[20:]
+    for mode, curves in study.items():
+        for curve, layer in zip(curves, layers):
+            assert curve["n_select"] == 20 and curve["n_eval"] == 20
+            alone = intervention_curve(model, x, x_adv, y, layer, ks, seeds=seeds, mode=mode, split_seed=5)
+            assert curve["rows"] == alone["rows"] and torch.equal(curve["sensitivity"], alone["sensitivity"])
+            configs = intervention._configurations(curve["sensitivity"], layer, ks, intervention.SELECTIONS, seeds)
+            for row, (_, _, _, idx) in zip(curve["rows"], configs):
+                logits = intervene(model, x[ev], x_adv[ev], layer, idx, mode=mode)
+                assert row["accuracy"] == int((logits.argmax(1) == y[ev]).sum()) / 20
+    assert hook_counts(model) == hook_counts(_model_cases()[case][0]) and "forward" not in vars(model)
+
+
+def test_curve_chooses_by_relative_sensitivity_when_asked():
+    # relative=True read a tuple's first item once neuron_sensitivity returned a dict: a KeyError on every call
+    from nslib.sensitivity import neuron_sensitivity
+    model = chain(4).eval()
+    x, x_adv = pairs(16, seed=4, noise=0.4)
+    y = torch.arange(16) % 4
+    curve = intervention_curve(model, x, x_adv, y, "body", ks=[1], selections=("top",), relative=True, split_seed=2)
+    sel = torch.randperm(16, generator=torch.Generator().manual_seed(2))[:8]
+    want = neuron_sensitivity(model, x[sel], x_adv[sel], layers=["body"], relative=True)["body"]
+    assert torch.equal(curve["sensitivity"].nan_to_num(-1.0), want.nan_to_num(-1.0))
