@@ -40,7 +40,7 @@ from nslib import attacks, checks, data as data_mod, distributed, evaluate, fast
 from nslib.evaluate import accuracy_on
 from nslib.progress import bar
 from nslib.specs import check_fit, dataset_of, load_data, load_model  # noqa: F401  (analyze.load_model stays public)
-from nslib.sensitivity import layer_summary, neuron_sensitivity, pick_map_layer, top_k
+from nslib.sensitivity import layer_summary, pick_map_layer, sensitivity_variants, top_k
 from nslib.store import (atomic_write_bytes, check_result_dir, new_result_dir, outputs_dir, provenance, replace_dir,
                          save_json, write_manifest)
 
@@ -129,8 +129,8 @@ def analyze(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, o
 def _run(model, x, y, names, tmp: Path, *, eps, attack, steps, k, ks, seeds, seed, amp, meta) -> dict:
     """The analysis proper, written into ``tmp``."""
     x_adv = _pairs(model, x, y, attack=attack, eps=eps, steps=steps, seed=seed, amp=amp)
-    sigma = {n: s.cpu() for n, s in neuron_sensitivity(model, x, x_adv, layers=names, progress=True).items()}
-    rel = {n: s.cpu() for n, s in neuron_sensitivity(model, x, x_adv, layers=names, relative=True).items()}
+    both = sensitivity_variants(model, x, {"abs": (x_adv, False), "rel": (x_adv, True)}, layers=names, progress=True)
+    sigma, rel = ({n: s.cpu() for n, s in both[key].items()} for key in ("abs", "rel"))  # one pass for the two
     dead = {n: s.isnan() for n, s in rel.items()}  # clean output zero on every pair: no relative sigma
     rows = _layer_rows(sigma, rel, dead, k)
     curves = {}

@@ -39,8 +39,8 @@ from nslib.models import default_layers, eval_mode as _eval_mode
 
 RELATIVE = ("ratio_of_means", "mean_of_ratios")  # the two relative sensitivities (see neuron_sensitivity)
 
-__all__ = ["capture", "Activations", "batch_sensitivity", "neuron_sensitivity", "top_k", "resolve_k",
-           "layer_summary", "pick_map_layer"]
+__all__ = ["capture", "Activations", "batch_sensitivity", "neuron_sensitivity", "sensitivity_variants", "top_k",
+           "resolve_k", "layer_summary", "pick_map_layer"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -115,7 +115,6 @@ class _PairSums:
         self.diff: dict[str, torch.Tensor] = {}
         self.scale: dict[str, torch.Tensor] = {}
         self.ratios: dict[str, torch.Tensor] = {}
-        self.b = 0  # pairs in the batch now passing (the forward pass holds 2 * b images)
 
     @staticmethod
     def _add(sums: dict, name: str, value: torch.Tensor) -> None:
@@ -124,15 +123,9 @@ class _PairSums:
                              f"{value.numel()} neurons")
         sums[name] = sums[name] + value if name in sums else value
 
-    def hook(self, name: str, output) -> None:
-        """Reduce one layer's output of the current batch; keeps nothing of the activations."""
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(f"layer {name!r} must output a tensor, got {type(output).__name__}")
-        if output.dim() < 2 or output.shape[0] != 2 * self.b:
-            raise ValueError(f"layer {name!r} must output [N, C, ...] with the batch first; got shape "
-                             f"{tuple(output.shape)} for a pass of {2 * self.b} images")
-        v = _neurons(output, name)
-        clean, adv = v[:self.b], v[self.b:]  # [b, C, P] each
+    def add(self, name: str, clean: torch.Tensor, adv: torch.Tensor) -> None:
+        """Reduce one layer's outputs on a batch of pairs ([b, C, ...] each); keeps nothing of the activations."""
+        clean, adv = _neurons(clean, name), _neurons(adv, name)  # [b, C, P] each
         change = (clean - adv).abs().mean(2)  # [b, C]
         self._add(self.diff, name, change.sum(0, dtype=torch.float64))
         if self.relative:
@@ -194,31 +187,68 @@ def neuron_sensitivity(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, *
 
     Usage: ``sigma = neuron_sensitivity(model, x, x_adv, layers=["layer2.1.conv1"])``
     """
+    return sensitivity_variants(model, x, {"sigma": (x_adv, relative)}, layers=layers, batch_size=batch_size,
+                                progress=progress)["sigma"]
+
+
+def sensitivity_variants(model: nn.Module, x: torch.Tensor, variants: dict, *, layers=None, batch_size: int = 256,
+                         progress: bool = False) -> dict:
+    """Several sigmas of the same benign images at the cost of one pass per distinct set of images.
+
+    ``variants`` maps a key to ``(x_adv, relative)`` (as :func:`neuron_sensitivity` takes them). Each batch runs
+    one forward pass of the benign images and every distinct ``x_adv`` (the same tensor object named by two
+    variants runs once), ``torch.cat([x_b, x_adv1_b, x_adv2_b, ...])``, and every variant reduces its slices of
+    each hooked output: compute once, where one :func:`neuron_sensitivity` call per variant repeats the benign
+    pass and the shared adversarial ones. The values are :func:`neuron_sensitivity`'s (a single variant is
+    exactly its pass; several batch more images per pass, which can move the last bits of a float32
+    convolution).
+
+    Returns: ``{key: {layer name: Tensor [neurons]}}``, each as :func:`neuron_sensitivity` returns it.
+
+    Usage: ``s = sensitivity_variants(model, x, {"abs": (x_adv, False), "rel": (x_adv, True)})``
+    """
     check_images(x, "x")
-    check_images(x_adv, "x_adv")
-    if x.shape != x_adv.shape:
-        raise ValueError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
+    if not isinstance(variants, dict) or not variants:
+        raise ValueError(f"variants must be a non-empty dict of key -> (x_adv, relative), got {variants!r}")
+    advs, slot = [], {}  # the distinct adversarial sets (by identity), and each variant's place in the pass
+    for key, (x_adv, relative) in variants.items():
+        check_images(x_adv, "x_adv" if len(variants) == 1 else f"variants[{key!r}]'s x_adv")
+        if x.shape != x_adv.shape:
+            raise ValueError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
+        if relative not in (False, True) + RELATIVE:
+            raise ValueError(f"relative must be False, True or one of {', '.join(RELATIVE)}, got {relative!r}")
+        j = next((i for i, a in enumerate(advs) if a is x_adv), None)
+        if j is None:
+            advs.append(x_adv)
+            j = len(advs) - 1
+        slot[key] = j + 1
     batch_size = check_positive_int(batch_size, "batch_size")
-    if relative not in (False, True) + RELATIVE:
-        raise ValueError(f"relative must be False, True or one of {', '.join(RELATIVE)}, got {relative!r}")
     names = _layer_list(model, layers)
     device = model_device(model)
-    sums = _PairSums(relative)
-    with _eval_mode(model), torch.no_grad(), _Hooks(model, names, sums.hook) as hooks:
+    sums = {key: _PairSums(relative) for key, (_, relative) in variants.items()}
+    parts, b = 1 + len(advs), [0]  # b[0]: pairs in the batch now passing (the pass holds parts * b images)
+
+    def reduce(name, output):
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"layer {name!r} must output a tensor, got {type(output).__name__}")
+        if output.dim() < 2 or output.shape[0] != parts * b[0]:
+            raise ValueError(f"layer {name!r} must output [N, C, ...] with the batch first; got shape "
+                             f"{tuple(output.shape)} for a pass of {parts * b[0]} images")
+        chunks = output.split(b[0])
+        for key, s in sums.items():
+            s.add(name, chunks[0], chunks[slot[key]])
+
+    with _eval_mode(model), torch.no_grad(), _Hooks(model, names, reduce) as hooks:
         for start in tqdm(range(0, x.shape[0], batch_size), desc="sensitivity", disable=not progress, leave=False):
             xb = x[start:start + batch_size]
-            sums.b = xb.shape[0]
-            out = model(torch.cat([xb, x_adv[start:start + batch_size]]).to(device))
+            b[0] = xb.shape[0]
+            out = model(torch.cat([xb] + [a[start:start + batch_size] for a in advs]).to(device))
             if start == 0:
-                check_logits(out, 2 * xb.shape[0])
+                check_logits(out, parts * b[0])
                 if hooks.missing():
                     raise RuntimeError(f"layers {', '.join(hooks.missing())} did not run during the forward "
                                        f"pass of {type(model).__name__}")
-    return sums.sigma(names, x.shape[0])
-
-
-# ----------------------------------------------------------------------------------------------------
-# sensitive neurons and summaries
+    return {key: s.sigma(names, x.shape[0]) for key, s in sums.items()}
 
 
 def resolve_k(k, width: int, layer: str | None = None) -> int:

@@ -11,7 +11,7 @@ from torch import nn
 
 from nslib.models import eval_mode
 from nslib.sensitivity import (batch_sensitivity, capture, layer_summary, neuron_sensitivity, resolve_k,
-                               top_k)
+                               sensitivity_variants, top_k)
 
 
 class Nested(nn.Module):
@@ -406,3 +406,36 @@ def test_torchvision_resnet18_nested_names():
         neuron_sensitivity(model, x, x_adv, layers=["layer1.0.relu"])
     with pytest.raises(ValueError, match="nearest valid names.*layer2.1.conv1"):
         neuron_sensitivity(model, x, x_adv, layers=["layer2.1.conv"])
+
+
+@pytest.mark.parametrize("batch_size", [3, 64])
+def test_variants_share_one_pass_per_batch_and_equal_separate_calls(batch_size):
+    # Oracle: one neuron_sensitivity call per variant. Five variants over two distinct adversarial sets must run
+    # one forward pass per batch of 3 * b images (benign, own, control), not five passes of 2 * b.
+    model = Nested(3).double()
+    x, own = pairs(10, seed=3)
+    _, control = pairs(10, seed=4, noise=0.3)
+    variants = {"abs": (own, False), "rel": (own, "ratio_of_means"), "rel_pairs": (own, "mean_of_ratios"),
+                "abs_transfer": (control, False), "rel_transfer": (control, True)}
+    passes = []
+    handle = model.register_forward_pre_hook(lambda m, args: passes.append(args[0].shape[0]))
+    try:
+        got = sensitivity_variants(model, x, variants, layers=LAYERS, batch_size=batch_size)
+    finally:
+        handle.remove()
+    assert passes == [3 * min(batch_size, 10 - i) for i in range(0, 10, batch_size)]
+    assert list(got) == list(variants) and hook_counts(model) == hook_counts(Nested(3))
+    for key, (x_adv, relative) in variants.items():
+        want = neuron_sensitivity(model, x, x_adv, layers=LAYERS, relative=relative, batch_size=batch_size)
+        for layer in LAYERS:
+            torch.testing.assert_close(got[key][layer], want[layer], atol=1e-6, rtol=1e-6, equal_nan=True)
+    # one variant is neuron_sensitivity's own pass: bit for bit
+    one = sensitivity_variants(model, x, {"s": (own, True)}, layers=LAYERS, batch_size=batch_size)["s"]
+    want = neuron_sensitivity(model, x, own, layers=LAYERS, relative=True, batch_size=batch_size)
+    assert all(torch.equal(one[n].nan_to_num(-1.0), want[n].nan_to_num(-1.0)) for n in LAYERS)
+    with pytest.raises(ValueError, match="variants must be a non-empty dict"):
+        sensitivity_variants(model, x, {})
+    with pytest.raises(ValueError, match="relative must be"):
+        sensitivity_variants(model, x, {"a": (own, False), "b": (own, "mean")})
+    with pytest.raises(ValueError, match=r"variants\['b'\]'s x_adv"):
+        sensitivity_variants(model, x, {"a": (own, False), "b": (own - 2, False)})

@@ -26,7 +26,7 @@ import torch
 from nslib import attacks
 from nslib.repro.cache import adversarial_pairs, label
 from nslib.evaluate import accuracy_on
-from nslib.sensitivity import capture, neuron_sensitivity, resolve_k, top_k
+from nslib.sensitivity import capture, neuron_sensitivity, resolve_k, sensitivity_variants, top_k
 from nslib.verdicts import compare
 
 __all__ = ["sensitivity_study", "spearman", "c1_c4_comparisons", "of_claim", "c1_ties", "c2_comparisons",
@@ -60,13 +60,12 @@ def sensitivity_study(models: dict, infos: dict, x: torch.Tensor, y: torch.Tenso
     pairs = {n: adversarial_pairs(m, infos[n], x, y, eps=eps, steps=steps, seed=seed) for n, m in models.items()}
     out = {}
     for name, model in models.items():
-        sig = {}
         own, control = pairs[name], pairs[source]
-        for key, x_adv, relative in (("abs", own, False), ("rel", own, "ratio_of_means"),
-                                     ("rel_pairs", own, "mean_of_ratios"), ("abs_transfer", control, False),
-                                     ("rel_transfer", control, "ratio_of_means")):
-            s = neuron_sensitivity(model, x, x_adv, layers=layers, relative=relative)
-            sig[key] = {k: v.cpu() for k, v in s.items()}
+        # one pass per batch over the benign images, the own pairs and the control pairs for all five variants
+        sig = sensitivity_variants(model, x, {"abs": (own, False), "rel": (own, "ratio_of_means"),
+                                              "rel_pairs": (own, "mean_of_ratios"), "abs_transfer": (control, False),
+                                              "rel_transfer": (control, "ratio_of_means")}, layers=layers)
+        sig = {key: {k: v.cpu() for k, v in s.items()} for key, s in sig.items()}
         layer_mean = {v: _layer_means(s) for v, s in sig.items()}
         out[name] = {"label": infos[name].get("label", label(name)),
                      "clean": accuracy_on(model, x, y), "adv": accuracy_on(model, pairs[name], y, x=x),
