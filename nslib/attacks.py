@@ -217,6 +217,14 @@ def _pgd_run(model, x, objective, *, eps, alpha, steps, norm, lo_hi, start, gen,
     return x_adv
 
 
+def _freeze_broken(out: torch.Tensor, idx: torch.Tensor, going: torch.Tensor, x_adv: torch.Tensor, *per_example):
+    """Early stopping's step: the examples found adversarial (``~going``) are kept in ``out`` at the iterate
+    ``x_adv`` where they were found; the attack goes on with the rest. Returns ``idx`` (their rows of ``out``),
+    ``x_adv`` and each per-example tensor (gradient, momentum, box), cut to those still attacked."""
+    out[idx[~going]] = x_adv[~going]
+    return (idx[going], x_adv[going], *(t[going] for t in per_example))
+
+
 def _pgd_run_stopping(model, x, x_adv, objective, *, eps, alpha, steps, norm, lo_hi, amp, check, stop, rows=None):
     """:func:`_pgd_run`'s steps with early stopping: the batch shrinks to the examples not yet adversarial, so
     an attack on a model that most examples break costs a fraction of the full run. Every example's iterates
@@ -231,10 +239,8 @@ def _pgd_run_stopping(model, x, x_adv, objective, *, eps, alpha, steps, norm, lo
         grad, logits = _input_grad(model, x_adv, lambda z, idx=idx: objective(z, idx), amp,
                                    check if i == 0 else None, with_logits=True)
         going = ~stop(x_adv, logits, idx)
-        if not bool(going.all()):  # freeze the adversarial ones where found, attack on with the rest
-            done = ~going
-            out[idx[done]] = x_adv[done]
-            idx, x_adv, grad = idx[going], x_adv[going], grad[going]
+        if not bool(going.all()):
+            idx, x_adv, grad = _freeze_broken(out, idx, going, x_adv, grad)
             if len(idx) == 0:
                 return out
         box = (lo[idx], hi[idx]) if lo is not None else None
@@ -315,11 +321,9 @@ def mim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
                 grad, logits = _input_grad(model, x_adv, lambda z, idx=idx: objective(z, idx), amp, check,
                                            with_logits=True)
                 going = ~stop(x_adv, logits, idx)
-                if not bool(going.all()):  # freeze the adversarial ones where found
+                if not bool(going.all()):
                     out = out.clone() if out is x else out
-                    out[idx[~going]] = x_adv[~going]
-                    idx, x_adv, grad, momentum = idx[going], x_adv[going], grad[going], momentum[going]
-                    lo, hi = lo[going], hi[going]
+                    idx, x_adv, grad, momentum, lo, hi = _freeze_broken(out, idx, going, x_adv, grad, momentum, lo, hi)
                     if len(idx) == 0:
                         return out
             grad = grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(tiny)

@@ -94,7 +94,9 @@ def test_robust_accuracy_attacks_only_what_is_right_clean(model64):
     its outcomes are the full attack's or stronger, example by example (the same random starts)."""
     model, x, y = model64
     with torch.no_grad():
-        right = model(x).argmax(1) == y
+        pred = model(x).argmax(1)
+    y = torch.where(torch.arange(len(y)) < 5, (pred + 1) % 10, y)  # five wrong clean by construction (the trained
+    right = pred == y                                             # model's own errors depend on the thread count)
     seen = []
 
     def attack(m, xb, yb):
