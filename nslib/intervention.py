@@ -312,12 +312,17 @@ def _rest_of(model: nn.Module, layer: str) -> tuple[nn.Module, list[nn.Module]]:
 @contextlib.contextmanager
 def _returning(module: nn.Module, value: torch.Tensor):
     """Within the block, ``module`` returns ``value`` without computing (the rest of the model runs as usual).
-    An instance attribute shadows the class's ``forward`` for this one module; removed on exit, also on error."""
+    An instance attribute shadows the class's ``forward`` for this one module; on exit, also on error, the
+    module's own is back (an instance ``forward`` it already had included)."""
+    own = vars(module).get("forward")
     module.forward = lambda *args, **kwargs: value
     try:
         yield
     finally:
-        del module.forward
+        if own is None:
+            del module.forward
+        else:
+            module.forward = own
 
 
 class _Suffix:
