@@ -142,9 +142,18 @@ def _weights(path):
     return torch.load(path, map_location="cpu", weights_only=False)["model"]
 
 
+# Two ranks average half-batch gradients where one process sums the whole batch: the same training up to the
+# order of float additions, which a few SGD steps amplify. Measured (2026-12-04, an EPYC where the earlier
+# rtol 1e-4 / atol 1e-6 failed): weights within 8e-5 and training losses within 2.1e-5 relative, while the same
+# start trained by another method (TRADES vs PGD-AT) differs by 3e-2. The bounds sit about 10x above the first
+# and 30x below the second.
+WEIGHT_ATOL, LOSS_REL = 1e-3, 2e-4
+
+
 def _close(a, b, what):
     for k in a:
-        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), f"{what} {k}: max diff {(a[k] - b[k]).abs().max()}"
+        diff = float((a[k] - b[k]).abs().max())
+        assert diff <= WEIGHT_ATOL, f"{what} {k}: max diff {diff:.3g} (bound {WEIGHT_ATOL})"
 
 
 def test_two_ranks_train_to_the_weights_of_one_process(runs):
@@ -156,7 +165,7 @@ def test_two_ranks_train_to_the_weights_of_one_process(runs):
         h1, h2 = (json.loads((tmp / f"{name}{t}" / "history.json").read_text())["history"] for t in "12")
         for r1, r2 in zip(h1, h2):  # validation is split by whole batches: the same counts
             assert r1["val_clean"] == r2["val_clean"] and r1.get("val_pgd") == r2.get("val_pgd")
-            assert r1["train_loss"] == pytest.approx(r2["train_loss"], rel=1e-5)
+            assert r1["train_loss"] == pytest.approx(r2["train_loss"], rel=LOSS_REL)
     assert json.loads((tmp / "at2" / "train.json").read_text())["ranks"] == 2
 
 
