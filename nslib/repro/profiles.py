@@ -84,12 +84,12 @@ PROFILES: dict[str, dict] = {
     },
 }
 
-# Wall seconds of each notebook per dataset on a quiet 2-core CPU (AMD EPYC, AVX2, fp32): what `reproduce`
-# announces before it starts and the weights of its whole-run progress bar. cpu: `make reproduce` from a clean
-# clone at 4a7f1ca, 2026-12-04 (1,923 s of notebooks; 2,024 s with the environment's install; the same work at
-# 22c4dea took 2,385 s back to back on the same machine). quick: its measured total (7-8 min, 2026-11-29) split
-# by estimate. A notebook, dataset or profile missing here counts DEFAULT_NOTEBOOK_S and the announcement says
-# "unknown".
+# Wall seconds of each notebook per dataset on a quiet 2-core CPU (AMD EPYC): what `reproduce` announces before it
+# starts and the weights of its whole-run progress bar. cpu: `make reproduce` from a clean clone at 4a7f1ca on an
+# EPYC with AVX512-BF16 (so bf16 training), 2026-12-04 (1,923 s of notebooks; 2,024 s with the environment's
+# install; the same work at 22c4dea took 2,385 s back to back on the same machine). quick: its measured total (7-8
+# min, 2026-11-29) split by estimate. A notebook, dataset or profile missing here counts DEFAULT_NOTEBOOK_S and
+# the announcement says "unknown".
 EXPECTED_S = {
     "quick": {"fmnist": {"00": 70, "01": 150, "02": 40, "03": 60, "04": 15, "05": 90, "06": 10}},
     "cpu": {"fmnist": {"00": 42, "01": 538, "02": 162, "03": 79, "04": 43, "05": 287, "06": 6},
