@@ -104,8 +104,11 @@ def _ce_adv(logits_clean, logits_adv, y, cfg):
 
 
 def _trades(logits_clean, logits_adv, y, cfg):
-    # KL(p(x) || p(x')), batch mean, as the reference code
-    kl = F.kl_div(F.log_softmax(logits_adv.float(), 1), F.softmax(logits_clean.float(), 1), reduction="batchmean")
+    # KL(p(x) || p(x')), batch mean, as the reference code; the clean side as log-probabilities (log_target): its
+    # gradient through p(x) = 0 (a softmax that underflows on a confident model) is then 0, where the reference's
+    # softmax target gives 0 * log 0 = NaN and the run diverges (seen fine-tuning a vanilla model with TRADES)
+    kl = F.kl_div(F.log_softmax(logits_adv.float(), 1), F.log_softmax(logits_clean.float(), 1), reduction="batchmean",
+                  log_target=True)
     return F.cross_entropy(logits_clean.float(), y) + cfg.beta * kl, logits_clean
 
 

@@ -17,8 +17,8 @@ import statistics
 
 import numpy as np
 
-__all__ = ["VERDICTS", "ROLES", "RULE", "spread", "t_quantile", "compare", "judged", "combine", "decisive",
-           "verdict_line", "effect_text", "describe"]
+__all__ = ["VERDICTS", "ROLES", "RULE", "spread", "t_quantile", "compare", "spearman", "correlation", "judged",
+           "combine", "decisive", "verdict_line", "effect_text", "describe"]
 
 VERDICTS = ("holds", "does not hold", "inconclusive", "not testable offline")
 # A comparison's role in its claim: "judged" decides the claim's verdict; "control" is reported beside it
@@ -34,7 +34,8 @@ RULE = ("Each comparison \"A is higher than B\" is an **effect**, the mean paire
         "**holds** when its interval lies above zero, **does not hold** when its interval lies below the margin "
         "(the effect, if any, is smaller than would matter: this wins over \"above zero\"), and is "
         "**inconclusive** otherwise. One training seed cannot show the spread over seeds: every comparison of "
-        "such a run is inconclusive. A claim holds when all its judged comparisons hold and does not hold when "
+        "such a run is inconclusive. A correlation (C1) is judged the same way, its effect the mean of the per-seed "
+        "Spearman correlations and its interval from Fisher's z (so it stays inside [-1, 1]). A claim holds when all its judged comparisons hold and does not hold when "
         "any of them does not hold.")
 
 
@@ -182,6 +183,94 @@ def compare(a, b, *, margin: float = 0.0, what: str = "A > B", names=("A", "B"),
     se, df, t = _interval(d, confidence)
     low, high = out["effect"] - t * se, out["effect"] + t * se
     out.update(ci=(low, high), se=se, df=df)
+    _judge(out, low, high, margin, confidence)
+    return out
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two equal-length sequences (average ranks for ties; 0 when either is constant)."""
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(v):
+            j = i
+            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for t in range(i, j + 1):
+                r[order[t]] = (i + j) / 2
+            i = j + 1
+        return r
+    ra, rb = ranks(list(a)), ranks(list(b))
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    cov = sum((p - ma) * (q - mb) for p, q in zip(ra, rb))
+    den = math.sqrt(sum((p - ma) ** 2 for p in ra) * sum((q - mb) ** 2 for q in rb))
+    return cov / den if den > 0 else 0.0
+
+
+# |rho| is capped here before Fisher's z: a perfect rank agreement of a few models has an infinite z
+_RHO_CAP = 1 - 1e-9
+
+
+def correlation(x, y, *, margin: float = 0.0, sign: float = 1.0, what: str = "Spearman(x, y) > 0",
+                names=("Spearman", "zero"), role: str = "judged", key: dict | None = None,
+                confidence: float = 0.95) -> dict:
+    """Judge "``sign`` * Spearman(x, y) is above zero" by the verdict rule (:data:`RULE`), the interval from
+    Fisher's z so that it stays inside [-1, 1].
+
+    Args:
+        x, y: [S, n]: per training seed (rows), the n items' (models') two quantities; n >= 4 for an interval
+            (fewer: inconclusive, the interval [-1, 1]).
+        sign: -1 to judge a negative correlation ("the more robust, the less sensitive").
+        margin, what, names, role, key, confidence: as :func:`compare` (margin in correlation units).
+
+    The effect is the mean over seeds of sign * rho_s (each seed's Spearman correlation over its n items). Its
+    interval is tanh(atanh(r) -+ z_q * se) with se^2 = (1 + r^2 / 2) / (S (n - 3)): Fisher's z with the
+    Bonett-Wright variance of a Spearman correlation (Bonett & Wright 2000, Psychometrika 65:23-28), averaged
+    over S independent seeds. One seed: inconclusive, as every comparison of one seed.
+
+    Returns a dict shaped as :func:`compare`'s (unit "correlation", n_examples None, ``a`` the spread of the
+    per-seed sign * rho, ``b`` of zeros) with ``rhos``: the per-seed Spearman correlations (unsigned).
+    Raises: ValueError naming x, y, margin or role.
+    Usage: ``correlation(acc, sigma, sign=-1, margin=0.2)["ci"]  # inside [-1, 1]``
+    """
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    if not (isinstance(margin, numbers.Real) and not isinstance(margin, bool) and 0 <= margin < 1):
+        raise ValueError(f"margin must be a number in [0, 1) (the smallest correlation that matters), got {margin!r}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    if sign not in (1, -1):
+        raise ValueError(f"sign must be 1 or -1, got {sign!r}")
+    xa, ya = _as_seeds(x, "x"), _as_seeds(y, "y")
+    if xa.ndim != 2 or xa.shape != ya.shape or xa.shape[1] < 2:
+        raise ValueError(f"x and y must both be [seeds, items] with the same shape and at least 2 items, got "
+                         f"{xa.shape} and {ya.shape}")
+    s, n = xa.shape
+    rhos = [spearman(xa[i], ya[i]) for i in range(s)]
+    signed = [sign * r for r in rhos]
+    effect = statistics.fmean(signed)
+    out = {"id": dict(key or {}), "role": role, "what": what, "names": list(names), "unit": "correlation",
+           "n_seeds": s, "n_examples": None, "effect": effect, "margin": float(margin), "a": spread(signed),
+           "b": spread([0.0] * s), "diff": spread(signed), "ci": None, "se": None, "df": None, "rhos": rhos,
+           "interval": "Fisher z (Bonett-Wright variance), seeds pooled"}
+    if s < 2:
+        out.update(verdict="inconclusive", reason="one seed: the spread over seeds is unknown")
+        return out
+    if n < 4:
+        out.update(ci=(-1.0, 1.0), verdict="inconclusive", reason=f"{n} items: too few for an interval (at least 4)")
+        return out
+    r = max(-_RHO_CAP, min(_RHO_CAP, effect))
+    se = math.sqrt((1 + r * r / 2) / (s * (n - 3)))
+    q = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    low, high = math.tanh(math.atanh(r) - q * se), math.tanh(math.atanh(r) + q * se)
+    out.update(ci=(low, high), se=se, df=math.inf)
+    _judge(out, low, high, margin, confidence)
+    return out
+
+
+def _judge(out: dict, low: float, high: float, margin: float, confidence: float) -> None:
+    """The verdict and its reason from an interval, by :data:`RULE`, into ``out``."""
     iv = f"the {100 * confidence:g}% interval"
     if high < margin:
         out["verdict"] = "does not hold"
@@ -193,7 +282,6 @@ def compare(a, b, *, margin: float = 0.0, what: str = "A > B", names=("A", "B"),
     else:
         out["verdict"] = "inconclusive"
         out["reason"] = f"{iv} holds zero and reaches the margin"
-    return out
 
 
 def judged(comparisons) -> list[dict]:

@@ -83,6 +83,30 @@ def test_lam_sweep_retrains_only_the_sns_models(tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_model_started_from_another_starts_from_its_weights_and_keys_on_it(tmp_path, monkeypatch):
+    """start: the robust model begins at the vanilla model's weights (its best checkpoint), the vanilla model is
+    trained first when missing, and the start's key joins the model's own, so another start is another model."""
+    monkeypatch.setenv("NSLIB_OUTPUTS", str(tmp_path))
+    args = {k: v for k, v in TINY.items() if k != "progress"}
+    van, van_info = cache.get_model("mnist5k", "smallcnn", "vanilla", 0, progress=False, **args)
+    seen = {}
+    real_train = training.train
+
+    def spy(model, data, **kw):  # the weights the run starts from
+        seen["start"] = {k: v.clone() for k, v in model.state_dict().items()}
+        return real_train(model, data, **kw)
+    monkeypatch.setattr(training, "train", spy)
+    start = {"name": "vanilla", "args": args}
+    model, info = cache.get_model("mnist5k", "smallcnn", "pgd_at", 0, progress=False, start=start, **args)
+    assert all(torch.equal(seen["start"][k], v) for k, v in van.state_dict().items())
+    assert info["params"]["start"] == van_info["key"]
+    _, scratch = cache.get_model("mnist5k", "smallcnn", "pgd_at", 0, progress=False, **args)
+    assert scratch["key"] != info["key"] and "start" not in scratch["params"]
+    _, other = cache.get_model("mnist5k", "smallcnn", "pgd_at", 0, progress=False,
+                               start={"name": "vanilla", "args": {**args, "epochs": 2}}, **args)
+    assert other["params"]["start"] != info["params"]["start"] and other["key"] != info["key"]
+
+
 def _noisy_loss(net, x, y, x_adv, cfg, acts):
     logits = net(x)
     noisy = net((x + cfg.eps * torch.randn_like(x)).clamp(0, 1))

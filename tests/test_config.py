@@ -165,12 +165,19 @@ def test_vanilla_args_give_the_vanilla_model_its_own_epochs_and_images():
     (12,000 images left it below 88%); by default it shares their images."""
     assert config.settings("quick", "fmnist", "02", {"c1_eps_scales": []}).c1_eps_scales == ()  # none: allowed
     quick = config.settings("quick", "fmnist", "02")
-    assert quick.vanilla_args == {"epochs": quick.vanilla_epochs}  # n_train shared: the quick cache key is unchanged
+    assert quick.vanilla_args == {"epochs": quick.vanilla_epochs, "start": None}  # n_train shared: the key unchanged
     assert config.settings("quick", "fmnist", "02", {"vanilla_n_train": "all"}).vanilla_args["n_train"] is None
     assert config.settings("quick", "fmnist", "02", {"vanilla_n_train": 5000}).vanilla_args["n_train"] == 5000
     cpu = config.settings("cpu", "fmnist", "02")
-    assert cpu.vanilla_args["n_train"] is None and cpu.n_train == 6000  # every image for vanilla only
+    assert cpu.vanilla_args["n_train"] is None and cpu.n_train is None  # every image
     # the quick vanilla model keeps the cache key it had when get_models took only vanilla_epochs
     _, now = cache.model_key("fmnist", quick.arch, "vanilla", 0, **{**quick.train_args, **quick.vanilla_args})
-    _, before = cache.model_key("fmnist", quick.arch, "vanilla", 0, **{**quick.train_args, "epochs": quick.vanilla_epochs})
+    old_args = {k: v for k, v in quick.train_args.items() if k != "start"}  # before robust models had a start
+    _, before = cache.model_key("fmnist", quick.arch, "vanilla", 0, **{**old_args, "epochs": quick.vanilla_epochs})
+    assert quick.train_args["start"] is None  # quick's robust models start from scratch: their keys are unchanged
+    _, robust = cache.model_key("fmnist", quick.arch, "pgd_at", 0, **old_args)
+    assert cache.model_key("fmnist", quick.arch, "pgd_at", 0, **quick.train_args)[1] == robust
+    cpu = config.settings("cpu", "fmnist", "02")
+    assert cpu.train_args["start"] == {"name": "vanilla", "args": {**{k: v for k, v in cpu.train_args.items()
+                                                                       if k != "start"}, **cpu.vanilla_args}}
     assert now == before

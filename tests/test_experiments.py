@@ -13,18 +13,6 @@ from nslib.repro import cache, config, experiments as ex, report, robustness as 
 MARGINS = config.KNOBS["margins"].default  # the margins every profile uses unless a run overrides them
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), min_size=3, max_size=12))
-def test_spearman_matches_scipy(pairs):
-    stats = pytest.importorskip("scipy.stats")
-    a, b = [p[0] for p in pairs], [p[1] for p in pairs]
-    ref = stats.spearmanr(a, b).statistic
-    if ref != ref:  # a constant sequence: scipy says NaN, the kit says 0 (no evidence either way)
-        assert ex.spearman(a, b) == 0.0
-    else:
-        assert ex.spearman(a, b) == pytest.approx(ref, abs=1e-12)
-
-
 def _study(means_by_model):
     """A minimal sensitivity_study result: per model, its mean per variant and its PGD accuracy."""
     return {n: {"label": n.upper(), "mean": {v: m for v in ("abs", "rel", "rel_pairs", "abs_transfer", "rel_transfer")},
@@ -32,8 +20,8 @@ def _study(means_by_model):
 
 
 def test_c1_c4_comparisons_judge_and_report_what_they_say():
-    studies = {s: _study({"vanilla": (0.9 + 0.01 * s, 0.1), "pgd_at": (0.3, 0.5), "trades": (0.2 + 0.01 * s, 0.6)})
-               for s in range(3)}
+    studies = {s: _study({"vanilla": (0.9 + 0.01 * s, 0.1), "pgd_at": (0.3, 0.5), "trades": (0.2 + 0.01 * s, 0.6),
+                          "sns_pgd_at": (0.15, 0.65), "sns_trades": (0.1, 0.7)}) for s in range(3)}
     comps = ex.c1_c4_comparisons(studies, margins=MARGINS)
     c4 = verdicts.judged(ex.of_claim(comps, "C4"))
     assert len(c4) == 4 and all(c["verdict"] == "holds" for c in c4)  # 2 baselines x abs, rel
@@ -45,6 +33,7 @@ def test_c1_c4_comparisons_judge_and_report_what_they_say():
     assert "ratio of means" in " ".join(c["what"] for c in c4) and "VANILLA > PGD_AT" in c4[0]["what"]  # labels
     c1 = ex.of_claim(comps, "C1")
     assert len(c1) == 2 and all(c["verdict"] == "holds" for c in c1)  # lower sensitivity, higher robust accuracy
+    assert all(-1 <= c["ci"][0] <= c["ci"][1] <= 1 for c in c1)  # Fisher z: inside a correlation's range
     flipped = {s: _study({"vanilla": (0.1, 0.1), "pgd_at": (0.3, 0.5), "trades": (0.5 + 0.01 * s, 0.6)})
                for s in range(3)}
     assert all(c["verdict"] == "does not hold" for c in verdicts.judged(ex.of_claim(ex.c1_c4_comparisons(flipped, margins=MARGINS), "C4")))
@@ -140,9 +129,14 @@ def test_evaluate_model_rows_on_a_linear_model():
     ev = rb.evaluate_model(model, x, y, suite, pairs={"own": x_wb, "vanilla": x})
     rows = ev["rows"]
     assert list(rows) == ["clean", "pgd", "pgd_restarts", "fgsm", "mim", "pgd_long", "fmn_l2", "pgd_l2", "autoattack",
-                          "transfer"]
-    assert [r["label"] for r in rows.values()] == ["clean", "PGD-5", "PGD-5 x2", "FGSM", "MIM-5", "PGD-10", "FMN-L2",
-                                                   "PGD-L2-20", "AutoAttack (custom)", "transfer"]  # from the parameters
+                          "transfer", "worst"]
+    assert [r["label"] for r in rows.values()][:-1] == ["clean", "PGD-5", "PGD-5 x2", "FGSM", "MIM-5", "PGD-10", "FMN-L2",
+                                                        "PGD-L2-20", "AutoAttack (custom)", "transfer"]  # from the parameters
+    assert rows["worst"]["label"] == "worst case"
+    assert rows["worst"]["of_labels"] == ["PGD-5", "PGD-5 x2", "FGSM", "AutoAttack (custom)", "transfer"]
+    # the worst case: robust only where every one of those rows left the example robust (AutoAttack: its first 8)
+    for i, o in enumerate(rows["worst"]["outcomes"]):
+        assert o == min(rows[r]["outcomes"][i] for r in rows["worst"]["of"] if i < rows[r]["n"])
     # a second PGD run only ever breaks more: every example robust after both was robust after the first
     assert all(b <= a for a, b in zip(rows["pgd"]["outcomes"], rows["pgd_restarts"]["outcomes"]))
     assert rows["clean"]["accuracy"] == 1.0 and rows["transfer"]["accuracy"] == 1.0  # x itself "transferred"
@@ -153,8 +147,29 @@ def test_evaluate_model_rows_on_a_linear_model():
     for r in rows.values():  # per-example outcomes (for paired comparisons) agree with the accuracy they make up
         assert len(r["outcomes"]) == r["n"] and set(r["outcomes"]) <= {0, 1}
         assert sum(r["outcomes"]) / r["n"] == pytest.approx(r["accuracy"])
-    light = rb.evaluate_model(model, x, y, suite, pairs={"own": x_wb, "vanilla": None}, light=True)["rows"]
-    assert list(light) == ["clean", "pgd", "pgd_restarts", "fgsm"]  # Vanilla: no transfer from itself
+    light = rb.evaluate_model(model, x, y, suite, pairs={"own": x_wb, "vanilla": x}, light=True)["rows"]
+    assert list(light) == ["clean", "pgd", "pgd_restarts", "fgsm", "autoattack", "transfer", "worst"]  # AA every seed
+    van = rb.evaluate_model(model, x, y, suite, pairs={"own": x_wb, "vanilla": None}, light=True, every_seed=False)
+    assert list(van["rows"]) == ["clean", "pgd", "pgd_restarts", "fgsm", "worst"]  # Vanilla: no transfer from itself
+
+
+def test_masking_checks_flag_a_large_autoattack_gap_and_a_longer_pgd_that_breaks_less():
+    def row(outcomes, label):
+        return {"outcomes": outcomes, "n": len(outcomes), "label": label}
+    pgd = [1, 1, 1, 0, 0] * 20                                 # 60% on 100 images, and on the first 50
+    ok = {"pgd": row(pgd, "PGD-20"), "pgd_restarts": row(pgd, "PGD-20 x2"),
+          "autoattack": row([1] * 29 + [0] * 21, "AA"),        # first 50 images: 58% against PGD's 60%: gap 2 points
+          "pgd_long": row([1] * 30 + [0] * 20, "PGD-50")}      # 60% on the first 50, as PGD there
+    r = rb.masking_checks(ok)
+    assert r["ok"] and [c["id"] for c in r["checks"]] == ["aa_gap", "longer_pgd"]
+    assert r["checks"][0]["values"] == {"pgd": 0.6, "aa": 0.58, "n": 50}
+    masked = {**ok, "autoattack": row([1] * 27 + [0] * 23, "AA"),  # 54%: 6 points below PGD's 60%
+              "pgd_long": row([1] * 31 + [0] * 19, "PGD-50")}      # 62%: 2 points above the shorter run
+    r = rb.masking_checks(masked)
+    assert not r["ok"] and [c["ok"] for c in r["checks"]] == [False, False]
+    assert rb.masking_checks({"pgd": ok["pgd"]}) == {"checks": [], "ok": True}  # nothing to compare: nothing flagged
+    flags, results = rb.masking_flags({("m", 0): {"rows": masked}, ("m", 1): {"rows": ok}}, ["m"], [0, 1])
+    assert flags == {("m", 0): ["aa_gap", "longer_pgd"], ("m", 1): []} and not results[("m", 0)]["ok"]
 
 
 def test_mean_rows_and_in_range():
@@ -171,7 +186,7 @@ def test_c3_comparisons_pair_outcomes_by_image_and_seed_and_judge_only_the_judge
     base = [1] * 120 + [0] * 80
 
     def ev(outcomes, seed, aa=True):
-        rows = {r: {"outcomes": outcomes, "label": r} for r in ("pgd_restarts", "transfer", "pgd")}
+        rows = {r: {"outcomes": outcomes, "label": r} for r in ("worst", "pgd_restarts", "transfer", "pgd")}
         if aa:
             rows["autoattack"] = {"outcomes": outcomes[:100], "label": "AutoAttack"}
         return {"rows": rows}
@@ -182,13 +197,18 @@ def test_c3_comparisons_pair_outcomes_by_image_and_seed_and_judge_only_the_judge
         evals[("pgd_at", s)] = ev(base, s, aa=s < 3)
     comps = rb.c3_comparisons(evals, list(range(5)), [("sns_pgd_at", "pgd_at")], margin=0.01)
     judged = verdicts.judged(comps)
-    assert [c["id"]["row"] for c in judged] == ["pgd_restarts", "transfer"]
+    assert [c["id"]["row"] for c in judged] == ["worst", "transfer"]
     assert all(c["effect"] == pytest.approx(-0.1) and c["n_seeds"] == 5 and c["n_examples"] == 200 for c in judged)
     assert all(c["verdict"] == "does not hold" for c in judged)  # the whole interval lies below the margin
     controls = [c for c in comps if c["role"] == "control"]
-    assert [c["id"]["row"] for c in controls] == ["pgd", "autoattack"]  # pgd_long, mim, fmn_l2 absent: skipped
-    assert controls[1]["n_seeds"] == 3 and controls[1]["n_examples"] == 100
+    assert [c["id"]["row"] for c in controls] == ["pgd_restarts", "pgd", "autoattack"]  # pgd_long, mim, fmn_l2 absent
+    assert controls[2]["n_seeds"] == 3 and controls[2]["n_examples"] == 100
     assert verdicts.combine(comps) == "does not hold"
+    # a model flagged for masked gradients on one seed makes every comparison on it inconclusive, saying why
+    flagged = rb.c3_comparisons(evals, list(range(5)), [("sns_pgd_at", "pgd_at")], margin=0.01,
+                                flags={("pgd_at", 2): ["aa_gap"], ("pgd_at", 1): []})
+    assert all(c["verdict"] == "inconclusive" and "PGD-AT seed 2 (aa_gap)" in c["reason"] for c in flagged)
+    assert "by the interval alone: does not hold" in flagged[0]["reason"]
     del evals[("pgd_at", 4)]["rows"]["transfer"]  # a judged row every seed must have
     with pytest.raises(ValueError, match=r"evals must hold row 'transfer' of sns_pgd_at and pgd_at for every seed"):
         rb.c3_comparisons(evals, list(range(5)), [("sns_pgd_at", "pgd_at")], margin=0.01)

@@ -301,6 +301,26 @@ def test_trades_loss_matches_the_reference(batch):
     assert float((g_ours - g_ref).norm()) <= 2e-5 * float(g_ref.norm())
 
 
+def test_trades_gradient_stays_finite_where_the_clean_softmax_underflows():
+    """A confident clean prediction (a logit gap past fp32's exp range) makes the reference's softmax target exactly
+    0 for the other classes, and its KL's gradient through the target NaN (0 * log 0); nslib's log-target KL has the
+    same value and a finite gradient (a TRADES fine-tune of a vanilla model diverged on this)."""
+    from nslib import methods
+    clean = torch.tensor([[120.0, 0.0, -10.0], [2.0, 1.0, 0.0]], requires_grad=True)
+    adv = torch.tensor([[100.0, 1.0, 0.0], [1.0, 2.0, 0.0]], requires_grad=True)
+    y = torch.tensor([0, 0])
+    cfg = training.TrainConfig(method="trades")
+    loss, _ = methods._trades(clean, adv, y, cfg)
+    loss.backward()
+    assert torch.isfinite(clean.grad).all() and torch.isfinite(adv.grad).all()
+    ref_clean = clean.detach().clone().requires_grad_(True)
+    ref = F.cross_entropy(ref_clean, y) + 6.0 * F.kl_div(F.log_softmax(adv.detach(), 1), F.softmax(ref_clean, 1),
+                                                         reduction="batchmean")
+    ref.backward()
+    assert torch.isnan(ref_clean.grad).any()  # the reference's form: NaN
+    assert torch.allclose(loss.detach(), ref.detach(), rtol=1e-6)  # the same value
+
+
 def test_lam_zero_sns_run_is_the_pgd_at_run():
     """Without batch norm, SNS at lam=0 draws the same random numbers and takes the same steps as PGD-AT."""
     states = {}

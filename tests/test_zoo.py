@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from nslib.repro import config, zoo
+from nslib.repro import cache, config, report, zoo
 from nslib.viz import plot_ablation
 
 
@@ -51,18 +51,65 @@ def test_lam_curve_all_collapsed_names_lam_grid_and_a_fixed_lam_trains_nothing(m
 
 
 def test_main_models_trains_each_sns_model_at_its_own_lambda(monkeypatch, tmp_path):
-    cfg = config.settings("quick", "fmnist", "01", {"lam_grid": [0.01, 0.1], "seeds": [0, 1]})
+    cfg = config.settings("quick", "fmnist", "01", {"lam_grid": [0.01, 0.1], "seeds": [0, 1], "start": "vanilla"})
     calls = _stub(monkeypatch, {0.0: 0.4, 0.01: 0.5, 0.1: 0.3})
     trained, curves = zoo.main_models(cfg, progress=False)
     assert set(trained) == {(n, s) for n in cfg.models for s in (0, 1)}
     assert {n: c["lam"] for n, c in curves.items()} == {"sns_pgd_at": 0.01, "sns_trades": 0.01}
-    main = [c for c in calls if c[1] == 1]  # seed 1: the main models only (the grid runs on seed 0)
+    assert calls[:2] == [("vanilla", 0, None), ("vanilla", 1, None)]  # first the models the robust ones start from
+    main = [c for c in calls[2:] if c[1] == 1]  # seed 1: the main models only (the grid runs on seed 0)
     assert sorted(main) == sorted([("vanilla", 1, None), ("pgd_at", 1, None), ("trades", 1, None),
                                    ("sns_pgd_at", 1, 0.01), ("sns_trades", 1, 0.01)])
     rows = zoo.curve_rows(curves["sns_pgd_at"], steps=5)
     assert [r["value"] for r in rows] == [0.0, 0.01, 0.1] and rows[1]["pgd"]["label"] == "validation PGD-5 (200 images)"
     ax = plot_ablation(rows, param="lambda", mark=curves["sns_pgd_at"]["lam"], path=tmp_path / "lam").axes[0]
     assert "chosen: 0.01" in [t.get_text() for t in ax.get_legend().get_texts()] and (tmp_path / "lam.png").exists()
+
+
+def test_main_models_rejects_a_lambda_that_collapses_on_any_seed(monkeypatch):
+    """SNS (PGD-AT) validates best at 0.1 on seed 0 but collapses there on seed 2: 0.01, the next best, is taken
+    and every seed of SNS (PGD-AT) trains at it; SNS (TRADES), which never collapses, keeps 0.1."""
+    cfg = config.settings("quick", "fmnist", "01", {"lam_grid": [0.01, 0.1], "seeds": [0, 1, 2], "start": "scratch"})
+    calls = []
+
+    def get_model(dataset, arch, name, seed, progress=True, **args):
+        lam = args.get("lam", 0.0) if name.startswith("sns") else 0.0
+        calls.append((name, seed, args.get("lam")))
+        status = "collapsed" if (name, lam, seed) == ("sns_pgd_at", 0.1, 2) else "done"
+        best = None if status == "collapsed" else {"val_clean": 0.7, "val_pgd": {0.0: 0.4, 0.01: 0.45, 0.1: 0.5}[lam]}
+        return object(), {"status": status, "best": best, "label": name, "collapsed": status == "collapsed"}
+    monkeypatch.setattr(zoo, "get_model", get_model)
+    trained, curves = zoo.main_models(cfg, progress=False)
+    assert curves["sns_pgd_at"]["lam"] == 0.01 and curves["sns_pgd_at"]["rejected"] == [{"lam": 0.1, "seeds": [2]}]
+    assert curves["sns_trades"]["lam"] == 0.1 and curves["sns_trades"]["rejected"] == []
+    assert [c for c in calls if c[0] == "sns_pgd_at" and c[2] == 0.01 and c[1] > 0] == [("sns_pgd_at", 1, 0.01),
+                                                                                    ("sns_pgd_at", 2, 0.01)]
+    assert not any(info["collapsed"] for _, info in trained.values())
+    assert "rejected: collapsed on seed(s) 2" in report.lam_markdown(curves)
+    # a collapse on a seed only C3 uses (c3_seeds) counts too, also for a notebook that does not analyse that seed
+    c3 = config.settings("quick", "fmnist", "02", {"lam_grid": [0.01, 0.1], "seeds": [0, 1], "c3_seeds": [0, 1, 2]})
+    trained, curves = zoo.main_models(c3, progress=False)
+    assert curves["sns_pgd_at"]["lam"] == 0.01 and curves["sns_pgd_at"]["rejected"] == [{"lam": 0.1, "seeds": [2]}]
+    assert {s for _, s in trained} == {0, 1}  # seed 2 was checked, not returned
+    # a run that diverges is a failure of its lambda too (get_model raises Diverged for it)
+    def diverging(dataset, arch, name, seed, progress=True, **args):
+        if name == "sns_trades" and args.get("lam") == 0.1:
+            raise cache.Diverged(f"the sns_trades run in somewhere diverged at epoch 1 (seed {seed})")
+        return get_model(dataset, arch, name, seed, progress, **args)
+    monkeypatch.setattr(zoo, "get_model", diverging)
+    trained, curves = zoo.main_models(cfg, progress=False)
+    assert curves["sns_trades"]["lam"] == 0.01 and curves["sns_trades"]["rows"][2]["status"] == "diverged"
+    assert all(info["status"] == "done" for _, info in trained.values())
+    fixed = config.settings("quick", "fmnist", "01", {"lam": 0.1, "seeds": [0], "start": "scratch"})
+    with pytest.raises(cache.Diverged, match="sns_trades run in somewhere diverged"):
+        zoo.main_models(fixed, progress=False)  # a lambda fixed by the settings: nothing to fall back on
+    # collapsing at every lambda on some seed: nothing can be chosen, and the error says which were rejected
+    monkeypatch.setattr(zoo, "get_model", lambda dataset, arch, name, seed, progress=True, **args: (
+        object(), {"status": "collapsed" if name == "sns_pgd_at" and seed == 1 else "done", "label": name,
+                   "collapsed": name == "sns_pgd_at" and seed == 1,
+                   "best": {"val_clean": 0.7, "val_pgd": 0.4 + args.get("lam", 0.0)}}))
+    with pytest.raises(ValueError, match=r"on every seed; none of \[0.01, 0.1\] does \(collapsed on other seeds"):
+        zoo.main_models(cfg, progress=False)
 
 
 def test_settings_check_c3_seeds_models_and_margins():
@@ -86,7 +133,7 @@ def test_main_models_counts_the_models_that_train_on_one_overall_bar(monkeypatch
     The share written for the runner, read at each call, is the models trained so far over those that train."""
     from nslib import progress as bars
 
-    cfg = config.settings("quick", "fmnist", "01", {"lam_grid": [0.01, 0.1], "seeds": [0]})
+    cfg = config.settings("quick", "fmnist", "01", {"lam_grid": [0.01, 0.1], "seeds": [0], "start": "vanilla"})
     shares, cached = [], {("vanilla", 0), ("pgd_at", 0)}  # these two are found trained
 
     def get_model(dataset, arch, name, seed, progress=True, **args):
@@ -96,11 +143,13 @@ def test_main_models_counts_the_models_that_train_on_one_overall_bar(monkeypatch
                           "train_s": 0.0 if (name, seed) in cached else 12.0}
     monkeypatch.setattr(zoo, "get_model", get_model)
     trained, _ = zoo.main_models(cfg, extra_seeds=[0, 1])
-    # grid: (base + 2 lambdas) x 2 SNS models = 6 runs; main: 5 models x seed 0; extra: 4 robust models x seed 1
-    assert len(shares) == 6 + 5 + 4 and set(trained) == {(n, 0) for n in cfg.models} | {
+    # the starts: Vanilla seeds 0 and 1 (the robust models start from them); grid: (base + 2 lambdas) x 2 SNS models
+    # = 6 runs; main: 5 models x seed 0; extra: 4 robust models x seed 1
+    assert len(shares) == 2 + 6 + 5 + 4 and set(trained) == {(n, 0) for n in cfg.models} | {
         (n, 1) for n in cfg.models if n != "vanilla"}
     assert shares[0] == 0.0 and all(a <= b for a, b in zip(shares, shares[1:]))
-    # the first call (PGD-AT seed 0, the grid's base) is cached: 14 left, and the 5 SNS grid runs train; the 7th
-    # call (Vanilla seed 0) reads 5 / 14; it is cached too: the 8th reads 5 / 13
-    assert shares[6] == pytest.approx(5 / 14) and shares[7] == pytest.approx(5 / 13)
+    # the first call (Vanilla seed 0) is cached: 16 left; Vanilla seed 1 trains (1 / 16 at the 3rd call, PGD-AT seed
+    # 0, the grid's base, cached: 15 left) and the 5 SNS grid runs train; the 9th call (Vanilla seed 0 as a main
+    # model) reads 6 / 15; it is cached too: the 10th reads 6 / 14
+    assert shares[2] == pytest.approx(1 / 16) and shares[8] == pytest.approx(6 / 15) and shares[9] == pytest.approx(6 / 14)
     assert bars.fraction() is None  # closed

@@ -31,7 +31,7 @@ from nslib.checkpoints import UnreadableCheckpoint
 from nslib.progress import stage
 from nslib.store import outputs_dir, params_key, save_json, save_torch
 
-__all__ = ["MODELS", "LABELS", "label", "model_key", "get_model", "get_models", "describe", "c1_models", "adversarial_pairs"]
+__all__ = ["MODELS", "LABELS", "Diverged", "label", "model_key", "get_model", "get_models", "describe", "c1_models", "adversarial_pairs"]
 
 # The reproduction's models: name -> the training method (and SNS's base) that makes it. Any other method
 # registered in nslib.methods.METHODS can be asked for by its own name too.
@@ -44,8 +44,9 @@ MODELS = {
 }
 # Raised whenever training changes what the same parameters produce, so that no cached model trained by older
 # code is reused. 2: TRADES's inner maximisation starts unclipped, as the reference does. 3: SmallCNN's
-# convolutions start from Kaiming fan_in, as the reference.
-TRAINING_CODE = 3
+# convolutions start from Kaiming fan_in, as the reference. 4: TRADES's KL is differentiated through the clean
+# log-probabilities (the same value; no NaN gradient where the clean softmax underflows).
+TRAINING_CODE = 4
 LABELS = {"vanilla": "Vanilla", "pgd_at": "PGD-AT", "trades": "TRADES", "sns_pgd_at": "SNS (PGD-AT)",
           "sns_trades": "SNS (TRADES)"}
 
@@ -65,20 +66,24 @@ def _spec(name: str) -> dict:
                      f"({', '.join(training.METHODS)}), got {name!r}")
 
 
-def model_key(dataset: str, arch: str, name: str, seed: int, **train_args) -> tuple[dict, str]:
+def model_key(dataset: str, arch: str, name: str, seed: int, *, start: str | None = None,
+              **train_args) -> tuple[dict, str]:
     """(params, key): what defines a trained model and its hash.
 
     The training part is :func:`nslib.training.identity`, the same dict training's resume check compares,
     so the cache and the resume check always agree: arguments a method does not read (attack settings for
-    vanilla, lam/k for non-SNS runs, beta outside TRADES) never split the cache nor block a resume.
+    vanilla, lam/k for non-SNS runs, beta outside TRADES) never split the cache nor block a resume. ``start``:
+    the key of the model whose weights the run starts from (None: from scratch, and no entry in params).
     """
     cfg = training.TrainConfig(**_spec(name), seed=int(seed), **train_args)
     params = {"dataset": dataset, "arch": arch, "name": name, "training_code": TRAINING_CODE, **training.identity(cfg)}
+    if start is not None:
+        params["start"] = start
     return params, params_key(params)
 
 
 def get_model(dataset: str, arch: str, name: str, seed: int = 0, *, checkpoint: str = "best",
-              progress: bool = True, **train_args):
+              progress: bool = True, start: dict | None = None, **train_args):
     """A trained model from the cache, training (or resuming) it first when needed: ``(model, info)``.
 
     Args:
@@ -88,6 +93,10 @@ def get_model(dataset: str, arch: str, name: str, seed: int = 0, *, checkpoint: 
         checkpoint: "best" (the epoch with the best validation robust accuracy, clean accuracy for
             vanilla: early stopping against robust overfitting; what the analyses use) or "last".
         progress: tqdm bars while training.
+        start: None (from scratch: seeded initial weights) or ``{"name": ..., "args": {...}}``: the run starts from
+            the weights (best checkpoint) of the model :func:`get_model` gives for that name, the same seed and
+            those arguments (trained first when missing); its key joins this model's (params["start"]).
+            :attr:`nslib.repro.config.Settings.start_args` gives it.
         train_args: any other argument of :func:`nslib.training.train` (epochs, n_train, lam, k, ...).
 
     Returns:
@@ -96,19 +105,21 @@ def get_model(dataset: str, arch: str, name: str, seed: int = 0, *, checkpoint: 
         history (per-epoch records), best (the best epoch's record), params, train_s (seconds spent
         training in this call; 0 when cached).
 
-    Raises: ValueError naming the run folder when training diverged (:func:`nslib.training.train`: status
-    "diverged"); such a run is never served. A checkpoint that cannot be read is set aside
+    Raises: :class:`Diverged` (a ValueError) naming the run folder when training diverged
+    (:func:`nslib.training.train`: status "diverged"); such a run is never served. A checkpoint that cannot be read is set aside
     (``last.pt.unreadable-TIME``) and the model trained again, with one line on stderr saying so.
 
     Usage: ``model, info = get_model("fmnist", "smallcnn", "sns_pgd_at", seed=0, lam=0.01, epochs=2)``
     """
     if checkpoint not in ("best", "last"):
         raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
-    params, key = model_key(dataset, arch, name, seed, **train_args)
+    init = None
+    if start is not None:  # the starting model first (outside this model's lock: it has its own)
+        init, init_info = get_model(dataset, arch, start["name"], seed, progress=progress, **start["args"])
+    params, key = model_key(dataset, arch, name, seed, start=None if init is None else init_info["key"], **train_args)
     out = outputs_dir("models", dataset, name, key)
     with _claim(out):  # another run sharing outputs/ that wants this model waits here, then finds it done
-        torch.manual_seed(seed)
-        model = models_mod.build(arch, dataset)
+        model = _initial(arch, dataset, seed, init)
         t0 = time.perf_counter()
         try:
             result, model, which = _train_and_load(model, dataset, name, out, checkpoint, seed, progress, train_args)
@@ -116,8 +127,7 @@ def get_model(dataset: str, arch: str, name: str, seed: int = 0, *, checkpoint: 
             moved = _set_aside(out)
             print(f"nslib: {err}; moved aside ({', '.join(p.name for p in moved)}), training {name} seed {seed} "
                   f"again", file=sys.stderr, flush=True)
-            torch.manual_seed(seed)
-            model = models_mod.build(arch, dataset)
+            model = _initial(arch, dataset, seed, init)
             result, model, which = _train_and_load(model, dataset, name, out, checkpoint, seed, progress, train_args)
         train_s = time.perf_counter() - t0
         save_json(out / "params.json", params)
@@ -126,6 +136,20 @@ def get_model(dataset: str, arch: str, name: str, seed: int = 0, *, checkpoint: 
             "history": result["history"], "best": result["best"], "params": params,
             "train_s": train_s if train_s > 1.0 else 0.0}
     return model, info
+
+
+class Diverged(ValueError):
+    """A training run that diverged (non-finite or exploding loss): never served as a model. SNS's lambda choice
+    (:mod:`nslib.repro.zoo`) counts it as a failure of that lambda, as a collapse."""
+
+
+def _initial(arch: str, dataset: str, seed: int, init=None):
+    """The model a run starts from: built under ``seed``, then given ``init``'s weights when there is one."""
+    torch.manual_seed(seed)
+    model = models_mod.build(arch, dataset)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    return model
 
 
 @contextlib.contextmanager
@@ -153,7 +177,7 @@ def _train_and_load(model, dataset, name: str, out: Path, checkpoint: str, seed:
         result = training.train(model, dataset, seed=seed, out_dir=out, progress=progress, **_spec(name), **train_args)
     if result["status"] == "diverged":
         last = result["history"][-1] if result["history"] else {}
-        raise ValueError(f"the {name} run in {out} diverged at epoch {last.get('epoch')} (train loss "
+        raise Diverged(f"the {name} run in {out} diverged at epoch {last.get('epoch')} (train loss "
                          f"{last.get('train_loss', float('nan')):.3g}): it is not a model; lower lr (--set lr=...) "
                          f"and run again")
     which = checkpoint if (out / f"{checkpoint}.pt").exists() else "last"
@@ -239,18 +263,19 @@ def c1_models(dataset: str, arch: str, seeds, scales, *, eps: float, progress: b
     near 0, the four robust models tied within their intervals), so a rank correlation over them mostly
     measures noise. A model trained at a smaller radius is robust in between. Each is trained or loaded by
     :func:`nslib.repro.cache.get_model` with ``train_args`` (those of the other models), its radius and a
-    training step scaled with it (2.5 * radius / steps, as :attr:`nslib.repro.config.Settings.alpha`).
+    training step scaled with it (the others' step times ``scale``; 2.5 * radius / steps for the dataset's PGD).
 
     Returns ``{(name, seed): (model, info)}``: names (ids) ``"pgd_at@0.5eps"``, ``info["name"]`` the same and
     ``info["label"]`` "PGD-AT (0.5 eps)", both computed from the scale (never parsed back).
     Usage: ``c1_models("fmnist", "smallcnn", [0, 1, 2], [0.5], eps=0.1, epochs=2, n_train=12000)``
     """
     steps = train_args.get("attack_steps") or training.ATTACK_DEFAULTS.get(dataset, {}).get("steps", 10)
+    alpha = train_args.get("alpha") or 2.5 * eps / steps  # the other models' step (None: the dataset's PGD)
     out = {}
     for scale in scales:
         if not 0 < scale < 1:
             raise ValueError(f"scales must be fractions of eps in (0, 1) (a smaller training radius), got {scale!r}")
-        args = {**train_args, "eps": scale * eps, "alpha": 2.5 * scale * eps / steps}
+        args = {**train_args, "eps": scale * eps, "alpha": alpha * scale}
         name = f"pgd_at@{scale:g}eps"
         for s in seeds:
             model, info = get_model(dataset, arch, "pgd_at", s, progress=progress, **args)

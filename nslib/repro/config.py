@@ -148,6 +148,12 @@ KNOBS: dict[str, Knob] = {
                train=True),
     "attack_steps": Knob(3, _int(1, optional=True), "PGD steps of the training attack (None: the dataset's default)",
                          train=True),
+    "step_scale": Knob(2.5, _real(0, 10, low_open=True),
+                       "the training attack's step as a multiple of eps / attack_steps (2.5: PGD reaches the ball's "
+                       "edge from anywhere; 1.25 with 1 step: FGSM with a random start, FGSM-RS, Wong et al. 2020)"),
+    "start": Knob("scratch", _choice(("vanilla", "scratch")),
+                  'where the robust models (PGD-AT, TRADES, SNS) start: "vanilla", the weights of the same seed\'s '
+                  'vanilla model (fine-tuned: the same start for a base and its SNS), or "scratch"'),
     "eps_warmup_epochs": Knob(0, _int(0), "epochs over which the training eps ramps up linearly from 0", train=True),
     "val_size": Knob(500, _int(1), "validation images held out of the training data", train=True),
     "val_n_adv": Knob(200, _int(0), "validation images attacked after each epoch: picks the best checkpoint",
@@ -231,34 +237,50 @@ class _Derived:
 
     @property
     def alpha(self) -> float | None:
-        """Step of the training attack: None (the dataset's default step) with the dataset's eps and steps;
-        otherwise 2.5 * eps / steps, so that a short attack (or a larger eps) still reaches the ball's edge."""
+        """Step of the training attack: None (the dataset's default step) with the dataset's eps and steps and the
+        default step_scale; otherwise step_scale * eps / steps (2.5: a short attack, or a larger eps, still reaches
+        the ball's edge; 1.25 with one step: FGSM-RS)."""
         default = ATTACK_DEFAULTS.get(self.dataset, {})
         steps = self.attack_steps if self.attack_steps is not None else default.get("steps", 10)
-        if self.eps == default.get("eps") and steps == default.get("steps"):
+        if self.eps == default.get("eps") and steps == default.get("steps") and self.step_scale == KNOBS["step_scale"].default:
             return None
-        return 2.5 * self.eps / steps
+        return self.step_scale * self.eps / steps
 
     @property
     def train_args(self) -> dict:
-        """Keyword arguments of :func:`nslib.repro.cache.get_model` (and so of :func:`nslib.training.train`):
-        every knob declared ``train=True``, the derived ``alpha``, and ``eps`` when it is not the dataset's."""
+        """Keyword arguments of :func:`nslib.repro.cache.get_model` (and so, but ``start``, of
+        :func:`nslib.training.train`): every knob declared ``train=True``, the derived ``alpha``, ``eps`` when it is
+        not the dataset's, and ``start`` (:attr:`start_args`: the model the robust models start from, or None)."""
         args = {name: getattr(self, name) for name, knob in KNOBS.items() if knob.train}
         if args["lam"] is None:  # chosen on validation per base (nslib.repro.zoo), not one value for all
             del args["lam"]
         args["alpha"] = self.alpha
         if self.eps != ATTACK_DEFAULTS.get(self.dataset, {}).get("eps"):
             args["eps"] = self.eps  # the dataset's radius is train()'s own default: keep the cache key as it was
+        args["start"] = self.start_args
         return args
 
     @property
     def vanilla_args(self) -> dict:
         """What the vanilla model trains with instead of :attr:`train_args` (``vanilla`` of
-        :func:`nslib.repro.cache.get_models`): its own epochs and, when ``vanilla_n_train`` is set, its own images."""
-        out = {"epochs": self.vanilla_epochs}
+        :func:`nslib.repro.cache.get_models`): its own epochs and, when ``vanilla_n_train`` is set, its own images;
+        it starts from scratch."""
+        out = {"epochs": self.vanilla_epochs, "start": None}
         if self.vanilla_n_train is not None:
             out["n_train"] = None if self.vanilla_n_train == "all" else self.vanilla_n_train
         return out
+
+    @property
+    def start_args(self) -> dict | None:
+        """``start`` of :func:`nslib.repro.cache.get_model`: ``{"name": "vanilla", "args": its training arguments}``
+        when the robust models start from the same seed's vanilla model, None from scratch."""
+        if self.start == "scratch":
+            return None
+        args = {name: getattr(self, name) for name, knob in KNOBS.items() if knob.train and name != "lam"}
+        args["alpha"] = self.alpha
+        if self.eps != ATTACK_DEFAULTS.get(self.dataset, {}).get("eps"):
+            args["eps"] = self.eps
+        return {"name": "vanilla", "args": {**args, **self.vanilla_args}}
 
     def as_dict(self) -> dict:
         """Every knob and the derived alpha, JSON-ready (recorded with each result)."""

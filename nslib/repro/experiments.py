@@ -27,9 +27,9 @@ from nslib import attacks
 from nslib.repro.cache import adversarial_pairs, label
 from nslib.evaluate import accuracy_on
 from nslib.sensitivity import capture, neuron_sensitivity, resolve_k, sensitivity_variants, top_k
-from nslib.verdicts import compare
+from nslib.verdicts import compare, correlation
 
-__all__ = ["sensitivity_study", "spearman", "c1_c4_comparisons", "of_claim", "c1_ties", "c2_comparisons",
+__all__ = ["sensitivity_study", "c1_c4_comparisons", "of_claim", "c1_ties", "c2_comparisons",
            "map_similarity", "in_range", "sensitivity_numbers", "curve_numbers"]
 
 
@@ -74,27 +74,6 @@ def sensitivity_study(models: dict, infos: dict, x: torch.Tensor, y: torch.Tenso
     return out
 
 
-def spearman(a, b) -> float:
-    """Spearman rank correlation of two equal-length sequences (average ranks for ties)."""
-    def ranks(v):
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(v):
-            j = i
-            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for t in range(i, j + 1):
-                r[order[t]] = (i + j) / 2
-            i = j + 1
-        return r
-    ra, rb = ranks(list(a)), ranks(list(b))
-    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
-    cov = sum((p - ma) * (q - mb) for p, q in zip(ra, rb))
-    den = math.sqrt(sum((p - ma) ** 2 for p in ra) * sum((q - mb) ** 2 for q in rb))
-    return cov / den if den > 0 else 0.0
-
-
 _VARIANT_NAMES = {"abs": "absolute", "rel": "relative (ratio of means)",
                   "rel_pairs": "relative (mean of per-pair ratios, the authors' toolbox)"}
 
@@ -129,16 +108,14 @@ def c1_c4_comparisons(studies: dict, baselines=("pgd_at", "trades"), reference: 
             out.append(compare(a, b, margin=margins["sensitivity"], what=what, unit="log ratio",
                                names=(f"log {ref}", f"log {first[base]['label']}"), role=role,
                                key={"claim": "C4", "model": reference, "base": base, "variant": variant, "pairs": pairs}))
+    names = list(first)
     for variant in ("abs", "rel"):
-        rhos = []
-        for s in seeds:
-            names = list(studies[s])
-            rhos.append(spearman([studies[s][n]["adv"]["accuracy"] for n in names],
-                                 [studies[s][n]["mean"][variant] for n in names]))
-        out.append(compare([-r for r in rhos], [0.0] * len(rhos), margin=margins["correlation"], unit="correlation",
-                           what=f"-Spearman(robust accuracy, mean {_VARIANT_NAMES[variant].split(' (')[0]} "
-                                f"sensitivity) > 0 across {len(first)} models",
-                           names=("-Spearman", "zero"), key={"claim": "C1", "variant": variant}))
+        acc = [[studies[s][n]["adv"]["accuracy"] for n in names] for s in seeds]
+        sig = [[studies[s][n]["mean"][variant] for n in names] for s in seeds]
+        out.append(correlation(acc, sig, sign=-1, margin=margins["correlation"],
+                               what=f"-Spearman(robust accuracy, mean {_VARIANT_NAMES[variant].split(' (')[0]} "
+                                    f"sensitivity) > 0 across {len(first)} models",
+                               names=("-Spearman", "zero"), key={"claim": "C1", "variant": variant}))
     return out
 
 

@@ -22,8 +22,14 @@ from nslib.evaluate import accuracy_on
 from nslib.repro.cache import adversarial_pairs, get_model, label
 from nslib.verdicts import compare
 
-__all__ = ["l2_radius", "e3_suite", "row_label", "more_restarts", "evaluate_model", "ablation", "sanity_checks",
-           "c3_comparisons", "mean_rows"]
+__all__ = ["l2_radius", "e3_suite", "row_label", "more_restarts", "evaluate_model", "worst_case", "ablation",
+           "sanity_checks", "masking_checks", "masking_flags", "MASKING", "c3_comparisons", "mean_rows"]
+
+# The masking check on every (model, seed) of C3 (:func:`masking_checks`), fixed before any run: AutoAttack may leave
+# at most AA_GAP less accuracy than the PGD runs on the same images (a bigger gap: PGD's gradients are masked), and
+# the long PGD run may leave at most LONGER_PGD more than the short one on the same images (its random starts differ:
+# 1 point of coin flips; a masked model leaves tens of points more).
+MASKING = {"aa_gap": 0.04, "longer_pgd": 0.01}
 
 
 def l2_radius(eps: float, pixels: int) -> float:
@@ -45,6 +51,8 @@ def e3_suite(cfg, pixels: int) -> list[dict]:
     aa = {"attack": "autoattack", "eps": eps, "version": cfg.aa_version,
           **({"attacks": list(cfg.aa_attacks)} if cfg.aa_version == "custom" else {}),
           **({"restarts": cfg.aa_restarts} if cfg.aa_restarts is not None else {})}
+    # light: run on every seed and for Vanilla; every_seed: run on every seed of the robust models (AutoAttack, the
+    # masking check's reference); "worst": per example, the worst case over the rows every seed runs (C3's judged row)
     return [
         {"id": "clean", "attack": None, "light": True},
         {"id": "pgd", "attack": pairs, "pairs": "own", "light": True},
@@ -55,13 +63,16 @@ def e3_suite(cfg, pixels: int) -> list[dict]:
         {"id": "fmn_l2", "attack": {"attack": "fmn", "steps": cfg.fmn_steps, "radius": radius}, "n": cfg.l2_n},
         {"id": "pgd_l2", "attack": {"attack": "pgd", "norm": "l2", "eps": radius, "steps": cfg.pgd_l2_steps,
                                     "restarts": cfg.pgd_l2_restarts}, "n": cfg.l2_n},
-        {"id": "autoattack", "attack": aa, "n": cfg.aa_n},
+        {"id": "autoattack", "attack": aa, "n": cfg.aa_n, "every_seed": True},
         {"id": "transfer", "attack": pairs, "pairs": "vanilla", "light": True},
+        {"id": "worst", "attack": None, "of": ["pgd", "pgd_restarts", "fgsm", "autoattack", "transfer"], "light": True},
     ]
 
 
 def row_label(row: dict) -> str:
     """What a person reads for an E3 row: "clean", "transfer", or the attack's label from its parameters."""
+    if row.get("of"):
+        return "worst case"
     if row["attack"] is None:
         return "clean"
     return "transfer" if row.get("pairs") == "vanilla" else evaluate.attack_label(row["attack"])
@@ -105,17 +116,24 @@ def more_restarts(model, x: torch.Tensor, y: torch.Tensor, x_first: torch.Tensor
 
 
 def evaluate_model(model, x: torch.Tensor, y: torch.Tensor, suite: list[dict], *, pairs: dict, seed: int = 0,
-                   light: bool = False) -> dict:
+                   light: bool = False, every_seed: bool = True) -> dict:
     """One model under E3's ``suite`` (:func:`e3_suite`): ``{"rows": {id: row}, "aa_warnings": [...]}``.
 
     ``pairs`` maps "own" to the cached PGD pairs against the model (all of x) and "vanilla" to those against
     Vanilla (None for Vanilla itself: no transfer row). Every row holds id, label (:func:`row_label`), attack
     (its spec), accuracy, low, high (95% Wilson), n, and what its attack adds (wall_s, radius, median_l2,
-    per_attack). ``light=True`` runs only the rows marked light (Vanilla: a reference and the transfer source).
+    per_attack). ``light=True`` runs only the rows marked light, and those marked every_seed unless
+    ``every_seed=False`` (Vanilla: a reference and the transfer source). The worst-case row (``of``) is
+    :func:`worst_case` over those of its rows that ran.
     """
     rows, aa_warnings = {}, []
     for row in suite:
-        if (light and not row.get("light")) or (row.get("pairs") and pairs.get(row["pairs"]) is None):
+        if light and not (row.get("light") or (row.get("every_seed") and every_seed)):
+            continue
+        if row.get("pairs") and pairs.get(row["pairs"]) is None:
+            continue
+        if row.get("of"):
+            rows[row["id"]] = {"id": row["id"], "attack": None, **worst_case([rows[i] for i in row["of"] if i in rows])}
             continue
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -127,6 +145,50 @@ def evaluate_model(model, x: torch.Tensor, y: torch.Tensor, suite: list[dict], *
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return {"rows": rows, "aa_warnings": aa_warnings}
+
+
+def worst_case(rows: list[dict]) -> dict:
+    """Per example, the worst case over ``rows`` (each with per-example ``outcomes`` on the first ``n`` of the same
+    images; the first row covers them all): an example counts as robust only if every row that ran on it left it
+    robust. Returns accuracy, low, high, n, correct, outcomes, label ("worst case"), of (the row ids) and of_labels
+    (their labels: what the worst case was taken over for this model)."""
+    n = len(rows[0]["outcomes"])
+    worst = torch.ones(n, dtype=torch.bool)
+    for r in rows:
+        o = torch.tensor(r["outcomes"], dtype=torch.bool)
+        worst[:len(o)] &= o
+    k = int(worst.sum())
+    low, high = evaluate.wilson_interval(k, n)
+    return {"accuracy": k / n, "low": low, "high": high, "n": n, "correct": k, "outcomes": worst.int().tolist(),
+            "label": "worst case", "of": [r["id"] for r in rows], "of_labels": [r["label"] for r in rows]}
+
+
+def _share(row: dict, n: int) -> float:
+    """Accuracy of ``row`` on the first ``n`` images (its outcomes)."""
+    return sum(row["outcomes"][:n]) / n
+
+
+def masking_checks(rows: dict, *, aa_gap: float = MASKING["aa_gap"], longer_pgd: float = MASKING["longer_pgd"]) -> dict:
+    """Signs of masked gradients in one (model, seed)'s E3 ``rows`` (:func:`evaluate_model`), each on the same images:
+
+    - AutoAttack leaves at most ``aa_gap`` less accuracy than PGD with restarts (``pgd_restarts``) on its images;
+    - the long PGD run (where it ran) leaves at most ``longer_pgd`` more than the PGD pairs on its images.
+
+    Returns ``{"checks": [{"id", "text", "ok", "values"}], "ok"}``; rows that did not run are not checked."""
+    checks = []
+    if "autoattack" in rows and "pgd_restarts" in rows:
+        n = rows["autoattack"]["n"]
+        p, a = _share(rows["pgd_restarts"], n), _share(rows["autoattack"], n)
+        checks.append({"id": "aa_gap", "ok": p - a <= aa_gap + 1e-12, "values": {"pgd": p, "aa": a, "n": n},
+                       "text": f"{rows['autoattack']['label']} {100 * a:.1f}% vs {rows['pgd_restarts']['label']} "
+                               f"{100 * p:.1f}% on {n} images: gap {100 * (p - a):.1f} <= {100 * aa_gap:g} points"})
+    if "pgd_long" in rows and "pgd" in rows:
+        n = rows["pgd_long"]["n"]
+        p, q = _share(rows["pgd"], n), _share(rows["pgd_long"], n)
+        checks.append({"id": "longer_pgd", "ok": q - p <= longer_pgd + 1e-12, "values": {"pgd": p, "long": q, "n": n},
+                       "text": f"{rows['pgd_long']['label']} {100 * q:.1f}% vs {rows['pgd']['label']} {100 * p:.1f}% "
+                               f"on {n} images: not more than {100 * longer_pgd:g} point(s) above"})
+    return {"checks": checks, "ok": all(c["ok"] for c in checks)}
 
 
 def ablation(dataset: str, arch: str, name: str, values, param: str, x, y, *, eps: float, steps: int, seed: int = 0,
@@ -188,15 +250,18 @@ def sanity_checks(model, x: torch.Tensor, y: torch.Tensor, rows: dict, *, eps: f
 
 
 def c3_comparisons(evals: dict, seeds, pairs=(("sns_pgd_at", "pgd_at"), ("sns_trades", "trades")), *,
-                   margin: float, judged=("pgd_restarts", "transfer"),
-                   reported=("pgd", "autoattack", "pgd_long", "mim", "fmn_l2")) -> list[dict]:
+                   margin: float, judged=("worst", "transfer"),
+                   reported=("pgd_restarts", "pgd", "autoattack", "pgd_long", "mim", "fmn_l2"), flags=None) -> list[dict]:
     """C3 from ``evals[(name, seed)]["rows"]`` (keyed by row id): SNS above its base, paired on the same test
     images and attack seeds (each row's per-example ``outcomes``), with ``margin`` in accuracy.
 
-    Judged over ``seeds`` on the ``judged`` rows (PGD with restarts and transfer from Vanilla, on every test
-    image); reported beside them as controls, each over the seeds that ran it, the ``reported`` rows (one PGD
-    run, AutoAttack, the long PGD run, ... on their subsets; a row no seed ran is left out). Returns a list of
-    :func:`nslib.verdicts.compare` dicts with ids {"claim": "C3", "model", "base", "row"} and roles."""
+    Judged over ``seeds`` on the ``judged`` rows (the per-example worst case over the attacks every seed runs, and
+    transfer from Vanilla, on every test image); reported beside them as controls, each over the seeds that ran
+    it, the ``reported`` rows (PGD with restarts, one PGD run, AutoAttack, the long PGD run, ... on their subsets;
+    a row no seed ran is left out). ``flags``: ``{(name, seed): [what failed]}`` from :func:`masking_checks`; a
+    comparison on a flagged model is inconclusive, and its reason says which model, seed and check. Returns a
+    list of :func:`nslib.verdicts.compare` dicts with ids {"claim": "C3", "model", "base", "row"} and roles."""
+    flags = flags or {}
     out = []
     for sns, base in pairs:
         for role, row_ids in (("judged", judged), ("control", reported)):
@@ -208,11 +273,26 @@ def c3_comparisons(evals: dict, seeds, pairs=(("sns_pgd_at", "pgd_at"), ("sns_tr
                     continue
                 ra = [evals[(sns, s)]["rows"][row] for s in ran]
                 rb = [evals[(base, s)]["rows"][row] for s in ran]
-                out.append(compare(
+                c = compare(
                     [r["outcomes"] for r in ra], [r["outcomes"] for r in rb], margin=margin, unit="accuracy",
                     what=f"{label(sns)} > {label(base)}, {ra[0]['label']} accuracy", names=(label(sns), label(base)),
-                    role=role, key={"claim": "C3", "model": sns, "base": base, "row": row}))
+                    role=role, key={"claim": "C3", "model": sns, "base": base, "row": row})
+                flagged = [f"{label(m)} seed {s} ({'; '.join(flags[(m, s)])})" for s in ran for m in (sns, base)
+                           if flags.get((m, s))]
+                if flagged and c["n_seeds"] > 1:
+                    c.update(verdict="inconclusive", flagged=flagged,
+                             reason="a model compared shows masked gradients: " + ", ".join(flagged)
+                                    + f" (the verdict by the interval alone: {c['verdict']})")
+                out.append(c)
     return out
+
+
+def masking_flags(evals: dict, names, seeds) -> dict:
+    """``{(name, seed): [ids of the failed checks]}`` of :func:`masking_checks` for every (name, seed) of ``evals``
+    among ``names`` and ``seeds`` (empty lists where every check passed), and the checks themselves:
+    ``(flags, {(name, seed): masking_checks result})``."""
+    results = {(n, s): masking_checks(evals[(n, s)]["rows"]) for n in names for s in seeds if (n, s) in evals}
+    return {k: [c["id"] for c in r["checks"] if not c["ok"]] for k, r in results.items()}, results
 
 
 def mean_rows(evals: dict, name: str, seeds) -> dict:

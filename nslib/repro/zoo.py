@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from nslib.evaluate import wilson_interval
 from nslib.progress import bar
-from nslib.repro.cache import MODELS, get_model, label
+from nslib.repro.cache import MODELS, Diverged, get_model, label
 
 __all__ = ["sns_models", "lam_curve", "curve_rows", "main_models"]
 
@@ -37,7 +37,7 @@ def _args(cfg, name: str, lam: float | None = None) -> dict:
 
 def _validation_row(lam: float, info: dict, n_val: int, n_adv: int) -> dict:
     best = info["best"] or {}
-    row = {"lam": lam, "status": info["status"], "collapsed": info["status"] == "collapsed", "n_val": n_val,
+    row = {"lam": lam, "status": info["status"], "collapsed": info["status"] != "done", "n_val": n_val,
            "n_adv": n_adv, "val_clean": best.get("val_clean"), "val_pgd": best.get("val_pgd")}
     for key, n in (("val_clean", n_val), ("val_pgd", n_adv)):
         row[key + "_ci"] = None if row[key] is None else wilson_interval(round(row[key] * n), n)
@@ -45,8 +45,16 @@ def _validation_row(lam: float, info: dict, n_val: int, n_adv: int) -> dict:
 
 
 def _get(cfg, name: str, seed: int, args: dict, progress: bool, models=None):
-    """:func:`get_model`, counted on the ``models`` bar: one done when it trained, one skipped when it was cached."""
-    model, info = get_model(cfg.dataset, cfg.arch, name, seed, progress=progress, **args)
+    """:func:`get_model`, counted on the ``models`` bar: one done when it trained, one skipped when it was cached.
+    An SNS run that diverged comes back as ``(None, {"status": "diverged", ...})``: a failure of its lambda, as a
+    collapse (any other model that diverges stops the run with get_model's message)."""
+    try:
+        model, info = get_model(cfg.dataset, cfg.arch, name, seed, progress=progress, **args)
+    except Diverged as err:
+        if name not in sns_models([name]):
+            raise
+        model, info = None, {"name": name, "label": label(name), "status": "diverged", "collapsed": True,
+                             "best": None, "history": [], "why": str(err), "train_s": 1.0}
     if models is not None:
         models.update(1) if info.get("train_s") else models.skip(1)
     return model, info
@@ -58,8 +66,10 @@ def lam_curve(cfg, name: str, *, progress: bool = True, models=None) -> dict:
 
     Returns ``{"name", "base", "seed", "lam" (the chosen value), "fixed" (True when cfg.lam was given: no
     choice made), "rows": [{"lam", "status", "collapsed", "n_val", "n_adv", "val_clean", "val_pgd", and their 95%
-    Wilson intervals "val_clean_ci", "val_pgd_ci"}]}`` (rows empty when fixed). The chosen lambda has the highest
-    validation robust accuracy among the runs that did not collapse (ties: the smaller lambda).
+    Wilson intervals "val_clean_ci", "val_pgd_ci"}], "rejected": []}`` (rows empty when fixed). The chosen lambda
+    has the highest validation robust accuracy among the runs that did not collapse (ties: the smaller lambda);
+    :func:`main_models` rejects it (``rejected``: ``{"lam", "seeds"}``) and takes the next when it collapses on any
+    other seed.
 
     Raises: ValueError naming lam_grid when SNS collapsed at every value.
     """
@@ -73,12 +83,22 @@ def lam_curve(cfg, name: str, *, progress: bool = True, models=None) -> dict:
     for lam in cfg.lam_grid:
         _, info = _get(cfg, name, seed, _args(cfg, name, lam), progress, models)
         out["rows"].append(_validation_row(lam, info, n_val, n_adv))
-    usable = [r for r in out["rows"][1:] if r["status"] == "done" and r["val_pgd"] is not None]
-    if not usable:
-        raise ValueError(f"lam_grid must hold a lambda at which {label(name)} trains without collapse on "
-                         f"{cfg.dataset}; it collapsed at every value of {list(cfg.lam_grid)}")
-    out["lam"] = max(usable, key=lambda r: (r["val_pgd"], -r["lam"]))["lam"]
+    out["rejected"] = []
+    out["lam"] = _best(out, cfg)
     return out
+
+
+def _best(curve: dict, cfg) -> float:
+    """The lambda of ``curve`` with the highest validation robust accuracy (ties: the smaller) among the runs that
+    did not collapse and were not rejected (collapsed on another seed: ``curve["rejected"]``)."""
+    rejected = {r["lam"] for r in curve.get("rejected", [])}
+    usable = [r for r in curve["rows"][1:] if r["status"] == "done" and r["val_pgd"] is not None
+              and r["lam"] not in rejected]
+    if not usable:
+        raise ValueError(f"lam_grid must hold a lambda at which {label(curve['name'])} trains without collapse on "
+                         f"{cfg.dataset} on every seed; none of {list(cfg.lam_grid)} does"
+                         + (f" (collapsed on other seeds: {sorted(rejected)})" if rejected else ""))
+    return max(usable, key=lambda r: (r["val_pgd"], -r["lam"]))["lam"]
 
 
 def curve_rows(curve: dict, steps: int) -> list[dict]:
@@ -103,10 +123,30 @@ def main_models(cfg, names=None, seeds=None, *, extra_seeds=(), progress: bool =
     seeds = list(cfg.seeds if seeds is None else seeds)
     extra = [s for s in extra_seeds if s not in seeds]
     runs = [(n, s) for s in seeds for n in names] + [(n, s) for s in extra for n in names if n != "vanilla"]
+    # the vanilla models the robust ones start from (cfg.start), every seed's, first (also the extra seeds')
+    starts = [s for s in seeds + extra if cfg.start_args is not None and any(n != "vanilla" for n in names)]
     sns = sns_models(names)
     curve_runs = 0 if cfg.lam is not None else len(sns) * (1 + len(cfg.lam_grid))
-    with bar(total=curve_runs + len(runs), desc="models", disable=not progress, overall=True) as models:
+    with bar(total=len(starts) + curve_runs + len(runs), desc="models", disable=not progress, overall=True) as models:
+        for s in starts:
+            _get(cfg, "vanilla", s, _args(cfg, "vanilla"), progress, models)
         curves = {n: lam_curve(cfg, n, progress=progress, models=models) for n in sns}
         trained = {(n, s): _get(cfg, n, s, _args(cfg, n, curves[n]["lam"] if n in curves else None), progress, models)
                    for n, s in runs}
+        # A lambda at which SNS collapses (or diverges) on any seed of c3_seeds is not chosen: the next best is. Every
+        # notebook checks the same seeds (loading C3's from the cache when it does not analyse them), so all choose
+        # the same lambda.
+        for n in sns if cfg.lam is None else ():
+            check = [s for s in dict.fromkeys([*seeds, *extra, *cfg.c3_seeds]) if (n, s) not in trained]
+            more = {(n, s): _get(cfg, n, s, _args(cfg, n, curves[n]["lam"]), progress) for s in check}
+            while bad := [s for (m, s), (_, info) in {**trained, **more}.items() if m == n and info["status"] != "done"]:
+                curves[n]["rejected"].append({"lam": curves[n]["lam"], "seeds": sorted(bad)})
+                curves[n]["lam"] = _best(curves[n], cfg)
+                again = [s for m, s in runs if m == n]
+                models.total = (models.total or 0) + len(again)
+                trained.update({(n, s): _get(cfg, n, s, _args(cfg, n, curves[n]["lam"]), progress, models) for s in again})
+                more = {(n, s): _get(cfg, n, s, _args(cfg, n, curves[n]["lam"]), progress) for s in check}
+    failed = [info for _, info in trained.values() if info["status"] == "diverged"]  # lambda fixed by the settings
+    if failed:
+        raise Diverged(failed[0]["why"])
     return trained, curves
