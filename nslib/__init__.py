@@ -1,6 +1,13 @@
 """nslib: neuron sensitivity, adversarial attacks and robust training (Zhang, Liu et al., IEEE TIP 2021).
 
-Modules: data, models, attacks, sensitivity, intervention, training, evaluate, viz, run.
+Modules: data, models, attacks, sensitivity, intervention, training, evaluate, comparison, verdicts, viz, run.
 Import what you need: ``from nslib import attacks, sensitivity``.
 """
 __version__ = "0.1.0"
+
+
+def compare(paths_a, paths_b, **kwargs) -> dict:
+    """Is model A more robust than model B: :func:`nslib.comparison.compare` of two ``nslib evaluate`` outputs
+    (imported here on first use). Usage: ``nslib.compare("eval/at", "eval/trades", margin=0.01)``."""
+    from nslib.comparison import compare as _compare
+    return _compare(paths_a, paths_b, **kwargs)

@@ -1,10 +1,10 @@
-"""Command line: ``python -m nslib {reproduce,analyze,train,evaluate,bench} ...`` (also installed as ``nslib``)."""
+"""Command line: ``python -m nslib {reproduce,analyze,train,evaluate,compare,bench} ...`` (also installed as ``nslib``)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from nslib import analyze, bench as bench_mod, checks, evaluate_cmd, train_cmd
+from nslib import analyze, bench as bench_mod, checks, comparison, evaluate_cmd, train_cmd
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,13 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     ana.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     ana.add_argument("--precision", default="auto", help="auto (bf16 attacks where the hardware computes bf16: CUDA, AVX512-BF16/AMX CPUs), fp32 or bf16; sigma is fp32")
     ana.add_argument("--out", default=None, help="output folder (default: outputs/analysis/<model>-<data>)")
-    ana.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    ana.add_argument("--force", action="store_true", help="replace a non-empty --out (only a folder of nslib's own "
+                                                           "results: its manifest lists every file)")
+    ana.add_argument("--quiet", action="store_true", help="no progress bars")
 
     # the train and evaluate flags live with their commands; every command runs under torchrun too
     train_cmd.add_arguments(sub.add_parser("train", help="train a model (standard, PGD-AT, TRADES, SNS, yours) "
                                                          "-> last.pt, best.pt, history.json"))
     evaluate_cmd.add_arguments(sub.add_parser("evaluate", help="clean, FGSM, PGD, MIM, FMN/PGD-L2, AutoAttack with "
                                                                "intervals and per-example outcomes"))
+    comparison.add_arguments(sub.add_parser("compare", help="is A more robust than B? two evaluate outputs compared "
+                                                            "image by image: differences with 95% intervals, verdicts"))
     bench = sub.add_parser("bench", help="speed benchmarks against an anchor run in the same process")
     bench.add_argument("what", choices=("attacks", "sensitivity", "training"))
     bench.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -64,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.k >= 1 and float(args.k).is_integer():  # a whole count; 1.5 stays a float and is refused
             args.k = int(args.k)
         return analyze.main(args)
+    if args.command == "compare":
+        return comparison.main(args)
     if args.command in ("train", "evaluate"):
         return (train_cmd if args.command == "train" else evaluate_cmd).main(args)
     try:

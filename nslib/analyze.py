@@ -41,8 +41,8 @@ from nslib.evaluate import accuracy_on
 from nslib.progress import bar
 from nslib.specs import check_fit, dataset_of, load_data, load_model  # noqa: F401  (analyze.load_model stays public)
 from nslib.sensitivity import layer_summary, pick_map_layer, sensitivity_variants, top_k
-from nslib.store import (atomic_write_bytes, check_result_dir, new_result_dir, outputs_dir, provenance, replace_dir,
-                         save_json, write_manifest)
+from nslib.store import (atomic_write_bytes, check_result_dir, claim, new_result_dir, outputs_dir, provenance,
+                         remove_orphan_result_temps, replace_dir, save_json, write_manifest)
 
 __all__ = ["load_model", "load_data", "dataset_of", "check_fit", "pair_attacks", "analyze", "main"]
 
@@ -61,7 +61,7 @@ def pair_attacks() -> list[str]:
 # ----------------------------------------------------------------------------------------------------
 # the analysis
 
-def _pairs(model, x, y, *, attack, eps, steps, seed, amp) -> torch.Tensor:
+def _pairs(model, x, y, *, attack, eps, steps, seed, amp, progress: bool = True) -> torch.Tensor:
     """PGD: the reproduction's pairs (so a kit checkpoint gives notebook 02's numbers); any other fixed-radius
     attack of :data:`nslib.evaluate.ATTACKS` at its defaults (AutoAttack: standard)."""
     if attack == "pgd" and distributed.active():  # pgd_pairs' batches dealt to the ranks, each seeded as there
@@ -70,7 +70,7 @@ def _pairs(model, x, y, *, attack, eps, steps, seed, amp) -> torch.Tensor:
             model, x[i:i + bs], y[i:i + bs], eps=eps, steps=steps, seed=seed + i, amp=amp)
             for i in distributed.my_batches(len(x), bs)}))
     if attack == "pgd":
-        return attacks.pgd_pairs(model, x, y, eps=eps, steps=steps, seed=seed, amp=amp, progress=True)
+        return attacks.pgd_pairs(model, x, y, eps=eps, steps=steps, seed=seed, amp=amp, progress=progress)
     return evaluate.craft(model, x, y, {"attack": attack, "eps": eps}, seed=seed)
 
 
@@ -89,14 +89,14 @@ def _layer_rows(sigma: dict, rel: dict, dead: dict, k) -> list[dict]:
 
 def analyze(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, out_dir, attack: str = "pgd",
             steps: int = 20, layers=None, k=0.1, ks=(0.05, 0.1, 0.25), seeds=(0, 1, 2), seed: int = 0,
-            amp: bool = False, force: bool = False, meta: dict | None = None) -> dict:
+            amp: bool = False, force: bool = False, meta: dict | None = None, progress: bool = True) -> dict:
     """Run the analysis of ``model`` on ``(x, y)`` and write it to ``out_dir``; returns the summary dict.
 
     Args: eps (Linf radius of the pairs, in (0, 1]); attack "pgd" (``steps`` steps, random start, step
     2.5 eps / steps; the reproduction's pairs) or "autoattack" (standard); layers (None: the default
     ones); k (top-k: int or fraction of a layer's width); ks and seeds (the intervention curves' sizes
     and random choices); seed (the attack's); amp (bf16 autocast for the attack on CUDA); force (replace
-    an existing ``out_dir``); meta (recorded with the results: the SPEC, the data name).
+    an existing ``out_dir``); meta (recorded with the results: the SPEC, the data name); progress (bars).
     Raises: ValueError naming the bad argument, before any work; nothing is written then.
     Under torchrun the PGD pairs are crafted by all ranks (:mod:`nslib.distributed`, batch for batch as one
     process crafts them); rank 0 does the rest and writes, the other ranks return None.
@@ -113,28 +113,31 @@ def analyze(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, o
         if attack == "pgd":
             _pairs(model, x, y, attack=attack, eps=eps, steps=steps, seed=seed, amp=amp)
         return None
-    tmp = new_result_dir(out, "--out")
-    try:
-        summary = _run(model, x, y, names, tmp, eps=eps, attack=attack, steps=steps, k=k, ks=ks, seeds=seeds,
-                       seed=seed, amp=amp, meta=meta or {})
-        write_manifest(tmp)
-        check_result_dir(out, force, "--out")  # again: a file may have appeared there meanwhile
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with claim(out, "--out"):  # no other command writes --out meanwhile (a second one stops with one line)
+        remove_orphan_result_temps(out)  # what a killed run left empty beside it
+        tmp = new_result_dir(out, "--out")
+        try:
+            summary = _run(model, x, y, names, tmp, eps=eps, attack=attack, steps=steps, k=k, ks=ks, seeds=seeds,
+                           seed=seed, amp=amp, meta=meta or {}, progress=progress)
+            write_manifest(tmp)
+            check_result_dir(out, force, "--out")  # again: a file may have appeared there meanwhile
+            replace_dir(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return summary
 
 
-def _run(model, x, y, names, tmp: Path, *, eps, attack, steps, k, ks, seeds, seed, amp, meta) -> dict:
+def _run(model, x, y, names, tmp: Path, *, eps, attack, steps, k, ks, seeds, seed, amp, meta, progress) -> dict:
     """The analysis proper, written into ``tmp``."""
-    x_adv = _pairs(model, x, y, attack=attack, eps=eps, steps=steps, seed=seed, amp=amp)
-    both = sensitivity_variants(model, x, {"abs": (x_adv, False), "rel": (x_adv, True)}, layers=names, progress=True)
+    x_adv = _pairs(model, x, y, attack=attack, eps=eps, steps=steps, seed=seed, amp=amp, progress=progress)
+    both = sensitivity_variants(model, x, {"abs": (x_adv, False), "rel": (x_adv, True)}, layers=names,
+                                progress=progress)
     sigma, rel = ({n: s.cpu() for n, s in both[key].items()} for key in ("abs", "rel"))  # one pass for the two
     dead = {n: s.isnan() for n, s in rel.items()}  # clean output zero on every pair: no relative sigma
     rows = _layer_rows(sigma, rel, dead, k)
     curves = {}
-    for mode in bar(("restore", "zero"), desc="interventions"):
+    for mode in bar(("restore", "zero"), desc="interventions", disable=not progress):
         curves[mode] = intervention.intervention_study(model, x, x_adv, y, layers=_spread(names, MAX_CURVES), ks=ks,
                                              modes=(mode,), seeds=seeds)[mode]
     figures = _figures(model, x, x_adv, names, sigma, rel, curves, tmp / "figures")
@@ -249,7 +252,7 @@ def main(args) -> int:
         amp = fast.autocast_dtype(args.precision, device) is not None  # the kit's rule: bf16 where hardware has it
         summary = analyze(model.to(device), x, y, eps=eps, out_dir=out, attack=args.attack, steps=args.steps,
                           layers=layers, k=args.k, seed=args.seed, amp=amp, force=args.force,
-                          meta={"model": args.model, "data": args.data})
+                          meta={"model": args.model, "data": args.data}, progress=not args.quiet)
     except (ValueError, TypeError) as e:
         if distributed.is_main():  # every rank checks the same inputs: one message
             print(f"nslib analyze: {e}", file=sys.stderr)

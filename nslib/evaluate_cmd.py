@@ -25,11 +25,11 @@ Usage::
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,12 +38,14 @@ import torch
 from nslib import attacks, checks, data as data_mod, distributed, evaluate, fast, minnorm, specs, streams
 from nslib.models import eval_mode
 from nslib.progress import bar
-from nslib.store import atomic_write_bytes, outputs_dir, provenance, save_json
+from nslib.store import (atomic_write_bytes, check_result_dir, claim, new_result_dir, outputs_dir, provenance,
+                         remove_orphan_result_temps, replace_dir, save_json, write_manifest)
 
 __all__ = ["parse_attacks", "evaluate_model", "write_results", "add_arguments", "main"]
 
 DEFAULT_ATTACKS = "fgsm,pgd-20,mim-10,fmn-l2,pgd-l2,autoattack"
-FILES = ("results.json", "results.csv", "RESULTS.md", "outcomes.csv")  # what --force may replace
+FILES = ("results.json", "results.csv", "RESULTS.md", "outcomes.csv")  # what it writes (beside its manifest)
+LEGACY = (FILES, "results.json")  # a folder of these alone, from a version without a manifest, may be replaced
 _GRAMMAR = re.compile(r"^(fgsm|pgd|mim|pgd-l2|fmn-l2|autoattack)(?:-(\d+))?$")
 _STEPS = {"pgd": 20, "mim": 10, "pgd-l2": 50, "fmn-l2": 100}
 
@@ -205,25 +207,18 @@ def _csv(header, rows) -> bytes:
     return ("\n".join([",".join(header)] + [",".join(str(v) for v in r) for r in rows]) + "\n").encode()
 
 
-def check_out(out: Path, force: bool) -> None:
-    """--out must be new, empty, or (with --force) hold only files this command writes."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in FILES)
-        if not force:
-            raise ValueError(f"--out {out} exists and is not empty; pass --force to replace its results, or another "
-                             f"--out")
-        if foreign:
-            raise ValueError(f"--out {out} holds files nslib evaluate did not write ({', '.join(foreign[:5])}); "
-                             f"--force replaces only {', '.join(FILES)}: choose another --out")
+def check_out(out, force: bool) -> Path:
+    """--out, checked before any work by the rule of every command's result folder
+    (:func:`nslib.store.check_result_dir`): new, empty, or (with --force) holding only what nslib wrote there (its
+    manifest; a folder an older nslib evaluate wrote, without one, is recognised by its files)."""
+    return check_result_dir(out, force, "--out", legacy=LEGACY)
 
 
-def write_results(out, result: dict) -> Path:
-    """All files into a temporary folder beside ``out``, then moved into place (each file atomically)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+def write_results(out, result: dict, *, force: bool = False) -> Path:
+    """Every file into a temporary folder beside ``out``, then moved into place whole (:func:`nslib.store.replace_dir`:
+    the old result stays until the new one is complete; only files nslib wrote are ever replaced)."""
+    out = check_out(out, force)
+    tmp = new_result_dir(out, "--out")
     try:
         save_json(tmp / "results.json", {k: v for k, v in result.items() if k != "outcomes"})
         cols = ["attack", "accuracy", "low", "high", "correct", "n", "median_l2", "attack_s"]
@@ -231,11 +226,9 @@ def write_results(out, result: dict) -> Path:
         atomic_write_bytes(tmp / "RESULTS.md", markdown(result).encode())
         o = result["outcomes"]
         atomic_write_bytes(tmp / "outcomes.csv", _csv(list(o), zip(*o.values())))
-        if not out.exists():
-            tmp.rename(out)
-            return out
-        for name in FILES:
-            (tmp / name).replace(out / name)
+        write_manifest(tmp)
+        check_out(out, force)  # again: a file may have appeared there meanwhile
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -259,7 +252,8 @@ def add_arguments(p) -> None:
     p.add_argument("--l2-eps", type=float, default=None, help="L2 radius of pgd-l2 and fmn-l2 (default: "
                    "2 eps sqrt(pixels) / 10, as notebook 05)")
     p.add_argument("--aa-version", default="standard", choices=("standard", "plus", "rand", "custom"))
-    p.add_argument("--aa-attacks", default="apgd-ce,apgd-dlr", help="with --aa-version custom: its attacks")
+    p.add_argument("--aa-attacks", default=None, help="with --aa-version custom: its attacks (default "
+                   "apgd-ce,apgd-dlr)")
     p.add_argument("--seed", type=int, default=0, help="the attacks' seed (batch at image i: seed + i) and the "
                    "subset's")
     p.add_argument("--batch-size", type=int, default=None, help="images per attack call (default 500 on a GPU, "
@@ -267,7 +261,9 @@ def add_arguments(p) -> None:
     specs.add_source_arguments(p)  # --workers --image-size --num-classes --mean --std --device
     p.add_argument("--precision", default="fp32", help="fp32, auto or bf16: the attacks' autocast (counting is fp32)")
     p.add_argument("--out", default=None, help="output folder (default: outputs/evaluate/<model>-<data>)")
-    p.add_argument("--force", action="store_true", help="replace the results in a non-empty --out")
+    p.add_argument("--force", action="store_true", help="replace the results in a non-empty --out (only a folder of "
+                   "nslib's own results: its manifest lists every file)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def load_source(data: str, n: int | None, seed: int, *, image_size=None) -> tuple[dict, float | None]:
@@ -289,9 +285,8 @@ def _prepare(args) -> dict:
     suite = parse_attacks(args.attacks)
     checks.check_choice(args.precision, "--precision", fast.PRECISIONS)
     n = None if args.n == 0 else checks.check_positive_int(args.n, "--n")
-    out = Path(args.out or outputs_dir("evaluate", f"{args.model.replace(':', '_').replace('/', '_')}-"
-                                                   f"{Path(args.data).name.replace(':', '_')}"))
-    check_out(out, args.force)
+    out = check_out(args.out or outputs_dir("evaluate", f"{args.model.replace(':', '_').replace('/', '_')}-"
+                                                       f"{Path(args.data).name.replace(':', '_')}"), args.force)
     source, eps = load_source(args.data, n, args.seed, image_size=args.image_size)
     model = specs.load_model(args.model, specs.dataset_of(args.data), num_classes=args.num_classes,
                                mean=args.mean, std=args.std)
@@ -309,7 +304,10 @@ def _prepare(args) -> dict:
     checks.check_labels(source["label"], len(source["label"]), classes, "--data labels",
                         why=f"the model returns {classes} logits")
     l2_eps = args.l2_eps if args.l2_eps is not None else round(2 * eps * math.sqrt(first[0][0].numel()) / 10, 3)
-    aa = {"version": args.aa_version, "attacks": [a.strip() for a in args.aa_attacks.split(",")]
+    if args.aa_attacks is not None and args.aa_version != "custom":
+        raise ValueError(f"--aa-attacks is read with --aa-version custom only (got --aa-version {args.aa_version}); "
+                         f"add --aa-version custom, or leave --aa-attacks out")
+    aa = {"version": args.aa_version, "attacks": [a.strip() for a in (args.aa_attacks or "apgd-ce,apgd-dlr").split(",")]
           if args.aa_version == "custom" else None}
     if any(s["kind"] == "autoattack" for s in suite):
         if importlib.util.find_spec("pyautoattack") is None:
@@ -320,18 +318,26 @@ def _prepare(args) -> dict:
 
 def _work(args) -> int:
     device = distributed.setup(args.device)
-    try:
-        job = _prepare(args)
-        batch_size = checks.check_positive_int(fast.attack_batch(device, args.batch_size), "--batch-size")
-        workers = checks.check_positive_int(args.workers, "--workers", minimum=0)
-        err = None
-    except (ValueError, TypeError) as e:
-        err = e
-    distributed.agree(err)
+    with contextlib.ExitStack() as held:
+        try:
+            job = _prepare(args)
+            if distributed.is_main():  # rank 0 writes: it holds --out from the checks to the end
+                held.enter_context(claim(job["out"], "--out"))
+                remove_orphan_result_temps(job["out"])  # what a killed run left empty beside it
+            batch_size = checks.check_positive_int(fast.attack_batch(device, args.batch_size), "--batch-size")
+            workers = checks.check_positive_int(args.workers, "--workers", minimum=0)
+            err = None
+        except (ValueError, TypeError) as e:
+            err = e
+        distributed.agree(err)
+        return _evaluate(args, job, device, batch_size, workers)
+
+
+def _evaluate(args, job: dict, device, batch_size: int, workers: int) -> int:
     model = job["model"].to(device)
     amp = fast.autocast_dtype(args.precision, device) is not None
     res = evaluate_model(model, job["source"], job["suite"], eps=job["eps"], l2_eps=job["l2_eps"], seed=args.seed,
-                         batch_size=batch_size, amp=amp, aa=job["aa"], workers=workers)
+                         batch_size=batch_size, amp=amp, aa=job["aa"], workers=workers, progress=not args.quiet)
     if not distributed.is_main():
         return 0
     params = {"model": args.model, "data": args.data, "n": len(job["source"]["index"]), "eps": job["eps"],
@@ -340,7 +346,7 @@ def _work(args) -> int:
               "autoattack": job["aa"]}
     result = {"params": params, "rows": res["rows"], "outcomes": res["outcomes"],
               "provenance": provenance(device, **params)}
-    out = write_results(job["out"], result)
+    out = write_results(job["out"], result, force=args.force)
     table = ", ".join(f"{r['attack']} {100 * r['accuracy']:.1f}%" for r in res["rows"])
     print(f"nslib evaluate: wrote {out}/RESULTS.md ({table})")
     return 0

@@ -36,7 +36,7 @@ from torch import nn
 from nslib import checks, data as data_mod, models as models_mod, training
 from nslib.sensitivity import capture
 
-__all__ = ["load_model", "load_data", "dataset_of", "add_source_arguments", "check_model", "check_fit"]
+__all__ = ["load_model", "load_data", "load_pt_data", "dataset_of", "add_source_arguments", "check_model", "check_fit"]
 
 
 def _state_dict(path: str) -> dict:
@@ -135,7 +135,9 @@ def load_data(name: str, n: int | None = 1000, seed: int = 0) -> tuple[torch.Ten
     if n is not None:
         n = checks.check_positive_int(n, "--n", minimum=2)  # the interventions split the pairs in two halves
     if name.endswith(".pt"):
-        x, y = _pt_data(name)
+        x, y = load_pt_data(name)
+        if n is not None and n > len(x):
+            raise ValueError(f"--n: {name} holds {len(x)} images, got {n} (0: all of them)")
         return x[:n], y[:n], None
     if name.startswith("synthetic:"):
         like = name.split(":", 1)[1]
@@ -144,12 +146,16 @@ def load_data(name: str, n: int | None = 1000, seed: int = 0) -> tuple[torch.Ten
     if name not in data_mod.DATASETS or name == "synthetic":
         raise ValueError(f"--data must be one of {', '.join(d for d in data_mod.DATASETS if d != 'synthetic')}, "
                          f"synthetic:LIKE or a .pt file, got {name!r}")
+    size = data_mod.DATASETS[name].test_size
+    if n is not None and n > size:
+        raise ValueError(f"--n: {name}'s test split holds {size:,} images, got {n} (0: all of them)")
     x, y = data_mod.test_set(name, n, seed=seed)
     return x, y, training.ATTACK_DEFAULTS.get(name, {}).get("eps")
 
 
-def _pt_data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, y)`` of a ``--data`` file: a dict with "x" and "y", or a tuple (x, y), each checked."""
+def load_pt_data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of a ``--data`` file: a dict with "x" and "y", or a tuple (x, y), each checked; a file torch cannot
+    read, or that holds anything else, is a ValueError naming --data (every command reads such files here)."""
     if not Path(name).is_file():
         raise ValueError(f"--data names a file that does not exist: {name}")
     try:

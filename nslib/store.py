@@ -10,6 +10,7 @@ target, so an interrupted run never leaves half a file and never destroys the pr
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -22,11 +23,16 @@ from typing import Any
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks (see claim)
+    fcntl = None
+
 from nslib import __version__
 
 __all__ = ["repo_root", "data_dir", "outputs_dir", "provenance", "atomic_write_bytes", "save_json",
-           "load_json", "save_torch", "params_key", "MANIFEST", "write_manifest", "check_result_dir", "new_result_dir",
-           "replace_dir", "remove_orphan_temps"]
+           "load_json", "save_torch", "params_key", "MANIFEST", "write_manifest", "claim", "check_writable",
+           "check_result_dir", "new_result_dir", "replace_dir", "remove_orphan_temps", "remove_orphan_result_temps"]
 
 MANIFEST = "nslib-manifest.json"  # what the kit wrote in a result folder: all that replacing it may remove
 
@@ -198,6 +204,61 @@ def _adopt(folder: Path, legacy) -> None:
         write_manifest(folder)
 
 
+@contextlib.contextmanager
+def claim(folder: str | os.PathLike, flag: str = "--out", *, wait: bool = False):
+    """Hold an exclusive advisory lock on the result or run folder ``folder`` (``fcntl`` on ``.NAME.lock`` beside
+    it) while a command writes it, so that two commands never write one folder at once. ``wait=False`` (the
+    commands): a folder another process holds is a ValueError naming ``flag``, before any work; ``wait=True`` (the
+    reproduction's model cache): wait for it. Released on exit, on error and when the process dies; the lock file
+    is removed on release (a waiter that locked the removed file tries again on the new one). Where ``fcntl`` is
+    missing (Windows) nothing is locked."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    path = folder.parent / f".{folder.name}.lock"
+    if fcntl is None:
+        yield folder
+        return
+    while True:
+        handle = open(path, "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.close()
+            raise ValueError(f"{flag} {folder} is being written by another nslib command right now; wait for it "
+                             f"to finish, or choose another {flag}") from None
+        try:
+            if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
+                break  # the lock file still in place is the one locked
+        except FileNotFoundError:
+            pass
+        handle.close()  # released and removed meanwhile by its holder: lock the new one
+    try:
+        yield folder
+    finally:
+        try:
+            path.unlink(missing_ok=True)  # while still held, so nobody locks a file about to vanish unawares
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+
+def check_writable(folder: str | os.PathLike, flag: str = "--out") -> Path:
+    """``folder`` resolved, checked before any work to be a folder (or nothing yet) that can be created and
+    written: not a file, not below a file, not in a read-only place. Raises: ValueError naming ``flag``."""
+    folder = Path(folder).resolve()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag} must be a folder, but {folder} is a file")
+    place = folder.parent  # where the folder (or a temp folder beside it) is made
+    while not place.exists():
+        place = place.parent
+    if not place.is_dir() or not os.access(place, os.W_OK | os.X_OK):
+        why = "is a file" if not place.is_dir() else "is not writable"
+        raise ValueError(f"{flag} {folder}: cannot write there ({place} {why})")
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {folder}: cannot write there (it is not writable)")
+    return folder
+
+
 def check_result_dir(folder: str | os.PathLike, force: bool = False, flag: str = "--out", legacy=None) -> Path:
     """Check, before any work, that a result may be written to ``folder`` (replacing it when ``force``).
 
@@ -213,14 +274,7 @@ def check_result_dir(folder: str | os.PathLike, force: bool = False, flag: str =
     if why is not None:
         raise ValueError(f"{flag} {folder} cannot hold a result: {why}; name a new folder, e.g. {flag} "
                          f"{folder / 'analysis'}")
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{flag} must be a folder, but {folder} is a file")
-    place = folder.parent  # where the new result is assembled and renamed into place
-    while not place.exists():
-        place = place.parent
-    if not place.is_dir() or not os.access(place, os.W_OK | os.X_OK):
-        why = "is a file" if not place.is_dir() else "is not writable"
-        raise ValueError(f"{flag} {folder}: cannot write there ({place} {why})")
+    check_writable(folder, flag)
     if folder.is_dir() and any(folder.iterdir()):
         if not force:
             raise ValueError(f"{flag} {folder} exists and is not empty; pass --force to replace it, or another {flag}")
@@ -240,9 +294,28 @@ def new_result_dir(folder: str | os.PathLike, flag: str = "--out") -> Path:
     folder = Path(folder)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it 0700: the result folder follows the umask, as mkdir's
+        return tmp
     except OSError as e:
         raise ValueError(f"{flag} {folder}: cannot write there ({e.strerror or e})") from None
+
+
+_TEMP_DIR = re.compile(r"^\..+\.[a-z0-9_]{8}$")  # what new_result_dir names (mkdtemp's 8 random characters)
+
+
+def remove_orphan_result_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the empty temp folders :func:`new_result_dir` left beside ``folder`` when a command writing it was
+    killed before it wrote anything (``.NAME.XXXXXXXX``, empty: nothing of a result is lost). Call it while holding
+    :func:`claim` on ``folder``, so that no other command is assembling one there."""
+    folder = Path(folder)
+    if not folder.parent.is_dir():
+        return []
+    gone = [p for p in folder.parent.glob(f".{folder.name}.*") if _TEMP_DIR.match(p.name) and p.is_dir()
+            and not p.is_symlink() and not any(p.iterdir())]
+    for p in gone:
+        p.rmdir()
+    return gone
 
 
 def replace_dir(new: str | os.PathLike, folder: str | os.PathLike) -> Path:

@@ -75,15 +75,31 @@ class _Indexed(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i):
-        x, y = self.dataset[i]
+        try:
+            x, y = self.dataset[i]
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: UnidentifiedImageError (an OSError), truncated files
+            path = self.dataset.samples[i][0] if hasattr(self.dataset, "samples") else f"image {i}"
+            raise ValueError(f"--data: cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                             f"remove or replace it") from None
         return i, x, y
 
 
 def loader(dataset, batches: list[list[int]], *, workers: int = 0):
     """``(index [B], x [B, C, H, W], y [B])`` for each list of dataset indices in ``batches``, in order,
-    read by a DataLoader with ``workers`` worker processes."""
-    return torch.utils.data.DataLoader(_Indexed(dataset), batch_sampler=batches, num_workers=workers, collate_fn=_collate,
-                                       persistent_workers=False)
+    read by a DataLoader with ``workers`` worker processes. A file that cannot be read is a one-line ValueError
+    naming it, from a worker process too (the DataLoader's own wrapping, with the worker's traceback, removed)."""
+    yield from _one_line(torch.utils.data.DataLoader(_Indexed(dataset), batch_sampler=batches, num_workers=workers,
+                                                     collate_fn=_collate, persistent_workers=False))
+
+
+def _one_line(batches):
+    try:
+        yield from batches
+    except ValueError as e:  # a worker's ValueError comes back as "Caught ValueError in DataLoader worker ..."
+        last = str(e).strip().splitlines()[-1]
+        if "Original Traceback" in str(e) and last.startswith("ValueError: "):
+            raise ValueError(last[len("ValueError: "):]) from None
+        raise
 
 
 def load_indices(dataset, indices, *, workers: int = 0, batch_size: int = 256) -> tuple:

@@ -26,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import sys
 from dataclasses import fields, replace
@@ -34,7 +35,7 @@ from pathlib import Path
 import torch
 
 from nslib import checks, data as data_mod, distributed, methods, models as models_mod, specs, streams, training
-from nslib.store import outputs_dir, provenance, save_json
+from nslib.store import check_writable, claim, outputs_dir, provenance, save_json
 
 __all__ = ["add_arguments", "main", "parse_sets", "build_model", "load_train_data"]
 
@@ -72,7 +73,9 @@ def add_arguments(p) -> None:
                    help="import MODULE first (it may register a method in nslib.methods.METHODS); repeatable")
     specs.add_source_arguments(p)  # --workers --image-size --num-classes --mean --std --device
     p.add_argument("--out", default=None, help="run folder (default: outputs/train/<method>-<model>-<data>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt; with --epochs N "
+                   "above the run's, a finished run continues to N epochs (its learning rate from then on that of an "
+                   "N-epoch run at that epoch)")
     p.add_argument("--batch-starts", action="store_true", help="draw the training attack's random starts per batch "
                    "as the reproduction does (its models bit for bit; one process only) instead of per example")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -123,14 +126,7 @@ def load_train_data(spec: str, seed: int, *, image_size=None):
     if streams.is_folder(spec):
         return streams.image_folder(spec, size=image_size), None
     if spec.endswith(".pt"):
-        if not Path(spec).is_file():
-            raise ValueError(f"--data names a file that does not exist: {spec}")
-        obj = torch.load(spec, map_location="cpu", weights_only=False)
-        if not isinstance(obj, dict) or "x" not in obj or "y" not in obj:
-            raise ValueError(f"--data {spec} must hold a dict {{'x': [N, C, H, W] in [0, 1], 'y': [N]}}")
-        checks.check_images(obj["x"], "--data x")
-        checks.check_labels(obj["y"], obj["x"].shape[0], None, "--data y")
-        return (obj["x"], obj["y"]), None
+        return specs.load_pt_data(spec), None
     if spec.startswith("synthetic:"):
         like = spec.split(":", 1)[1]
         return data_mod.load("synthetic", "train", like=like, seed=seed), like
@@ -140,8 +136,34 @@ def load_train_data(spec: str, seed: int, *, image_size=None):
     return spec, spec
 
 
-def _prepare(args) -> dict:
-    """Every check before any work: the imports, the config, the data, the model, the run folder."""
+def _readers(name: str) -> list[str]:
+    """The methods of :data:`nslib.methods.METHODS` whose runs read TrainConfig field ``name``."""
+    return [m for m in methods.METHODS if name in methods.identity(methods.TrainConfig(method=m))]
+
+
+def _unread(cfg, given: dict) -> None:
+    """A flag (or --set) the chosen method does not read is refused, naming who reads it: it would change nothing
+    (``--method pgd_at --lam 0.1``) and so is a mistake, not a setting."""
+    used = set(methods.identity(cfg)) | {"channels_last", "compile"}
+    for name in given:
+        if name not in used:
+            flag = f"--{name.replace('_', '-')}" if name in FLAGS else f"--set {name}"
+            who = _readers(name)
+            if "sns" not in who and name in methods.identity(methods.TrainConfig(method="sns", base="trades")):
+                who.append("sns with --base trades")
+            raise ValueError(f"{flag}: --method {cfg.method}{f' (base {cfg.base})' if cfg.method == 'sns' else ''} "
+                             f"does not read it" + (f"; it is read by {', '.join(who)}" if who else "")
+                             + "; leave it out")
+
+
+def _out(args, cfg) -> Path:
+    tag = f"{cfg.method}-{args.model.replace(':', '_').replace('/', '_')}-{Path(args.data).name.replace(':', '_')}"
+    return check_writable(args.out or outputs_dir("train", tag), "--out")
+
+
+def _prepare(args, held: contextlib.ExitStack) -> dict:
+    """Every check before any work: the imports, the config, --out (claimed on rank 0, in ``held``), the data, the
+    model."""
     for name in args.imports:
         try:
             importlib.import_module(name)
@@ -155,40 +177,58 @@ def _prepare(args) -> dict:
         cfg = methods._config(None, overrides)  # each field checked, the error naming it
     except (ValueError, TypeError) as e:
         raise type(e)(_flag(str(e))) from None
+    _unread(cfg, {k: v for k, v in overrides.items() if k != "method"})
     workers = checks.check_positive_int(args.workers, "--workers", minimum=0)
     if args.batch_starts and distributed.active():
         raise ValueError("--batch-starts draws the attack's starts per batch, which splitting a batch across ranks "
                          "changes: one process only (leave it out under torchrun)")
-    data, dataset = load_train_data(args.data, cfg.seed, image_size=args.image_size)
-    if isinstance(data, torch.utils.data.Dataset):  # a folder: streamed; its validation images held in memory
-        data = (streams.Stream(data, workers=workers), streams.targets(data))
-        cfg = replace(cfg, val_size=cfg.val_size or min(1000, max(1, len(data[1]) // 10)))
-    try:  # the training attack's radius: a dataset's default, or --eps
-        training._with_attack_defaults(cfg, dataset)
-    except ValueError:
-        raise ValueError(f"--eps must be given for --method {cfg.method} on --data {args.data} (it has no default "
-                         f"radius)") from None
-    torch.manual_seed(cfg.seed)  # the initial weights: one process and every rank build the same ones
-    model = build_model(args.model, dataset, num_classes=args.num_classes, mean=args.mean, std=args.std)
-    tag = f"{cfg.method}-{args.model.replace(':', '_').replace('/', '_')}-{Path(args.data).name.replace(':', '_')}"
-    out = Path(args.out) if args.out else outputs_dir("train", tag)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
+    out = _out(args, cfg)  # a folder that can be written, before anything is loaded
+    if distributed.is_main():  # rank 0 writes the run: it holds --out until the run ends
+        held.enter_context(claim(out, "--out"))
     if args.resume and not (out / "last.pt").is_file():
         raise ValueError(f"--resume: {out} holds no last.pt to continue; leave --resume out to start a run")
     if not args.resume and out.is_dir() and any(out.iterdir()):
         raise ValueError(f"--out {out} exists and is not empty; pass --resume to continue its run, or another --out")
+    data, dataset = load_train_data(args.data, cfg.seed, image_size=args.image_size)
+    if isinstance(data, torch.utils.data.Dataset):  # a folder: streamed; its validation images held in memory
+        data = (streams.Stream(data, workers=workers), streams.targets(data))
+        cfg = replace(cfg, val_size=cfg.val_size or min(1000, max(1, len(data[1]) // 10)))
+    try:  # the training attack's radius: a dataset's default (synthetic:LIKE: its twin's), or --eps
+        cfg = training.with_attack_defaults(cfg, dataset)
+    except ValueError:
+        raise ValueError(f"--eps must be given for --method {cfg.method} on --data {args.data} (it has no default "
+                         f"radius)") from None
+    _check_sizes(cfg, data, dataset)
+    torch.manual_seed(cfg.seed)  # the initial weights: one process and every rank build the same ones
+    model = build_model(args.model, dataset, num_classes=args.num_classes, mean=args.mean, std=args.std)
     return {"cfg": cfg, "data": data, "model": model, "out": out}
+
+
+def _check_sizes(cfg, data, dataset) -> None:
+    """--val-size and --n-train against the images there are, before any work (training checks them too, later)."""
+    n = len(data[1]) if isinstance(data, tuple) else data_mod.DATASETS[data].train_size
+    val = cfg.val_size if cfg.val_size is not None else (training.VAL_SIZES.get(dataset, 5000) if isinstance(data, str)
+                                                         else max(1, n // 10))
+    if val >= n:
+        raise ValueError(f"--val-size must be smaller than the {n} training images of --data, got {val}")
+    if cfg.n_train is not None and cfg.n_train > n - val:
+        raise ValueError(f"--n-train must be at most {n - val} (the {n} training images of --data less the {val} held "
+                         f"out for validation), got {cfg.n_train}")
 
 
 def _work(args) -> int:
     device = distributed.setup(args.device)
-    try:
-        job = _prepare(args)
-        err = None
-    except (ValueError, TypeError) as e:
-        err = e
-    distributed.agree(err)
+    with contextlib.ExitStack() as held:
+        try:
+            job = _prepare(args, held)
+            err = None
+        except (ValueError, TypeError) as e:
+            err = e
+        distributed.agree(err)
+        return _train(args, job, device)
+
+
+def _train(args, job: dict, device) -> int:
     result = training.train(job["model"], job["data"], job["cfg"], out_dir=job["out"], resume=args.resume,
                             device=device, progress=not args.quiet, example_starts=not args.batch_starts)
     if not distributed.is_main():

@@ -63,7 +63,7 @@ from nslib.methods import (METHODS, SHARED, Method, TrainConfig, _config, _resol
                            identity, sns_penalty, sns_terms)
 
 __all__ = ["train", "TrainConfig", "identity", "training_loss", "sns_penalty", "sns_terms", "load_checkpoint",
-           "read_history", "evaluate_accuracy", "METHODS", "Method", "ATTACK_DEFAULTS", "VAL_SIZES"]
+           "read_history", "evaluate_accuracy", "with_attack_defaults", "METHODS", "Method", "ATTACK_DEFAULTS", "VAL_SIZES"]
 
 # Linf radius, PGD steps and step size used for training, per dataset (PAPER.md, "Attack settings").
 ATTACK_DEFAULTS = {
@@ -159,7 +159,7 @@ def _check_data_arg(data) -> None:
         raise ValueError(f"data must be one of {', '.join(data_mod.DATASETS)} or a tuple (x, y), got {data!r}")
 
 
-def _with_attack_defaults(cfg: TrainConfig, dataset: str | None) -> TrainConfig:
+def with_attack_defaults(cfg: TrainConfig, dataset: str | None) -> TrainConfig:
     """eps, attack_steps and alpha filled from the dataset's ``ATTACK_DEFAULTS`` where None."""
     defaults = ATTACK_DEFAULTS.get(dataset, {})
     eps = defaults.get("eps") if cfg.eps is None else cfg.eps
@@ -275,14 +275,19 @@ def _prepare(model, data, cfg: TrainConfig, out_dir, device) -> _Run:
 
 
 def _resume(run: _Run) -> None:
-    """Weights, optimizer, RNG and history from ``last.pt``; refused when its :func:`identity` differs."""
+    """``last.pt``'s weights, optimizer, RNG, history; another :func:`identity` is refused, more epochs continue."""
     expect = {**identity(run.cfg), "dataset": run.params["dataset"], "spec": run.params["spec"]}
+    del expect["epochs"]
     try:
         _, info = load_checkpoint(run.out / "last.pt", run.model, run.device, optimizer=run.optimizer, rng=True,
                                   expect=expect)
     except _Mismatch as err:
         raise ValueError(f"{err}; use another out_dir, or resume=False to start over") from None
+    stored = (info["params"] or {}).get("epochs", run.cfg.epochs)
+    if run.cfg.epochs < stored:
+        raise ValueError(f"epochs must be at least the {stored} of the run in {run.out}, got {run.cfg.epochs}")
     run.history, run.start_epoch, run.status, run.best = info["history"], info["epoch"], info["status"], info["best"]
+    run.status = "running" if run.status == "done" and run.start_epoch < run.cfg.epochs else run.status
 
 
 def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict:
@@ -413,7 +418,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_data_arg(data)
-    cfg = _with_attack_defaults(cfg, data if isinstance(data, str) else None)
+    cfg = with_attack_defaults(cfg, data if isinstance(data, str) else None)
     distributed.check_batch(cfg.batch_size)
     run = _prepare(model, data, cfg, out_dir, device)
     if run.out is not None and distributed.is_main():

@@ -17,7 +17,7 @@ import statistics
 
 import numpy as np
 
-__all__ = ["VERDICTS", "ROLES", "RULE", "spread", "t_quantile", "compare", "spearman", "correlation", "judged",
+__all__ = ["VERDICTS", "ROLES", "RULE", "spread", "t_quantile", "compare", "spearman", "correlation", "judge", "judged",
            "combine", "decisive", "verdict_line", "effect_text", "describe"]
 
 VERDICTS = ("holds", "does not hold", "inconclusive", "not testable offline")
@@ -183,7 +183,7 @@ def compare(a, b, *, margin: float = 0.0, what: str = "A > B", names=("A", "B"),
     se, df, t = _interval(d, confidence)
     low, high = out["effect"] - t * se, out["effect"] + t * se
     out.update(ci=(low, high), se=se, df=df)
-    _judge(out, low, high, margin, confidence)
+    out["verdict"], out["reason"] = judge(low, high, margin, confidence)
     return out
 
 
@@ -265,23 +265,21 @@ def correlation(x, y, *, margin: float = 0.0, sign: float = 1.0, what: str = "Sp
     q = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
     low, high = math.tanh(math.atanh(r) - q * se), math.tanh(math.atanh(r) + q * se)
     out.update(ci=(low, high), se=se, df=math.inf)
-    _judge(out, low, high, margin, confidence)
+    out["verdict"], out["reason"] = judge(low, high, margin, confidence)
     return out
 
 
-def _judge(out: dict, low: float, high: float, margin: float, confidence: float) -> None:
-    """The verdict and its reason from an interval, by :data:`RULE`, into ``out``."""
+def judge(low: float, high: float, margin: float, confidence: float = 0.95) -> tuple[str, str]:
+    """``(verdict, reason)`` of an effect's interval (low, high) against ``margin`` by :data:`RULE`: "does not hold"
+    below the margin (this wins), "holds" above zero, "inconclusive" otherwise. For intervals made elsewhere (a
+    paired-proportion score interval, say) judged by the same rule."""
     iv = f"the {100 * confidence:g}% interval"
     if high < margin:
-        out["verdict"] = "does not hold"
-        out["reason"] = (f"{iv} lies below zero" if high < 0 else
-                         f"{iv} lies below the margin: any effect is smaller than matters")
-    elif low > 0:
-        out["verdict"] = "holds"
-        out["reason"] = f"{iv} lies above zero"
-    else:
-        out["verdict"] = "inconclusive"
-        out["reason"] = f"{iv} holds zero and reaches the margin"
+        return "does not hold", (f"{iv} lies below zero" if high < 0 else
+                                 f"{iv} lies below the margin: any effect is smaller than matters")
+    if low > 0:
+        return "holds", f"{iv} lies above zero"
+    return "inconclusive", f"{iv} holds zero and reaches the margin"
 
 
 def judged(comparisons) -> list[dict]:

@@ -370,3 +370,164 @@ def test_the_attacks_name_a_float64_batch_and_a_plain_function():
         attacks.pgd(model, x.double(), y, eps=0.1, steps=1)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module returning logits, got function"):
         attacks.pgd(lambda t: model(t), x, y, eps=0.1, steps=1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 6. the commands lose nothing (each test failed on 8620c6f)
+
+def _cli(*argv, cwd=None, timeout=300):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "nslib", *map(str, argv)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=timeout)
+
+
+def test_two_trainings_on_one_out_never_both_write_it(tmp_path):
+    """The second command on a folder the first is writing stops with one line; the first run is whole."""
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "x"
+    common = ["-m", "nslib", "train", "--model", "smallcnn", "--data", "mnist5k", "--n-train", "600", "--epochs", "2",
+              "--attack-steps", "1", "--quiet", "--out", str(out)]
+    first = subprocess.Popen([sys.executable, *common, "--seed", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=ROOT)
+    lock = tmp_path / ".x.lock"
+    for _ in range(600):  # the first holds the folder once its checks are done
+        if lock.exists() and first.poll() is None:
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    second = _cli("train", *common[3:], "--seed", "1")
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert second.returncode == 2 and "being written by another nslib command" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+    saved = torch.load(out / "last.pt", weights_only=False)
+    assert saved["params"]["seed"] == 0 and saved["epoch"] == 2  # the first run, whole
+
+
+def test_evaluate_force_keeps_a_users_file_of_the_same_name(weights, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "u"
+    out.mkdir()
+    (out / "results.csv").write_text("mine\n")
+    rc = main(["evaluate", "--model", f"smallcnn:{weights / 'good.pt'}", "--data", "fmnist", "--n", "10",
+               "--attacks", "fgsm", "--out", str(out), "--force", "--quiet"])
+    assert rc == 2 and "nslib did not write" in capsys.readouterr().err
+    assert (out / "results.csv").read_text() == "mine\n" and sorted(p.name for p in out.iterdir()) == ["results.csv"]
+    ours = tmp_path / "ours"
+    assert main(["evaluate", "--model", f"smallcnn:{weights / 'good.pt'}", "--data", "fmnist", "--n", "10",
+                 "--attacks", "fgsm", "--out", str(ours), "--quiet"]) == 0
+    assert main(["evaluate", "--model", f"smallcnn:{weights / 'good.pt'}", "--data", "fmnist", "--n", "10",
+                 "--attacks", "fgsm", "--out", str(ours), "--force", "--quiet"]) == 0  # its own result: replaced
+    assert (ours / store.MANIFEST).exists()
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_an_out_below_a_file_is_refused_before_any_work(weights, tmp_path, monkeypatch, capsys, command):
+    def forbidden(*a, **k):
+        raise AssertionError("work started before --out was checked")
+    monkeypatch.setattr(training, "train", forbidden)
+    monkeypatch.setattr("nslib.evaluate_cmd.evaluate_model", forbidden)
+    argv = {"train": ["train", "--model", "smallcnn", "--data", "mnist5k"],
+            "evaluate": ["evaluate", "--model", f"smallcnn:{weights / 'good.pt'}", "--data", "fmnist", "--n", "10"]}
+    rc = main([*argv[command], "--out", str(weights / "afile" / "sub"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--out" in err and "cannot write there" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_unreadable_image_in_a_folder_is_named_with_its_path(tmp_path):
+    """A folder of 48 PNGs, one of them not an image: training stops with one line naming that file, exit 2, and
+    leaves no checkpoint of an unfinished epoch; the loader itself names it too."""
+    import numpy as np
+    from PIL import Image
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(24):
+            Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(root / f"c{c}" / f"{i:02d}.png")
+    bad = root / "c1" / "17.png"
+    bad.write_bytes(b"not a png at all")
+    (tmp_path / "tinynet.py").write_text("from torch import nn\n\ndef net():\n"
+                                         "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 2))\n")
+    r = _cli("train", "--model", "tinynet:net", "--data", root, "--method", "standard", "--val-size", "4",
+             "--epochs", "1", "--batch-size", "8", "--quiet", "--out", tmp_path / "run", cwd=tmp_path)
+    assert r.returncode == 2 and "cannot read" in r.stderr and "17.png" in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("nslib train: --data") and "Traceback" not in r.stderr
+    assert not (tmp_path / "run" / "last.pt").exists()
+    from nslib import streams
+    ds = streams.image_folder(root)
+    with pytest.raises(ValueError, match=r"--data: cannot read .*17\.png"):
+        streams.load_indices(ds, [ds.samples.index((str(bad), 1))])
+
+
+def test_train_names_a_garbage_data_file_in_one_line(weights, tmp_path, capsys):
+    for name in ("garbage.pt", "truncated.pt"):
+        rc = main(["train", "--model", "smallcnn", "--data", str(weights / name), "--out", str(tmp_path / name),
+                   "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("nslib train: --data") and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / name).exists()
+
+
+def test_result_folders_follow_the_umask(weights, tmp_path, monkeypatch):
+    import os
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "ev"
+        assert main(["evaluate", "--model", f"smallcnn:{weights / 'good.pt'}", "--data", "fmnist", "--n", "10",
+                     "--attacks", "fgsm", "--out", str(out), "--quiet"]) == 0
+        assert out.stat().st_mode & 0o777 == 0o755
+        assert all(p.stat().st_mode & 0o777 == 0o644 for p in out.iterdir())
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--model", "smallcnn", "--data", "mnist5k", "--method", "pgd_at", "--lam", "-5"],
+     "--lam: --method pgd_at does not read it; it is read by sns"),
+    (["train", "--model", "smallcnn", "--data", "mnist5k", "--method", "standard", "--eps", "0.1"],
+     "--eps: --method standard does not read it; it is read by pgd_at, trades, sns"),
+    (["train", "--model", "smallcnn", "--data", "mnist5k", "--method", "sns", "--beta", "3"],
+     "--beta: --method sns (base pgd_at) does not read it; it is read by trades, sns with --base trades"),
+    (["train", "--model", "smallcnn", "--data", "mnist5k", "--n-train", "9000"], "--n-train must be at most 3500"),
+    (["train", "--model", "smallcnn", "--data", "mnist5k", "--val-size", "4000"], "--val-size must be smaller than"),
+    (["evaluate", "--model", "smallcnn", "--data", "fmnist", "--n", "20000"], "--n: fmnist's test split holds 10,000"),
+    (["evaluate", "--model", "smallcnn", "--data", "fmnist", "--aa-attacks", "apgd-ce"],
+     "--aa-attacks is read with --aa-version custom only"),
+])
+def test_flags_that_would_change_nothing_or_exceed_the_data_are_refused(argv, message, weights, tmp_path, capsys):
+    argv = [a if a != "smallcnn" or argv[0] == "train" else f"smallcnn:{weights / 'good.pt'}" for a in argv]
+    rc = main([*argv, "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_resume_with_more_epochs_continues_a_finished_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--model", "smallcnn", "--data", "mnist5k", "--method", "standard", "--n-train", "300",
+            "--batch-size", "100", "--quiet", "--out", str(out)]
+    assert main([*argv, "--epochs", "1"]) == 0
+    assert main([*argv, "--epochs", "2", "--resume"]) == 0
+    saved = torch.load(out / "last.pt", weights_only=False)
+    assert saved["epoch"] == 2 and saved["status"] == "done" and len(saved["history"]) == 2
+    capsys.readouterr()
+    assert main([*argv, "--epochs", "1", "--resume"]) == 2
+    assert "epochs must be at least the 2 of the run in" in capsys.readouterr().err
+
+
+def test_a_stand_in_takes_its_twins_defaults_in_train(tmp_path, capsys):
+    rc = main(["train", "--model", "smallcnn", "--data", "synthetic:fmnist", "--method", "pgd_at", "--epochs", "1",
+               "--n-train", "64", "--val-size", "32", "--attack-steps", "1", "--quiet", "--out", str(tmp_path / "s")])
+    assert rc == 0, capsys.readouterr().err
+    assert torch.load(tmp_path / "s" / "last.pt", weights_only=False)["params"]["eps"] == 0.1  # fmnist's
+
+
+def test_a_killed_commands_empty_temp_folder_is_cleaned_by_the_next(weights, tmp_path):
+    out = tmp_path / "ev"
+    orphan = tmp_path / ".ev.abcd1234"
+    orphan.mkdir()  # what mkdtemp left when the command was killed before writing
+    assert main(["evaluate", "--model", f"smallcnn:{weights / 'good.pt'}", "--data", "fmnist", "--n", "10",
+                 "--attacks", "fgsm", "--out", str(out), "--quiet"]) == 0
+    assert not orphan.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ev"]  # the lock file gone too

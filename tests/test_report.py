@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from nslib import verdicts
-from nslib.repro import report
+from nslib.repro import report, robustness as rb, zoo
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -103,20 +103,20 @@ def test_sections_go_where_their_kind_says_and_a_new_claim_is_reported(tmp_path,
 def test_recipe_names_the_attack_that_ran_not_the_method_alone():
     from nslib.repro import config
     one = config.settings("quick", "fmnist", "01", {"attack_steps": 1, "step_scale": 1.25, "start": "vanilla"})
-    assert report.training_attack(one) == "FGSM-RS (one step of 1.25 eps from a uniform random start)"
-    text = report.recipe_markdown(one)
+    assert zoo.training_attack(one) == "FGSM-RS (one step of 1.25 eps from a uniform random start)"
+    text = zoo.recipe_markdown(one)
     assert "**FGSM-RS (one step of 1.25 eps" in text and "PGD-10" not in text and "same seed's Vanilla" in text
-    assert report.training_attack(config.settings("quick", "fmnist", "01")) == \
+    assert zoo.training_attack(config.settings("quick", "fmnist", "01")) == \
         "PGD-3 (step 0.833 eps, uniform random start)"  # 2.5 eps / 3
-    assert report.training_attack(config.settings("quick", "fmnist", "01", {"attack_steps": None})) == \
+    assert zoo.training_attack(config.settings("quick", "fmnist", "01", {"attack_steps": None})) == \
         "PGD-10 (step 0.2 eps, uniform random start)"  # the dataset's own: alpha 0.02 at eps 0.1
-    assert "scratch" in report.recipe_markdown(config.settings("quick", "fmnist", "01"))
+    assert "scratch" in zoo.recipe_markdown(config.settings("quick", "fmnist", "01"))
 
 
 def test_seed_spread_rows_mark_a_failed_seed():
     rows = [{"name": "vanilla", "model": "Vanilla", "seed": 0, "best val PGD": None}] + [
         {"name": "pgd_at", "model": "PGD-AT", "seed": s, "best val PGD": v} for s, v in enumerate((0.70, 0.71, 0.66))]
-    out = report.seed_spread_rows(rows)
+    out = zoo.seed_spread_rows(rows)
     assert [(r["seed"], r["method median"], r["within"]) for r in out] == [(0, 0.70, "yes"), (1, 0.70, "yes"),
                                                                             (2, 0.70, "NO")]  # 4 points below
     assert out[2]["gap"] == pytest.approx(-0.04)
@@ -125,6 +125,6 @@ def test_seed_spread_rows_mark_a_failed_seed():
 def test_masking_markdown_flags_in_bold():
     ok = {"checks": [{"id": "aa_gap", "ok": True, "text": "AA 60.0% vs PGD 61.0%"}], "ok": True}
     bad = {"checks": [{"id": "aa_gap", "ok": False, "text": "AA 50.0% vs PGD 61.0%"}], "ok": False}
-    text = report.masking_markdown({("pgd_at", 0): ok, ("sns_pgd_at", 1): bad})
+    text = rb.masking_markdown({("pgd_at", 0): ok, ("sns_pgd_at", 1): bad})
     assert "| PGD-AT | 0 | AA 60.0% vs PGD 61.0% | passes |" in text
     assert "| SNS (PGD-AT) | 1 | **NO**: AA 50.0% vs PGD 61.0% | **FLAGGED** |" in text

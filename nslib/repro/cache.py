@@ -13,7 +13,6 @@ Usage::
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import sys
 import time
@@ -21,15 +20,10 @@ from pathlib import Path
 
 import torch
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks (see _claim)
-    fcntl = None
-
 from nslib import attacks, fast, models as models_mod, training
 from nslib.checkpoints import UnreadableCheckpoint
 from nslib.progress import stage
-from nslib.store import outputs_dir, params_key, save_json, save_torch
+from nslib.store import claim, outputs_dir, params_key, save_json, save_torch
 
 __all__ = ["MODELS", "LABELS", "Diverged", "label", "model_key", "get_model", "get_models", "describe", "c1_models", "adversarial_pairs"]
 
@@ -152,21 +146,11 @@ def _initial(arch: str, dataset: str, seed: int, init=None):
     return model
 
 
-@contextlib.contextmanager
 def _claim(out: Path):
-    """Hold an exclusive lock on the run folder ``out`` (an advisory ``fcntl`` lock on ``.<key>.lock`` beside it)
-    while it is trained or loaded, so that two reproductions sharing one outputs folder never train the same model
-    at once: the second waits, then resumes or loads what the first finished. Released also on error and when the
-    process dies. Where ``fcntl`` is missing (Windows) runs go unlocked, as before."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "a") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    """Hold an exclusive lock on the run folder ``out`` (:func:`nslib.store.claim`, waiting) while it is trained or
+    loaded, so that two reproductions sharing one outputs folder never train the same model at once: the second
+    waits, then resumes or loads what the first finished. Released also on error and when the process dies."""
+    return claim(out, wait=True)
 
 
 def _train_and_load(model, dataset, name: str, out: Path, checkpoint: str, seed: int, progress: bool, train_args):

@@ -28,8 +28,7 @@ from nslib.verdicts import RULE, combine, decisive, describe, effect_text, judge
 
 __all__ = ["CLAIMS", "SECTION_KINDS", "section", "claims_of", "profile_dir", "figures_dir", "save_result", "load_result",
            "load_results", "rows_markdown",
-           "markdown_table", "checkpoint_rows", "training_attack", "recipe_markdown", "seed_spread_rows", "SEED_SPREAD",
-           "masking_markdown", "sensitivity_markdown", "ablation_markdown", "lam_markdown", "sanity_markdown",
+           "markdown_table", "checkpoint_rows", "sensitivity_markdown", "ablation_markdown", "lam_markdown", "sanity_markdown",
            "report_verdicts", "write_report"]
 
 CLAIMS = {
@@ -45,9 +44,6 @@ CLAIMS = {
 SECTION_KINDS = {"baselines": "Baselines beside the published numbers", "check": "Notebook 00: data and a clean model",
                  "recipe": "How the models were trained", "sanity": "Evaluation sanity", "training": None,
                  "sensitivity": None, "ablation": None}
-# A robust model whose validation robust accuracy lies further than this from its method's median over seeds is a
-# failed seed (notebook 01 says so, and the report): the profile's recipe must not produce one.
-SEED_SPREAD = 0.03
 
 
 def section(kind: str, title: str, markdown: str) -> dict:
@@ -142,68 +138,6 @@ def checkpoint_rows(trained: dict) -> list[dict]:
                      "last val clean": last["val_clean"], "last val PGD": last.get("val_pgd"),
                      "train s": round(sum(h.get("time_s", 0.0) for h in info["history"]), 1), "key": info["key"]})
     return rows
-
-
-def training_attack(cfg) -> str:
-    """The attack the robust models of settings ``cfg`` trained against, in words: "FGSM-RS (one step of 1.25 eps
-    from a uniform random start)" for one step of at most 1.25 eps, else "PGD-k (step s eps, random start)"."""
-    from nslib.training import ATTACK_DEFAULTS
-    default = ATTACK_DEFAULTS.get(cfg.dataset, {})
-    steps = cfg.attack_steps if cfg.attack_steps is not None else default.get("steps", 10)
-    alpha = cfg.alpha if cfg.alpha is not None else default.get("alpha", 2.5 * cfg.eps / steps)
-    scale = alpha / cfg.eps
-    if steps == 1 and scale <= 1.25 + 1e-9:
-        return f"FGSM-RS (one step of {scale:.3g} eps from a uniform random start)"
-    return f"PGD-{steps} (step {scale:.3g} eps, uniform random start)"
-
-
-def recipe_markdown(cfg, n_train: int | None = None) -> str:
-    """What the models of settings ``cfg`` ran, for a reader: the training attack under each method's name (a
-    1-step run is not called PGD-10), data, epochs, schedule, the start, and which checkpoint is used."""
-    attack = training_attack(cfg)
-    images = f"{n_train:,}" if n_train else ("every training image left after the validation hold-out"
-                                              if cfg.n_train is None else f"{cfg.n_train:,}")
-    van_images = {None: images, "all": "every training image left"}.get(cfg.vanilla_n_train, f"{cfg.vanilla_n_train}")
-    start = ("the same seed's Vanilla model (its best checkpoint): a base method and its SNS model start from the "
-             "same weights" if cfg.start == "vanilla" else "scratch (seeded initial weights)")
-    warm = f", eps ramped up from 0 over the first {cfg.eps_warmup_epochs} epoch(s)" if cfg.eps_warmup_epochs else ""
-    return "\n".join([
-        f"- **Vanilla**: clean cross-entropy, {cfg.vanilla_epochs} epoch(s) over {van_images} images.",
-        f"- **PGD-AT**, **TRADES** (beta 6), **SNS** (on either): trained against **{attack}** at eps {cfg.eps:g}{warm} "
-        f"(TRADES and SNS (TRADES): the same steps on the KL, from x + 0.001 N(0, 1), as the reference); "
-        f"{cfg.epochs} epoch(s) over {images} images; started from {start}. "
-        f"\"PGD-AT\" names the method (cross-entropy on adversarial examples, Madry et al.), here with that attack.",
-        f"- All: SGD (momentum 0.9, weight decay 5e-4), batch {cfg.batch_size}, peak learning rate {cfg.lr:g} with a "
-        f"cosine schedule per step; precision {cfg.precision!r}; the checkpoint with the best validation accuracy "
-        f"(PGD-{cfg.val_attack_steps} on {cfg.val_n_adv} of {cfg.val_size} held-out images for the robust models, "
-        f"clean for Vanilla) is the one analysed."])
-
-
-def seed_spread_rows(rows: list[dict], within: float = SEED_SPREAD) -> list[dict]:
-    """Per robust model of :func:`checkpoint_rows`: its method's median best validation PGD accuracy over seeds and
-    whether the model lies within ``within`` of it (a model that does not is a failed seed)."""
-    by = {}
-    for r in rows:
-        if r["name"] != "vanilla" and r["best val PGD"] is not None:
-            by.setdefault(r["name"], []).append(r["best val PGD"])
-    out = []
-    for r in rows:
-        if r["name"] in by:
-            med = statistics.median(by[r["name"]])
-            out.append({"model": r["model"], "seed": r["seed"], "best val PGD": r["best val PGD"],
-                        "method median": med, "gap": r["best val PGD"] - med,
-                        "within": "yes" if abs(r["best val PGD"] - med) <= within + 1e-12 else "NO"})
-    return out
-
-
-def masking_markdown(results: dict) -> str:
-    """Markdown of the masking checks of every (model, seed) (:func:`nslib.repro.robustness.masking_checks`):
-    ``{(name, seed): result}``; one line each, flagged ones in bold."""
-    lines = ["| model | seed | masking check | result |", "|---|---|---|---|"]
-    for (name, seed), r in results.items():
-        text = "; ".join(("" if c["ok"] else "**NO**: ") + c["text"] for c in r["checks"]) or "nothing to compare"
-        lines.append(f"| {label(name)} | {seed} | {text} | {'passes' if r['ok'] else '**FLAGGED**'} |")
-    return "\n".join(lines)
 
 
 def rows_markdown(rows: list[dict], columns) -> str:

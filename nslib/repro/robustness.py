@@ -23,7 +23,7 @@ from nslib.repro.cache import adversarial_pairs, get_model, label
 from nslib.verdicts import compare
 
 __all__ = ["l2_radius", "e3_suite", "row_label", "more_restarts", "evaluate_model", "worst_case", "ablation",
-           "sanity_checks", "masking_checks", "masking_flags", "MASKING", "c3_comparisons", "mean_rows"]
+           "sanity_checks", "masking_checks", "masking_flags", "masking_markdown", "MASKING", "c3_comparisons", "mean_rows"]
 
 # The masking check on every (model, seed) of C3 (:func:`masking_checks`), fixed before any run: AutoAttack may leave
 # at most AA_GAP less accuracy than the PGD runs on the same images (a bigger gap: PGD's gradients are masked), and
@@ -305,3 +305,13 @@ def mean_rows(evals: dict, name: str, seeds) -> dict:
             out.setdefault(a, {"label": r.get("label", a), "rows": []})["rows"].append(r)
     return {a: {**{key: statistics.fmean(r[key] for r in v["rows"]) for key in ("accuracy", "low", "high")},
                 "n_seeds": len(v["rows"]), "label": v["label"]} for a, v in out.items()}
+
+
+def masking_markdown(results: dict) -> str:
+    """Markdown of the masking checks of every (model, seed) (:func:`nslib.repro.robustness.masking_checks`):
+    ``{(name, seed): result}``; one line each, flagged ones in bold."""
+    lines = ["| model | seed | masking check | result |", "|---|---|---|---|"]
+    for (name, seed), r in results.items():
+        text = "; ".join(("" if c["ok"] else "**NO**: ") + c["text"] for c in r["checks"]) or "nothing to compare"
+        lines.append(f"| {label(name)} | {seed} | {text} | {'passes' if r['ok'] else '**FLAGGED**'} |")
+    return "\n".join(lines)
