@@ -21,7 +21,7 @@ from nslib.repro import config, profiles, run
 FULL = profiles.PROFILES["full"]
 
 # sizes only: every one is a count of images, epochs, seeds or steps
-SHRINK = {"n_train": 256, "epochs": 1, "vanilla_epochs": 1, "batch_size": 64, "val_size": 64, "val_n_adv": 16,
+SHRINK = {"n_train": 1024, "epochs": 1, "vanilla_epochs": 1, "batch_size": 32, "val_size": 128, "val_n_adv": 16,
           "val_attack_steps": 2, "attack_steps": 2, "seeds": [0, 1], "c3_seeds": [0, 1, 2], "n_pairs": 32,
           "n_eval": 32, "n_long": 8, "pgd_long_steps": 3, "mim_steps": 2, "l2_n": 6, "fmn_steps": 4,
           "pgd_l2_steps": 2, "aa_n": 4, "n_sanity": 8, "sanity_steps": 2, "n_maps": 2, "pair_steps": 3,
