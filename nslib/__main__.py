@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import os
 import sys
 
 from nslib import analyze, bench as bench_mod, checks, comparison, evaluate_cmd, train_cmd
@@ -60,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     bench.add_argument("--quick", action="store_true", help="tiny sizes, to check that the benchmark runs")
 
-    args = parser.parse_args(argv)
+    # under torchrun every rank parses the same flags: rank 0 alone prints an argument error (each exits 2)
+    quiet = os.environ.get("RANK", "0") != "0"
+    with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
+        args = parser.parse_args(argv)
     if args.command == "reproduce":
         from nslib.repro import run  # papermill and jupyter: only reproduce needs them (a second to import)
         return run.main(args)

@@ -531,3 +531,15 @@ def test_a_killed_commands_empty_temp_folder_is_cleaned_by_the_next(weights, tmp
     assert main(["evaluate", "--model", f"smallcnn:{weights / 'good.pt'}", "--data", "fmnist", "--n", "10",
                  "--attacks", "fgsm", "--out", str(out), "--quiet"]) == 0
     assert not orphan.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ev"]  # the lock file gone too
+
+
+def test_under_torchrun_a_bad_flag_is_printed_once(tmp_path):
+    import os
+    import subprocess
+    import sys
+    port = 29700 + os.getpid() % 500 * 2
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr",
+                        "127.0.0.1", "--master_port", str(port), "-m", "nslib", "train", "--model", "smallcnn",
+                        "--data", "mnist5k", "--bogus", "1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode != 0
+    assert (r.stdout + r.stderr).count("unrecognized arguments: --bogus") == 1  # rank 0's line; rank 1 is silent

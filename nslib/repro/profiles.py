@@ -96,15 +96,17 @@ PROFILES: dict[str, dict] = {
 }
 
 # Wall seconds of each notebook per dataset on a quiet 2-core CPU (AMD EPYC): what `reproduce` announces before it
-# starts and the weights of its whole-run progress bar. cpu: `make reproduce` from a clean clone at 4a7f1ca on an
-# EPYC with AVX512-BF16 (so bf16 training), 2026-12-04 (1,923 s of notebooks; 2,024 s with the environment's
-# install; the same work at 22c4dea took 2,385 s back to back on the same machine). quick: its measured total (7-8
-# min, 2026-11-29) split by estimate. A notebook, dataset or profile missing here counts DEFAULT_NOTEBOOK_S and
-# the announcement says "unknown".
+# starts and the weights of its whole-run progress bar. cpu: `make reproduce` from a clean clone at a333fb3 on an
+# EPYC with AVX512-BF16 (bf16 training), 2026-12-07, measured, except Fashion-MNIST's 00 and 01, which ran beside
+# the test suite for their first 20 minutes (measured 144 and 2,397 s): 00 as measured alone before (42 s), 01 from
+# its models' own training times with the one model trained under that load (TRADES seed 0, 429 s) counted at its
+# seeds' 55-66 s (1,250 s of training) plus validation and loading. quick: its measured total (7-8 min, 2026-11-29)
+# split by estimate. A notebook, dataset or profile missing here counts DEFAULT_NOTEBOOK_S and the announcement
+# says "unknown".
 EXPECTED_S = {
     "quick": {"fmnist": {"00": 70, "01": 150, "02": 40, "03": 60, "04": 15, "05": 90, "06": 10}},
-    "cpu": {"fmnist": {"00": 42, "01": 538, "02": 162, "03": 79, "04": 43, "05": 287, "06": 6},
-            "mnist5k": {"00": 18, "01": 334, "02": 156, "03": 81, "04": 31, "05": 139, "06": 7}},
+    "cpu": {"fmnist": {"00": 45, "01": 1300, "02": 178, "03": 45, "04": 42, "05": 268, "06": 4},
+            "mnist5k": {"00": 12, "01": 423, "02": 130, "03": 40, "04": 20, "05": 161, "06": 5}},
 }
 DEFAULT_NOTEBOOK_S = 60
 
