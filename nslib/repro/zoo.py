@@ -179,17 +179,18 @@ def recipe_markdown(cfg, n_train: int | None = None) -> str:
     """What the models of settings ``cfg`` ran, for a reader: the training attack under each method's name (a
     1-step run is not called PGD-10), data, epochs, schedule, the start, and which checkpoint is used."""
     attack = training_attack(cfg)
-    images = f"{n_train:,}" if n_train else ("every training image left after the validation hold-out"
-                                              if cfg.n_train is None else f"{cfg.n_train:,}")
-    van_images = {None: images, "all": "every training image left"}.get(cfg.vanilla_n_train, f"{cfg.vanilla_n_train}")
+    images = f"{n_train:,} images" if n_train else ("every training image left after the validation hold-out"
+                                                     if cfg.n_train is None else f"{cfg.n_train:,} images")
+    van_images = {None: images, "all": "every training image left after the validation hold-out"}.get(
+        cfg.vanilla_n_train, f"{cfg.vanilla_n_train} images")
     start = ("the same seed's Vanilla model (its best checkpoint): a base method and its SNS model start from the "
              "same weights" if cfg.start == "vanilla" else "scratch (seeded initial weights)")
     warm = f", eps ramped up from 0 over the first {cfg.eps_warmup_epochs} epoch(s)" if cfg.eps_warmup_epochs else ""
     return "\n".join([
-        f"- **Vanilla**: clean cross-entropy, {cfg.vanilla_epochs} epoch(s) over {van_images} images.",
+        f"- **Vanilla**: clean cross-entropy, {cfg.vanilla_epochs} epoch(s) over {van_images}.",
         f"- **PGD-AT**, **TRADES** (beta 6), **SNS** (on either): trained against **{attack}** at eps {cfg.eps:g}{warm} "
         f"(TRADES and SNS (TRADES): the same steps on the KL, from x + 0.001 N(0, 1), as the reference); "
-        f"{cfg.epochs} epoch(s) over {images} images; started from {start}. "
+        f"{cfg.epochs} epoch(s) over {images}; started from {start}. "
         f"\"PGD-AT\" names the method (cross-entropy on adversarial examples, Madry et al.), here with that attack.",
         f"- All: SGD (momentum 0.9, weight decay 5e-4), batch {cfg.batch_size}, peak learning rate {cfg.lr:g} with a "
         f"cosine schedule per step; precision {cfg.precision!r}; the checkpoint with the best validation accuracy "
