@@ -27,7 +27,6 @@ Usage::
 from __future__ import annotations
 
 import math
-import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -41,8 +40,7 @@ from nslib.evaluate import accuracy_on
 from nslib.progress import bar
 from nslib.specs import check_fit, dataset_of, load_data, load_model  # noqa: F401  (analyze.load_model stays public)
 from nslib.sensitivity import layer_summary, pick_map_layer, sensitivity_variants, top_k
-from nslib.store import (atomic_write_bytes, check_result_dir, claim, new_result_dir, outputs_dir, provenance,
-                         remove_orphan_result_temps, replace_dir, save_json, write_manifest)
+from nslib.store import atomic_write_bytes, check_result_dir, claim, outputs_dir, provenance, save_json, writing_result
 
 __all__ = ["load_model", "load_data", "dataset_of", "check_fit", "pair_attacks", "analyze", "main"]
 
@@ -113,18 +111,10 @@ def analyze(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, o
         if attack == "pgd":
             _pairs(model, x, y, attack=attack, eps=eps, steps=steps, seed=seed, amp=amp)
         return None
-    with claim(out, "--out"):  # no other command writes --out meanwhile (a second one stops with one line)
-        remove_orphan_result_temps(out)  # what a killed run left empty beside it
-        tmp = new_result_dir(out, "--out")
-        try:
-            summary = _run(model, x, y, names, tmp, eps=eps, attack=attack, steps=steps, k=k, ks=ks, seeds=seeds,
-                           seed=seed, amp=amp, meta=meta or {}, progress=progress)
-            write_manifest(tmp)
-            check_result_dir(out, force, "--out")  # again: a file may have appeared there meanwhile
-            replace_dir(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    # no other command writes --out meanwhile (a second one stops with one line); complete or nothing
+    with claim(out, "--out"), writing_result(out, force, "--out") as tmp:
+        summary = _run(model, x, y, names, tmp, eps=eps, attack=attack, steps=steps, k=k, ks=ks, seeds=seeds,
+                       seed=seed, amp=amp, meta=meta or {}, progress=progress)
     return summary
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -38,8 +37,8 @@ import numpy as np
 
 from nslib import verdicts
 from nslib.evaluate import wilson_interval
-from nslib.store import (atomic_write_bytes, check_result_dir, claim, new_result_dir, outputs_dir, provenance,
-                         remove_orphan_result_temps, replace_dir, save_json, write_manifest)
+from nslib.store import (atomic_write_bytes, check_result_dir, claim, outputs_dir, provenance, save_json,
+                         writing_result)
 
 __all__ = ["read_evaluation", "newcombe_paired", "compare", "markdown", "write_comparison", "add_arguments", "main"]
 
@@ -247,22 +246,13 @@ def write_comparison(result: dict, out, *, force: bool = False) -> Path:
     of nslib's own results)."""
     from nslib.forest import plot_forest  # matplotlib: only when writing
     out = check_result_dir(out, force, "--out")
-    with claim(out, "--out"):
-        remove_orphan_result_temps(out)
-        tmp = new_result_dir(out, "--out")
-        try:
-            atomic_write_bytes(tmp / "COMPARE.md", markdown(result).encode())
-            atomic_write_bytes(tmp / "compare.csv", _csv(result))
-            save_json(tmp / "compare.json", {**result, "provenance": provenance()})
-            a, b = result["names"]
-            plot_forest({f"{a} - {b}, accuracy (points)": result["attacks"]}, path=tmp / "forest",
-                        title=f"{a} against {b}: paired difference and 95% interval")
-            write_manifest(tmp)
-            check_result_dir(out, force, "--out")  # again: something may have appeared there meanwhile
-            replace_dir(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    with claim(out, "--out"), writing_result(out, force, "--out") as tmp:
+        atomic_write_bytes(tmp / "COMPARE.md", markdown(result).encode())
+        atomic_write_bytes(tmp / "compare.csv", _csv(result))
+        save_json(tmp / "compare.json", {**result, "provenance": provenance()})
+        a, b = result["names"]
+        plot_forest({f"{a} - {b}, accuracy (points)": result["attacks"]}, path=tmp / "forest",
+                    title=f"{a} against {b}: paired difference and 95% interval")
     return out
 
 

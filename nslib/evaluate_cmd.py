@@ -29,7 +29,6 @@ import contextlib
 import importlib.util
 import math
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -38,8 +37,8 @@ import torch
 from nslib import attacks, checks, data as data_mod, distributed, evaluate, fast, minnorm, specs, streams
 from nslib.models import eval_mode
 from nslib.progress import bar
-from nslib.store import (atomic_write_bytes, check_result_dir, claim, new_result_dir, outputs_dir, provenance,
-                         remove_orphan_result_temps, replace_dir, save_json, write_manifest)
+from nslib.store import (atomic_write_bytes, check_result_dir, claim, outputs_dir, provenance, save_json,
+                         writing_result)
 
 __all__ = ["parse_attacks", "evaluate_model", "write_results", "add_arguments", "main"]
 
@@ -215,22 +214,16 @@ def check_out(out, force: bool) -> Path:
 
 
 def write_results(out, result: dict, *, force: bool = False) -> Path:
-    """Every file into a temporary folder beside ``out``, then moved into place whole (:func:`nslib.store.replace_dir`:
+    """Every file into a temporary folder beside ``out``, then moved into place whole (:func:`nslib.store.writing_result`:
     the old result stays until the new one is complete; only files nslib wrote are ever replaced)."""
     out = check_out(out, force)
-    tmp = new_result_dir(out, "--out")
-    try:
+    with writing_result(out, force, "--out", legacy=LEGACY) as tmp:
         save_json(tmp / "results.json", {k: v for k, v in result.items() if k != "outcomes"})
         cols = ["attack", "accuracy", "low", "high", "correct", "n", "median_l2", "attack_s"]
         atomic_write_bytes(tmp / "results.csv", _csv(cols, [[r.get(c, "") for c in cols] for r in result["rows"]]))
         atomic_write_bytes(tmp / "RESULTS.md", markdown(result).encode())
         o = result["outcomes"]
         atomic_write_bytes(tmp / "outcomes.csv", _csv(list(o), zip(*o.values())))
-        write_manifest(tmp)
-        check_out(out, force)  # again: a file may have appeared there meanwhile
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -323,7 +316,6 @@ def _work(args) -> int:
             job = _prepare(args)
             if distributed.is_main():  # rank 0 writes: it holds --out from the checks to the end
                 held.enter_context(claim(job["out"], "--out"))
-                remove_orphan_result_temps(job["out"])  # what a killed run left empty beside it
             batch_size = checks.check_positive_int(fast.attack_batch(device, args.batch_size), "--batch-size")
             workers = checks.check_positive_int(args.workers, "--workers", minimum=0)
             err = None

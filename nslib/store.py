@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from nslib import __version__
 
 __all__ = ["repo_root", "data_dir", "outputs_dir", "provenance", "atomic_write_bytes", "save_json",
            "load_json", "save_torch", "params_key", "MANIFEST", "write_manifest", "claim", "check_writable",
-           "check_result_dir", "new_result_dir", "replace_dir", "remove_orphan_temps", "remove_orphan_result_temps"]
+           "check_result_dir", "new_result_dir", "writing_result", "replace_dir", "remove_orphan_temps", "remove_orphan_result_temps"]
 
 MANIFEST = "nslib-manifest.json"  # what the kit wrote in a result folder: all that replacing it may remove
 
@@ -209,13 +210,15 @@ def claim(folder: str | os.PathLike, flag: str = "--out", *, wait: bool = False)
     """Hold an exclusive advisory lock on the result or run folder ``folder`` (``fcntl`` on ``.NAME.lock`` beside
     it) while a command writes it, so that two commands never write one folder at once. ``wait=False`` (the
     commands): a folder another process holds is a ValueError naming ``flag``, before any work; ``wait=True`` (the
-    reproduction's model cache): wait for it. Released on exit, on error and when the process dies; the lock file
-    is removed on release (a waiter that locked the removed file tries again on the new one). Where ``fcntl`` is
-    missing (Windows) nothing is locked."""
+    reproduction's model cache): wait for it. Once held, the empty temp folders a killed command left beside
+    ``folder`` are removed (:func:`remove_orphan_result_temps`). Released on exit, on error and when the process
+    dies; the lock file is removed on release (a waiter that locked the removed file tries again on the new one).
+    Where ``fcntl`` is missing (Windows) nothing is locked."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     path = folder.parent / f".{folder.name}.lock"
     if fcntl is None:
+        remove_orphan_result_temps(folder)
         yield folder
         return
     while True:
@@ -233,6 +236,7 @@ def claim(folder: str | os.PathLike, flag: str = "--out", *, wait: bool = False)
             pass
         handle.close()  # released and removed meanwhile by its holder: lock the new one
     try:
+        remove_orphan_result_temps(folder)  # held: no other command is assembling a result there
         yield folder
     finally:
         try:
@@ -299,6 +303,22 @@ def new_result_dir(folder: str | os.PathLike, flag: str = "--out") -> Path:
         return tmp
     except OSError as e:
         raise ValueError(f"{flag} {folder}: cannot write there ({e.strerror or e})") from None
+
+
+@contextlib.contextmanager
+def writing_result(folder: str | os.PathLike, force: bool = False, flag: str = "--out", legacy=None):
+    """Assemble a result for ``folder`` in a fresh temp folder beside it (yielded), then, when the block ends
+    without error, list it in its manifest, check ``folder`` again (:func:`check_result_dir`: something may have
+    appeared there meanwhile) and move it into place (:func:`replace_dir`); the temp folder is removed in every case,
+    so an error or Ctrl-C leaves the old result as it was. Hold :func:`claim` on ``folder`` around it."""
+    tmp = new_result_dir(folder, flag)
+    try:
+        yield tmp
+        write_manifest(tmp)
+        check_result_dir(folder, force, flag, legacy)
+        replace_dir(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 _TEMP_DIR = re.compile(r"^\..+\.[a-z0-9_]{8}$")  # what new_result_dir names (mkdtemp's 8 random characters)

@@ -177,18 +177,22 @@ def masking_checks(rows: dict, *, aa_gap: float = MASKING["aa_gap"], longer_pgd:
     Returns ``{"checks": [{"id", "text", "ok", "values"}], "ok"}``; rows that did not run are not checked."""
     checks = []
     if "autoattack" in rows and "pgd_restarts" in rows:
-        n = rows["autoattack"]["n"]
-        p, a = _share(rows["pgd_restarts"], n), _share(rows["autoattack"], n)
-        checks.append({"id": "aa_gap", "ok": p - a <= aa_gap + 1e-12, "values": {"pgd": p, "aa": a, "n": n},
+        n, p, a, ok = _at_most_above(rows["pgd_restarts"], rows["autoattack"], rows["autoattack"]["n"], aa_gap)
+        checks.append({"id": "aa_gap", "ok": ok, "values": {"pgd": p, "aa": a, "n": n},
                        "text": f"{rows['autoattack']['label']} {100 * a:.1f}% vs {rows['pgd_restarts']['label']} "
                                f"{100 * p:.1f}% on {n} images: gap {100 * (p - a):.1f} <= {100 * aa_gap:g} points"})
     if "pgd_long" in rows and "pgd" in rows:
-        n = rows["pgd_long"]["n"]
-        p, q = _share(rows["pgd"], n), _share(rows["pgd_long"], n)
-        checks.append({"id": "longer_pgd", "ok": q - p <= longer_pgd + 1e-12, "values": {"pgd": p, "long": q, "n": n},
+        n, q, p, ok = _at_most_above(rows["pgd_long"], rows["pgd"], rows["pgd_long"]["n"], longer_pgd)
+        checks.append({"id": "longer_pgd", "ok": ok, "values": {"pgd": p, "long": q, "n": n},
                        "text": f"{rows['pgd_long']['label']} {100 * q:.1f}% vs {rows['pgd']['label']} {100 * p:.1f}% "
                                f"on {n} images: not more than {100 * longer_pgd:g} point(s) above"})
     return {"checks": checks, "ok": all(c["ok"] for c in checks)}
+
+
+def _at_most_above(high: dict, low: dict, n: int, bound: float):
+    """``(n, accuracy of high, accuracy of low, high - low <= bound)`` on the first ``n`` images of both rows."""
+    h, lo = _share(high, n), _share(low, n)
+    return n, h, lo, h - lo <= bound + 1e-12
 
 
 def ablation(dataset: str, arch: str, name: str, values, param: str, x, y, *, eps: float, steps: int, seed: int = 0,
