@@ -34,7 +34,7 @@ PROFILES: dict[str, dict] = {
     # Fashion-MNIST, verdict numbers on 1,000 test images; minutes on two cores: EXPECTED_S.
     "cpu": {
         "datasets": ("fmnist", "mnist5k"),
-        # The robust models fine-tune the same seed's vanilla model (58,000 images x 2 epochs: 88-89%) for 2 epochs over
+        # The robust models fine-tune the same seed's vanilla model (58,000 images x 2 epochs: 88-89%) for 3 epochs over
         # all 58,000 images against FGSM-RS (one step of 1.25 eps from a uniform random start, Wong et al. 2020), eps
         # ramped up over the first epoch, the best epoch by validation PGD-5 guarding against catastrophic
         # overfitting. Chosen by measurement (README, "How the cpu profile's models are trained"), test clean /
@@ -43,9 +43,10 @@ PROFILES: dict[str, dict] = {
         # 80.0/67.5 in 30 s. Without the warm-up TRADES and SNS (TRADES) were unstable from a vanilla start (TRADES
         # validation PGD 60.8-66.2% over three seeds, SNS (TRADES) collapsed on two of five runs); with it TRADES reads
         # 81.6-82.6 / 64.3-65.0 over three seeds and PGD-AT 83.5/66.2 and 83.2/65.9 (2-3 points more clean, 2 less
-        # PGD-20: the price of stable TRADES). E1, E2, E4 on the paper's 1,000 pairs, E3's images (05 reuses 02's
+        # PGD-20: the price of stable TRADES), so a third epoch at full eps (the clean-clone run at a333fb3, 2 epochs:
+        # PGD-AT 83.3 +- 0.2 / 66.2 +- 0.8 over three seeds, short of the issue's 68). E1, E2, E4 on the paper's 1,000 pairs, E3's images (05 reuses 02's
         # PGD-20 pairs; 400 pairs left C2's PGD-AT intervals overlapping)
-        "all": {"seeds": [0, 1, 2], "batch_size": 128, "lr": 0.05, "epochs": 2, "vanilla_epochs": 2,
+        "all": {"seeds": [0, 1, 2], "batch_size": 128, "lr": 0.05, "epochs": 3, "vanilla_epochs": 2,
                 "vanilla_n_train": "all", "start": "vanilla", "eps_warmup_epochs": 1,
                 "n_train": None, "attack_steps": 1, "step_scale": 1.25, "val_size": 2000, "val_n_adv": 500,
                 "val_attack_steps": 5,
@@ -57,13 +58,19 @@ PROFILES: dict[str, dict] = {
                 "n_maps": 8, **_CPU_RANGES,
                 "c1_eps_scales": [0.5]},  # the robust four tie (58.6-59.7% PGD): C1 needs a level between
         "00": {"n_train": 20000, "epochs": 4, "batch_size": 64},
-        # C5's second dataset: the subset's 3,500 training images, eps 0.3; PGD-AT and its SNS only (TRADES would
-        # double the time). From the same seed's Vanilla, PGD-5 (step 2.5 eps / 5) for 8 epochs, eps ramped up over
-        # the first 2: seed 0, 26 s, test clean 97.3%, PGD-20 70.8% on 1,000 images, PGD-50 74.6% <= PGD-20 75.8% on
-        # the first 500 (no sign of masking). The old recipe (PGD-3 from scratch, 4 epochs) 94.5/43.7 and 93.4/38.5
-        # (seeds 0/1), masked on some seeds (the issue's PGD-50 79% against PGD-20 41%).
-        "mnist5k": {"n_train": None, "val_size": 500, "epochs": 8, "vanilla_epochs": 10, "attack_steps": 5,
-                    "step_scale": 2.5, "eps_warmup_epochs": 2, "models": ["vanilla", "pgd_at", "sns_pgd_at"]},
+        # C5's second dataset: the subset's 3,500 training images; PGD-AT and its SNS only (TRADES would double the
+        # time). From the same seed's Vanilla, PGD-5 (step 2.5 eps / 5) for 8 epochs, eps ramped up over the first 2.
+        # eps 0.15, not the paper's 0.3: 3,500 images do not support 0.3 against AutoAttack. Chosen on the 500
+        # validation images of seed 0 before any test image was seen (clean / PGD-20 / PGD-50 / AutoAttack APGD-CE +
+        # DLR, 2 cores, bf16): eps 0.3, 8 epochs 97.4/70.8/70.6/51.6 (19 points below PGD: masked; the a333fb3 run
+        # flagged all ten models); PGD-10 instead of 5 97.2/74.4/74.0/59.6; 16 epochs 98.0/80.6/80.0/67.6; eps 0.2
+        # 97.8/85.2/85.2/81.0 (4.2 points: the rule's edge); eps 0.15 98.2/89.2/89.2/88.2 (1 point), 28 s of training.
+        "mnist5k": {"eps": 0.15, "n_train": None, "val_size": 500, "epochs": 8, "vanilla_epochs": 10,
+                    "attack_steps": 5, "step_scale": 2.5, "eps_warmup_epochs": 2,
+                    "models": ["vanilla", "pgd_at", "sns_pgd_at"],
+                    # MNIST's accuracies sit higher than Fashion-MNIST's
+                    "train_ranges": {"vanilla_clean": (0.90, 1.0), "robust_clean": (0.85, 1.0), "robust_pgd": (0.50, 0.98)},
+                    "eval_ranges": {"clean": (0.85, 1.0), "aa": (0.50, 0.98), "vanilla_pgd": (0.0, 0.2)}},
         ("mnist5k", "00"): {"n_train": None},
     },
     # GPU, paper scale: three seeds, AutoAttack on 1,000 images. Not yet measured on a GPU (estimate).
