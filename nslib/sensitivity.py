@@ -192,7 +192,7 @@ def neuron_sensitivity(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, *
 
 
 def sensitivity_variants(model: nn.Module, x: torch.Tensor, variants: dict, *, layers=None, batch_size: int = 256,
-                         progress: bool = False) -> dict:
+                         progress: bool = False, activity: bool = False) -> dict:
     """Several sigmas of the same benign images at the cost of one pass per distinct set of images.
 
     ``variants`` maps a key to ``(x_adv, relative)`` (as :func:`neuron_sensitivity` takes them). Each batch runs
@@ -203,6 +203,11 @@ def sensitivity_variants(model: nn.Module, x: torch.Tensor, variants: dict, *, l
     exactly its pass; several batch more images per pass, which can move the last bits of a float32
     convolution).
 
+    With ``activity=True`` the result also holds ``"activity"``: each neuron's mean |clean output| over the pairs
+    (the denominator of the ratio-of-means relative sigma), from the same pass. A layer's own ratio of means, its
+    mean sigma over its mean activity, does not let one nearly silent neuron (activity 1e-8, any change) set the
+    layer's value, as a mean of per-neuron ratios does.
+
     Returns: ``{key: {layer name: Tensor [neurons]}}``, each as :func:`neuron_sensitivity` returns it.
 
     Usage: ``s = sensitivity_variants(model, x, {"abs": (x_adv, False), "rel": (x_adv, True)})``
@@ -210,6 +215,8 @@ def sensitivity_variants(model: nn.Module, x: torch.Tensor, variants: dict, *, l
     check_images(x, "x")
     if not isinstance(variants, dict) or not variants:
         raise ValueError(f"variants must be a non-empty dict of key -> (x_adv, relative), got {variants!r}")
+    if activity and "activity" in variants:
+        raise ValueError('variants must not use the key "activity" with activity=True (the result holds it)')
     advs, slot = [], {}  # the distinct adversarial sets (by identity), and each variant's place in the pass
     for key, (x_adv, relative) in variants.items():
         check_images(x_adv, "x_adv" if len(variants) == 1 else f"variants[{key!r}]'s x_adv")
@@ -226,6 +233,7 @@ def sensitivity_variants(model: nn.Module, x: torch.Tensor, variants: dict, *, l
     names = _layer_list(model, layers)
     device = model_device(model)
     sums = {key: _PairSums(relative) for key, (_, relative) in variants.items()}
+    act = _PairSums(True) if activity else None  # its scale sums are the activity; its diff sums go unused
     parts, b = 1 + len(advs), [0]  # b[0]: pairs in the batch now passing (the pass holds parts * b images)
 
     def reduce(name, output):
@@ -237,6 +245,8 @@ def sensitivity_variants(model: nn.Module, x: torch.Tensor, variants: dict, *, l
         chunks = output.split(b[0])
         for key, s in sums.items():
             s.add(name, chunks[0], chunks[slot[key]])
+        if act is not None:
+            act.add(name, chunks[0], chunks[0])
 
     with _eval_mode(model), torch.no_grad(), _Hooks(model, names, reduce) as hooks:
         for start in tqdm(range(0, x.shape[0], batch_size), desc="sensitivity", disable=not progress, leave=False):
@@ -248,7 +258,10 @@ def sensitivity_variants(model: nn.Module, x: torch.Tensor, variants: dict, *, l
                 if hooks.missing():
                     raise RuntimeError(f"layers {', '.join(hooks.missing())} did not run during the forward "
                                        f"pass of {type(model).__name__}")
-    return {key: s.sigma(names, x.shape[0]) for key, s in sums.items()}
+    out = {key: s.sigma(names, x.shape[0]) for key, s in sums.items()}
+    if act is not None:
+        out["activity"] = {name: (act.scale[name] / x.shape[0]).float() for name in names}
+    return out
 
 
 def resolve_k(k, width: int, layer: str | None = None) -> int:

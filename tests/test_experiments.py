@@ -212,3 +212,19 @@ def test_c3_comparisons_pair_outcomes_by_image_and_seed_and_judge_only_the_judge
     del evals[("pgd_at", 4)]["rows"]["transfer"]  # a judged row every seed must have
     with pytest.raises(ValueError, match=r"evals must hold row 'transfer' of sns_pgd_at and pgd_at for every seed"):
         rb.c3_comparisons(evals, list(range(5)), [("sns_pgd_at", "pgd_at")], margin=0.01)
+
+
+def test_a_layers_relative_sensitivity_is_its_own_ratio_of_means_unmoved_by_a_nearly_silent_neuron():
+    # Simulation with known truth: 20 neurons each changing by 0.3 of their clean activity (the layer's relative
+    # sensitivity is 0.3), plus one nearly silent on clean images (activity 1e-8) that moves by 1e-3 under attack.
+    g = torch.Generator().manual_seed(0)
+    activity = torch.rand(21, generator=g) + 0.5
+    activity[20] = 1e-8
+    sigma = 0.3 * activity
+    sigma[20] = 1e-3
+    per_neuron = float((sigma / activity).mean())  # the mean of per-neuron ratios: the silent neuron's 1e5 rules it
+    assert per_neuron > 1000
+    got = ex._layer_ratios({"l": sigma}, {"l": activity})["l"]
+    assert got == pytest.approx(float(sigma.sum() / activity.sum())) and got == pytest.approx(0.3, abs=0.01)
+    # scale-invariant: a layer whose outputs are all c times larger has the same relative sensitivity
+    assert ex._layer_ratios({"l": 7.0 * sigma}, {"l": 7.0 * activity})["l"] == pytest.approx(got)

@@ -439,3 +439,22 @@ def test_variants_share_one_pass_per_batch_and_equal_separate_calls(batch_size):
         sensitivity_variants(model, x, {"a": (own, False), "b": (own, "mean")})
     with pytest.raises(ValueError, match=r"variants\['b'\]'s x_adv"):
         sensitivity_variants(model, x, {"a": (own, False), "b": (own - 2, False)})
+
+
+def test_activity_is_each_neurons_mean_absolute_clean_output_from_the_same_pass():
+    # Oracle: each benign image through the model alone, the layer's |output| averaged over positions, then images.
+    model = Nested(3).double()
+    x, own = pairs(7, seed=5)
+    got = sensitivity_variants(model, x, {"abs": (own, False), "rel": (own, "ratio_of_means")}, layers=LAYERS,
+                               batch_size=3, activity=True)
+    assert list(got) == ["abs", "rel", "activity"]
+    for layer in LAYERS:
+        outs = per_pair_outputs(model, x, own, layer)
+        want = torch.stack([a.abs().reshape(a.shape[0], -1).mean(1) for a, _ in outs]).mean(0)
+        torch.testing.assert_close(got["activity"][layer].double(), want, atol=1e-6, rtol=1e-6)
+        # the ratio-of-means relative sigma is the absolute one over this activity, neuron by neuron
+        live = want > 0
+        torch.testing.assert_close(got["rel"][layer][live].double(), (got["abs"][layer].double() / want)[live],
+                                   atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match='must not use the key "activity"'):
+        sensitivity_variants(model, x, {"activity": (own, False)}, activity=True)
