@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from nslib import attacks, evaluate
+from nslib import attacks, evaluate, training
 from nslib.evaluate import accuracy_on
 from nslib.repro.cache import adversarial_pairs, get_model, label
 from nslib.verdicts import compare
@@ -198,9 +198,13 @@ def _at_most_above(high: dict, low: dict, n: int, bound: float):
 def ablation(dataset: str, arch: str, name: str, values, param: str, x, y, *, eps: float, steps: int, seed: int = 0,
              progress: bool = True, **train_args) -> list[dict]:
     """Train ``name`` for each value of ``param`` (e.g. k) and measure clean accuracy and accuracy on PGD-``steps``
-    pairs (the cached pairs of the other notebooks). Returns one row per value: value, model, status, clean, pgd
+    pairs (the cached pairs of the other notebooks). ``eps`` is the radius of both: the models train at it (passed
+    on to :func:`get_model` where it is not the dataset's own, whose cache key leaves it out) and the pairs are
+    crafted at it. Returns one row per value: value, model, status, clean, pgd
     (accuracy dicts; pgd's "label" names the attack), collapsed (bool).
     """
+    if eps != training.ATTACK_DEFAULTS.get(dataset, {}).get("eps"):
+        train_args["eps"] = eps
     rows = []
     attack = {"attack": "pgd", "eps": eps, "steps": steps}
     for v in values:
