@@ -233,7 +233,7 @@ def sensitivity_variants(model: nn.Module, x: torch.Tensor, variants: dict, *, l
     names = _layer_list(model, layers)
     device = model_device(model)
     sums = {key: _PairSums(relative) for key, (_, relative) in variants.items()}
-    act = _PairSums(True) if activity else None  # its scale sums are the activity; its diff sums go unused
+    act = {} if activity else None  # per layer, the float64 sum over pairs of each neuron's mean |clean output|
     parts, b = 1 + len(advs), [0]  # b[0]: pairs in the batch now passing (the pass holds parts * b images)
 
     def reduce(name, output):
@@ -246,7 +246,7 @@ def sensitivity_variants(model: nn.Module, x: torch.Tensor, variants: dict, *, l
         for key, s in sums.items():
             s.add(name, chunks[0], chunks[slot[key]])
         if act is not None:
-            act.add(name, chunks[0], chunks[0])
+            _PairSums._add(act, name, _neurons(chunks[0], name).abs().mean(2).sum(0, dtype=torch.float64))
 
     with _eval_mode(model), torch.no_grad(), _Hooks(model, names, reduce) as hooks:
         for start in tqdm(range(0, x.shape[0], batch_size), desc="sensitivity", disable=not progress, leave=False):
@@ -260,7 +260,7 @@ def sensitivity_variants(model: nn.Module, x: torch.Tensor, variants: dict, *, l
                                        f"pass of {type(model).__name__}")
     out = {key: s.sigma(names, x.shape[0]) for key, s in sums.items()}
     if act is not None:
-        out["activity"] = {name: (act.scale[name] / x.shape[0]).float() for name in names}
+        out["activity"] = {name: (act[name] / x.shape[0]).float() for name in names}
     return out
 
 

@@ -230,24 +230,29 @@ def test_a_layers_relative_sensitivity_is_its_own_ratio_of_means_unmoved_by_a_ne
     assert ex._layer_ratios({"l": 7.0 * sigma}, {"l": 7.0 * activity})["l"] == pytest.approx(got)
 
 
-def test_ablation_trains_and_attacks_at_its_eps_given_once(monkeypatch):
-    # the cpu profile's MNIST-5k runs at eps 0.15, not the dataset's 0.3: its k ablation must train there too (a
-    # profile eps in train_args as well crashed notebook 05 with "got multiple values for keyword argument 'eps'")
+def test_ablation_trains_with_the_profiles_own_eps(monkeypatch):
+    # the cpu profile's MNIST-5k runs at eps 0.15, not the dataset's 0.3: its k ablation must train there too (its
+    # eps in train_args as well as the pairs' radius crashed notebook 05 with "got multiple values for keyword
+    # argument 'eps'"); at the dataset's own radius the cache key keeps leaving eps out
     cfg = config.settings("cpu", "mnist5k", "05")
     assert cfg.train_args["eps"] == cfg.eps == 0.15
-    trained = []
+    assert "eps" not in config.settings("cpu", "fmnist", "05").train_args
+    trained, attacked = [], []
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
 
     def fake_get_model(dataset, arch, name, seed, progress=True, **args):
         trained.append(args)
         return model, {"label": name, "status": "done", "collapsed": False}
 
+    def fake_pairs(m, info, x, y, **kw):
+        attacked.append(kw["eps"])
+        return x
+
     monkeypatch.setattr(rb, "get_model", fake_get_model)
-    monkeypatch.setattr(rb, "adversarial_pairs", lambda m, info, x, y, **kw: x)
+    monkeypatch.setattr(rb, "adversarial_pairs", fake_pairs)
     x, y = torch.rand(4, 1, 28, 28), torch.arange(4)
-    base = {a: v for a, v in cfg.train_args.items() if a not in ("k", "eps")}
-    rows = rb.ablation("mnist5k", cfg.arch, "sns_pgd_at", [0.1, 0.2], "k", x, y, eps=cfg.eps, steps=5, **base)
-    assert [r["value"] for r in rows] == [0.1, 0.2] and all(a["eps"] == 0.15 for a in trained)
-    trained.clear()  # at the dataset's own radius the cache key keeps leaving eps out
-    rb.ablation("mnist5k", cfg.arch, "sns_pgd_at", [0.1], "k", x, y, eps=0.3, steps=5, **base)
-    assert "eps" not in trained[0]
+    base = {a: v for a, v in cfg.train_args.items() if a != "k"}  # what notebook 05 passes
+    rows = rb.ablation("mnist5k", cfg.arch, "sns_pgd_at", [0.1, 0.2], "k", x, y, eps=cfg.eps, steps=5,
+                       train_args={**base, "lam": 0.05})
+    assert [r["value"] for r in rows] == [0.1, 0.2] and [a["k"] for a in trained] == [0.1, 0.2]
+    assert all(a["eps"] == 0.15 and a["lam"] == 0.05 for a in trained) and attacked == [0.15, 0.15]

@@ -79,9 +79,9 @@ def sensitivity_study(models: dict, infos: dict, x: torch.Tensor, y: torch.Tenso
                                    activity=True)
         sig = {key: {k: v.cpu() for k, v in s.items()} for key, s in sig.items()}
         activity = sig.pop("activity")
-        layer_mean = {v: _layer_means(s) for v, s in sig.items()}
-        layer_mean["rel"] = _layer_ratios(sig["abs"], activity)
-        layer_mean["rel_transfer"] = _layer_ratios(sig["abs_transfer"], activity)
+        absolute = {"rel": "abs", "rel_transfer": "abs_transfer"}  # a relative variant's layer value: its ratio
+        layer_mean = {v: _layer_ratios(sig[absolute[v]], activity) if v in absolute else _layer_means(s)
+                      for v, s in sig.items()}
         out[name] = {"label": infos[name].get("label", label(name)),
                      "clean": accuracy_on(model, x, y), "adv": accuracy_on(model, pairs[name], y, x=x),
                      "sigma": sig, "layer_mean": layer_mean,

@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from nslib import attacks, evaluate, training
+from nslib import attacks, evaluate
 from nslib.evaluate import accuracy_on
 from nslib.repro.cache import adversarial_pairs, get_model, label
 from nslib.verdicts import compare
@@ -177,12 +177,14 @@ def masking_checks(rows: dict, *, aa_gap: float = MASKING["aa_gap"], longer_pgd:
     Returns ``{"checks": [{"id", "text", "ok", "values"}], "ok"}``; rows that did not run are not checked."""
     checks = []
     if "autoattack" in rows and "pgd_restarts" in rows:
-        n, p, a, ok = _at_most_above(rows["pgd_restarts"], rows["autoattack"], rows["autoattack"]["n"], aa_gap)
+        n = rows["autoattack"]["n"]
+        p, a, ok = _at_most_above(rows["pgd_restarts"], rows["autoattack"], n, aa_gap)
         checks.append({"id": "aa_gap", "ok": ok, "values": {"pgd": p, "aa": a, "n": n},
                        "text": f"{rows['autoattack']['label']} {100 * a:.1f}% vs {rows['pgd_restarts']['label']} "
                                f"{100 * p:.1f}% on {n} images: gap {100 * (p - a):.1f} <= {100 * aa_gap:g} points"})
     if "pgd_long" in rows and "pgd" in rows:
-        n, q, p, ok = _at_most_above(rows["pgd_long"], rows["pgd"], rows["pgd_long"]["n"], longer_pgd)
+        n = rows["pgd_long"]["n"]
+        q, p, ok = _at_most_above(rows["pgd_long"], rows["pgd"], n, longer_pgd)
         checks.append({"id": "longer_pgd", "ok": ok, "values": {"pgd": p, "long": q, "n": n},
                        "text": f"{rows['pgd_long']['label']} {100 * q:.1f}% vs {rows['pgd']['label']} {100 * p:.1f}% "
                                f"on {n} images: not more than {100 * longer_pgd:g} point(s) above"})
@@ -190,21 +192,19 @@ def masking_checks(rows: dict, *, aa_gap: float = MASKING["aa_gap"], longer_pgd:
 
 
 def _at_most_above(high: dict, low: dict, n: int, bound: float):
-    """``(n, accuracy of high, accuracy of low, high - low <= bound)`` on the first ``n`` images of both rows."""
+    """``(accuracy of high, accuracy of low, high - low <= bound)`` on the first ``n`` images of both rows."""
     h, lo = _share(high, n), _share(low, n)
-    return n, h, lo, h - lo <= bound + 1e-12
+    return h, lo, h - lo <= bound + 1e-12
 
 
 def ablation(dataset: str, arch: str, name: str, values, param: str, x, y, *, eps: float, steps: int, seed: int = 0,
-             progress: bool = True, **train_args) -> list[dict]:
+             train_args: dict, progress: bool = True) -> list[dict]:
     """Train ``name`` for each value of ``param`` (e.g. k) and measure clean accuracy and accuracy on PGD-``steps``
-    pairs (the cached pairs of the other notebooks). ``eps`` is the radius of both: the models train at it (passed
-    on to :func:`get_model` where it is not the dataset's own, whose cache key leaves it out) and the pairs are
-    crafted at it. Returns one row per value: value, model, status, clean, pgd
-    (accuracy dicts; pgd's "label" names the attack), collapsed (bool).
+    pairs at ``eps`` (the cached pairs of the other notebooks). ``train_args``: the :func:`get_model` arguments of
+    every run but ``param`` (:attr:`nslib.repro.config.Settings.train_args`, with its training eps where that is
+    not the dataset's own), a dict of their own beside ``eps``, the pairs' radius. Returns one row per value: value,
+    model, status, clean, pgd (accuracy dicts; pgd's "label" names the attack), collapsed (bool).
     """
-    if eps != training.ATTACK_DEFAULTS.get(dataset, {}).get("eps"):
-        train_args["eps"] = eps
     rows = []
     attack = {"attack": "pgd", "eps": eps, "steps": steps}
     for v in values:
