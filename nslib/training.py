@@ -7,29 +7,22 @@ a trained model.
 
 Design decisions, the same in every method:
 
-- **Attacks** come from :mod:`nslib.attacks` (its PGD, through an unchecked entry point that skips the
-  per-call input checks, which synchronise with the host; the data were checked once, up front). The
-  model is in eval mode while they run (batch norm uses its running statistics, dropout is off) and
-  back in train mode for the update.
+- **Attacks** come from :mod:`nslib.attacks` (PGD through an unchecked entry point: its per-call input checks
+  sync with the host; the data were checked once, up front), with the model in eval mode (batch norm's running
+  statistics, no dropout), back in train mode for the update.
 - **Data order** of epoch e is a permutation drawn from ``seed`` and e alone, and the global RNG state
   (dropout, attack random starts) is stored in every checkpoint, so a resumed run ends with exactly the
   weights of an uninterrupted one.
-- **Validation**: a stratified split held out from the training data (5,000 images for fmnist/mnist/
-  cifar10, 500 for mnist5k); each epoch records clean accuracy and, for adversarial methods, robust
-  accuracy against PGD on it (``val_pgd``: the share classified correctly both clean and attacked, the
-  definition of :func:`nslib.evaluate.robust_accuracy`). Two checkpoints are kept: ``last.pt`` and
-  ``best.pt`` (best validation robust accuracy for adversarial methods, clean accuracy otherwise).
-- **Collapse** (SNS, any method with hooks): the absolute penalty is minimised by shrinking activations
-  to zero. After each epoch a run whose validation clean accuracy is within 5 points of chance, or more
-  than half of whose hooked neurons are dead (zero on every one of 256 validation images), is stopped
-  and recorded with ``status="collapsed"``: it is a failure, never a result (``best`` is then None).
-- **Speed on CUDA**: bf16 autocast, channels_last, data resident on the device, no host
-  synchronisation inside the step loop (losses are accumulated on the device and read once per
-  epoch); ``compile=True`` runs the update passes through torch.compile (not the attack, and not the
-  two SNS passes: their hooks record activations as side effects, which a compiled graph does not
-  replay, so SNS runs them eagerly and says so). On a CPU with bf16 hardware (AVX512-BF16, AMX) the same
-  bf16 autocast and channels_last; on other CPUs fp32 with channels_last (emulated bf16 is several times
-  slower there).
+- **Validation**: a stratified hold-out (:func:`validation_split`; 5,000 images, 500 for mnist5k); each epoch
+  records clean accuracy and, for adversarial methods, :func:`validation_pgd` (``val_pgd``). ``last.pt`` and
+  ``best.pt`` are kept (best validation robust accuracy for adversarial methods, clean accuracy otherwise).
+- **Collapse** (SNS, any method with hooks): shrinking activations to zero minimises the penalty. A run whose
+  validation clean accuracy is within 5 points of chance, or more than half of whose hooked neurons are dead
+  (zero on 256 validation images), stops with ``status="collapsed"``: a failure, never a result (no ``best``).
+- **Speed on CUDA**: bf16 autocast, channels_last, data on the device, no host sync inside the step loop
+  (losses are read once per epoch); ``compile=True`` compiles the update passes (not the attack, nor SNS's
+  two passes, whose hooks' side effects a compiled graph does not replay). A CPU with bf16 hardware
+  (AVX512-BF16, AMX): the same bf16 and channels_last; other CPUs fp32 (emulated bf16 is slower).
 
 Usage::
 
@@ -58,12 +51,12 @@ from nslib.sensitivity import capture
 from nslib.checkpoints import (DIVERGED_LOSS, STOPPED, _Mismatch, _diverged, _stop_diverged,  # noqa: F401
                                _write_checkpoints, load_checkpoint, read_history)
 from nslib.store import remove_orphan_temps
-# re-exported: training.TrainConfig, training.identity, training.load_checkpoint... are the public names
-from nslib.methods import (METHODS, SHARED, Method, TrainConfig, _config, _resolve_k, attack_of,  # noqa: F401
+from nslib.methods import (METHODS, SHARED, Method, TrainConfig, _config, _resolve_k, attack_of,  # noqa: F401 re-exported
                            identity, sns_penalty, sns_terms)
 
 __all__ = ["train", "TrainConfig", "identity", "training_loss", "sns_penalty", "sns_terms", "load_checkpoint",
-           "read_history", "evaluate_accuracy", "with_attack_defaults", "METHODS", "Method", "ATTACK_DEFAULTS", "VAL_SIZES"]
+           "read_history", "evaluate_accuracy", "validation_pgd", "validation_split", "with_attack_defaults",
+           "METHODS", "Method", "ATTACK_DEFAULTS", "VAL_SIZES"]
 
 # Linf radius, PGD steps and step size used for training, per dataset (PAPER.md, "Attack settings").
 ATTACK_DEFAULTS = {
@@ -119,8 +112,9 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
         return correct.item() / max(1, len(x))
 
 
-def _robust_accuracy(model, x, y, eps, steps, batch_size=500) -> float:
-    """Share of ``x`` classified correctly both clean and after PGD: :func:`nslib.evaluate.robust_accuracy`."""
+def validation_pgd(model, x, y, eps, steps, batch_size=500) -> float:
+    """The validation robust accuracy :func:`train` records each epoch: :func:`nslib.evaluate.robust_accuracy`
+    under PGD-``steps`` at ``eps`` (seed 0)."""
     attack = partial(attacks.pgd, eps=eps, steps=steps, seed=0)
     return robust_accuracy(model, x, y, attack, batch_size=batch_size).robust_accuracy
 
@@ -180,13 +174,19 @@ def _load_data(data):
     return x, y, data if isinstance(data, str) else None
 
 
+def validation_split(y: torch.Tensor, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(keep, hold)``: indices into the training labels ``y`` of the images :func:`train` keeps and of the
+    ``val_size`` it holds out for validation (stratified, seeded by the run's ``seed``)."""
+    if val_size >= len(y):
+        raise ValueError(f"val_size must be smaller than the {len(y)} training images, got {val_size}")
+    return data_mod.stratified_split(y, val_size, seed=seed)
+
+
 def _split(x, y, name, val_size, n_train, seed):
     """(x_train, y_train, x_val, y_val): a stratified validation hold-out, then a stratified subset."""
     if val_size is None:
         val_size = VAL_SIZES.get(name, 5000) if name is not None else max(1, len(x) // 10)
-    if val_size >= len(x):
-        raise ValueError(f"val_size must be smaller than the {len(x)} training images, got {val_size}")
-    keep, hold = data_mod.stratified_split(y, val_size, seed=seed)
+    keep, hold = validation_split(y, val_size, seed)
     x_val, y_val = x[hold], y[hold]
     x, y = x[keep], y[keep]
     if n_train is not None:
@@ -353,7 +353,7 @@ def _end_of_epoch(run: _Run, record: dict) -> None:
     record["val_clean"] = distributed.sharded_mean(partial(evaluate_accuracy, model), x_val, y_val, 1000)
     if run.attack is not None:
         n_adv = min(cfg.val_n_adv, len(x_val))
-        robust = partial(_robust_accuracy, model, eps=cfg.eps, steps=cfg.val_attack_steps)
+        robust = partial(validation_pgd, model, eps=cfg.eps, steps=cfg.val_attack_steps)
         record["val_pgd"] = distributed.sharded_mean(robust, x_val[:n_adv], y_val[:n_adv], 500) if n_adv else None
     if METHODS[cfg.method].hooks:
         record["dead_fraction"] = _dead_fraction(model, x_val[:256].to(run.device), cfg.layers)

@@ -160,6 +160,10 @@ def test_the_cpu_profile_decides_with_three_seeds_on_1000_test_images():
     # MNIST-5k at the radius its 3,500 training images support against AutoAttack (chosen on validation, the
     # profile says how); the full profile keeps the paper's 0.3
     assert config.settings("cpu", "mnist5k", "05").eps == 0.15 and config.settings("full", "mnist5k", "05").eps == 0.3
+    # AutoAttack on every test image C3 judges (the masking check's gap and the worst case), on both datasets
+    for dataset in ("fmnist", "mnist5k"):
+        c = config.settings("cpu", dataset, "05")
+        assert c.aa_n == c.n_eval == 1000
 
 
 def test_vanilla_args_give_the_vanilla_model_its_own_epochs_and_images():

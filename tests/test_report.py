@@ -1,9 +1,12 @@
 """nslib.repro.report: result files and REPORT.md from constructed results."""
 from __future__ import annotations
 
-import pytest
+from types import SimpleNamespace
 
-from nslib import verdicts
+import pytest
+import torch
+
+from nslib import models, training, verdicts
 from nslib.repro import report, robustness as rb, zoo
 
 
@@ -120,6 +123,25 @@ def test_seed_spread_rows_mark_a_failed_seed():
     assert [(r["seed"], r["method median"], r["within"]) for r in out] == [(0, 0.70, "yes"), (1, 0.70, "yes"),
                                                                             (2, 0.70, "NO")]  # 4 points below
     assert out[2]["gap"] == pytest.approx(-0.04)
+    # the rule reads the key it is given (the reproduction: the full-validation accuracy), here passing seed 2
+    for r, v in zip(rows[1:], (0.70, 0.69, 0.68)):
+        r["full val PGD"] = v
+    out = zoo.seed_spread_rows(rows, key="full val PGD")
+    assert [(r["full val PGD"], r["method median"], r["within"]) for r in out] == [
+        (0.70, 0.69, "yes"), (0.69, 0.69, "yes"), (0.68, 0.69, "yes")]
+
+
+def test_full_validation_pgd_reads_again_what_training_recorded():
+    """On all val_size images (val_n_adv = val_size here) the full-validation accuracy of each robust model is the one
+    training recorded for its last (here only, so best) epoch; Vanilla and a model that did not train are left out."""
+    torch.manual_seed(0)
+    model = models.build("smallcnn", "mnist5k")
+    res = training.train(model, "mnist5k", method="pgd_at", seed=3, epochs=1, n_train=200, batch_size=50,
+                         val_size=60, val_n_adv=60, eps=0.15, attack_steps=1, val_attack_steps=2, progress=False,
+                         device="cpu")
+    cfg = SimpleNamespace(dataset="mnist5k", val_size=60, eps=0.15, val_attack_steps=2)
+    trained = {("vanilla", 3): (model, {}), ("pgd_at", 3): (model, {}), ("sns_pgd_at", 3): (None, {})}
+    assert zoo.full_validation_pgd(cfg, trained, progress=False) == {("pgd_at", 3): res["history"][-1]["val_pgd"]}
 
 
 def test_masking_markdown_flags_in_bold():

@@ -118,6 +118,24 @@ def val_robust(model, eps=LEARN_EPS, n_val=100, n_adv=100, seed=0):
         return int(((model(x).argmax(1) == y) & (model(x_adv).argmax(1) == y)).sum()) / len(y)
 
 
+def test_validation_split_and_pgd_recompute_what_train_recorded():
+    """A model's own validation images and validation PGD accuracy, read again after training (the reproduction's
+    seed-spread rule does so on all of them), give exactly what train() recorded for its last epoch; the split holds
+    out val_size images, disjoint from the kept ones, the same classes in each (stratified)."""
+    model = tiny()
+    result = training.train(model, "mnist5k", method="pgd_at", seed=5, **fast(epochs=1, val_size=80, val_n_adv=80))
+    x, y = data.load("mnist5k", "train")
+    keep, hold = training.validation_split(y, 80, seed=5)
+    assert len(hold) == 80 and len(keep) + len(hold) == len(y)
+    assert not set(keep.tolist()) & set(hold.tolist())
+    assert torch.bincount(y[hold], minlength=10).tolist() == [8] * 10
+    acc = training.validation_pgd(model, x[hold], y[hold], EPS, 2)
+    assert acc == result["history"][-1]["val_pgd"]
+    assert acc == val_robust(model, eps=EPS, n_val=80, n_adv=80, seed=5)  # recomputed independently
+    with pytest.raises(ValueError, match="val_size must be smaller than the 4000 training images, got 4000"):
+        training.validation_split(y, len(y), seed=0)
+
+
 @pytest.fixture(scope="module")
 def vanilla_val_robust():
     model = tiny()
