@@ -110,15 +110,16 @@ PROFILES: dict[str, dict] = {
 # Wall seconds of each notebook per dataset on a quiet 2-core CPU (AMD EPYC): what `reproduce` announces before it
 # starts and the weights of its whole-run progress bar. cpu: `make reproduce` from a clean clone at a333fb3 on an
 # EPYC with AVX512-BF16 (bf16 training), 2026-12-07, measured (Fashion-MNIST's 00 and 01 estimated: they ran beside
-# the test suite), then Fashion-MNIST's 01 and 02 scaled by 1.45 on their robust models' training for the third
-# epoch 6d125db added (estimate: the clean-clone run of 6d125db ran on one thread beside a second run, 3.9x and
-# 2.4x those notebooks' measured times, so its times are not the machine's; MNIST-5k's work did not change).
-# quick: its measured total (7-8 min, 2026-11-29) split by estimate. A notebook, dataset or profile missing here
-# counts DEFAULT_NOTEBOOK_S and the announcement says "unknown".
+# the test suite), then scaled by estimate where later commits added work, each by the ratio it took in a run on one
+# thread beside other runs (those runs' own times are not the machine's): Fashion-MNIST's 01 and 02 x1.45 for the
+# third epoch of 6d125db; 05 x2.7 (Fashion-MNIST) and x2.9 (MNIST-5k) for AutoAttack on 1,000 images instead of 200
+# (a686154: its rows took 5.0x their time, 227 -> 1,130 s over Fashion-MNIST's 20 models); 01 +60 s and +10 s for
+# the full-validation pass. quick: its measured total (7-8 min, 2026-11-29) split by estimate. A notebook, dataset
+# or profile missing here counts DEFAULT_NOTEBOOK_S and the announcement says "unknown".
 EXPECTED_S = {
     "quick": {"fmnist": {"00": 70, "01": 150, "02": 40, "03": 60, "04": 15, "05": 90, "06": 10}},
-    "cpu": {"fmnist": {"00": 45, "01": 1870, "02": 220, "03": 45, "04": 42, "05": 268, "06": 4},
-            "mnist5k": {"00": 12, "01": 423, "02": 130, "03": 40, "04": 20, "05": 161, "06": 5}},
+    "cpu": {"fmnist": {"00": 45, "01": 1930, "02": 220, "03": 45, "04": 42, "05": 733, "06": 4},
+            "mnist5k": {"00": 12, "01": 433, "02": 130, "03": 40, "04": 20, "05": 474, "06": 5}},
 }
 DEFAULT_NOTEBOOK_S = 60
 
