@@ -35,7 +35,8 @@ RULE = ("Each comparison \"A is higher than B\" is an **effect**, the mean paire
         "(the effect, if any, is smaller than would matter: this wins over \"above zero\"), and is "
         "**inconclusive** otherwise. One training seed cannot show the spread over seeds: every comparison of "
         "such a run is inconclusive. A correlation (C1) is judged the same way, its effect the mean of the per-seed "
-        "Spearman correlations and its interval from Fisher's z (so it stays inside [-1, 1]). A claim holds when all its judged comparisons hold and does not hold when "
+        "Spearman correlations and its interval from Fisher's z (so it stays inside [-1, 1]; a perfect ranking counts as "
+        "one swap of two neighbours, so that a few models' perfect rankings do not shrink it to a point). A claim holds when all its judged comparisons hold and does not hold when "
         "any of them does not hold.")
 
 
@@ -208,8 +209,10 @@ def spearman(a, b) -> float:
     return cov / den if den > 0 else 0.0
 
 
-# |rho| is capped here before Fisher's z: a perfect rank agreement of a few models has an infinite z
-_RHO_CAP = 1 - 1e-9
+def rho_cap(n: int) -> float:
+    """The largest Spearman correlation of n items short of a perfect ranking (one adjacent swap):
+    1 - 12 / (n (n^2 - 1)); 0.8 for 4 items, 0.94 for 6."""
+    return 1 - 12 / (n * (n * n - 1))
 
 
 def correlation(x, y, *, margin: float = 0.0, sign: float = 1.0, what: str = "Spearman(x, y) > 0",
@@ -227,7 +230,12 @@ def correlation(x, y, *, margin: float = 0.0, sign: float = 1.0, what: str = "Sp
     The effect is the mean over seeds of sign * rho_s (each seed's Spearman correlation over its n items). Its
     interval is tanh(atanh(r) -+ z_q * se) with se^2 = (1 + r^2 / 2) / (S (n - 3)): Fisher's z with the
     Bonett-Wright variance of a Spearman correlation (Bonett & Wright 2000, Psychometrika 65:23-28), averaged
-    over S independent seeds. One seed: inconclusive, as every comparison of one seed.
+    over S independent seeds. In r each seed's |rho_s| counts at most :func:`rho_cap` (n), the value of one
+    adjacent swap: a perfect ranking of a few items has an infinite z, and uncapped the interval of three
+    perfect rankings shrinks to the point [1, 1] whatever n (with 4 items, one swap in one seed then decides
+    the verdict). The interval is then widened to hold the effect itself. So 4 items over 3 seeds never
+    decide (their best, three perfect rankings, reads [-0.20, +1.00]); 6 items can. One seed: inconclusive, as
+    every comparison of one seed.
 
     Returns a dict shaped as :func:`compare`'s (unit "correlation", n_examples None, ``a`` the spread of the
     per-seed sign * rho, ``b`` of zeros) with ``rhos``: the per-seed Spearman correlations (unsigned).
@@ -253,17 +261,19 @@ def correlation(x, y, *, margin: float = 0.0, sign: float = 1.0, what: str = "Sp
     out = {"id": dict(key or {}), "role": role, "what": what, "names": list(names), "unit": "correlation",
            "n_seeds": s, "n_examples": None, "effect": effect, "margin": float(margin), "a": spread(signed),
            "b": spread([0.0] * s), "diff": spread(signed), "ci": None, "se": None, "df": None, "rhos": rhos,
-           "interval": "Fisher z (Bonett-Wright variance), seeds pooled"}
+           "interval": "Fisher z (Bonett-Wright variance), seeds pooled, perfect rankings counted as one swap"}
     if s < 2:
         out.update(verdict="inconclusive", reason="one seed: the spread over seeds is unknown")
         return out
     if n < 4:
         out.update(ci=(-1.0, 1.0), verdict="inconclusive", reason=f"{n} items: too few for an interval (at least 4)")
         return out
-    r = max(-_RHO_CAP, min(_RHO_CAP, effect))
+    cap = rho_cap(n)
+    r = statistics.fmean(max(-cap, min(cap, v)) for v in signed)
     se = math.sqrt((1 + r * r / 2) / (s * (n - 3)))
     q = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
     low, high = math.tanh(math.atanh(r) - q * se), math.tanh(math.atanh(r) + q * se)
+    low, high = min(low, effect), max(high, effect)  # a capped centre: the interval still holds the effect
     out.update(ci=(low, high), se=se, df=math.inf)
     out["verdict"], out["reason"] = judge(low, high, margin, confidence)
     return out
