@@ -119,12 +119,14 @@ PROFILES: dict[str, dict] = {
 # thread beside other runs (those runs' own times are not the machine's): Fashion-MNIST's 01 and 02 x1.45 for the
 # third epoch of 6d125db; 05 x2.7 (Fashion-MNIST) and x2.9 (MNIST-5k) for AutoAttack on 1,000 images instead of 200
 # (a686154: its rows took 5.0x their time, 227 -> 1,130 s over Fashion-MNIST's 20 models); 01 +60 s and +10 s for
-# the full-validation pass. quick: its measured total (7-8 min, 2026-11-29) split by estimate. A notebook, dataset
-# or profile missing here counts DEFAULT_NOTEBOOK_S and the announcement says "unknown".
+# the full-validation pass; 02 x2.66 (Fashion-MNIST) and x2.7 (MNIST-5k) for C1's PGD-AT at three radii instead of one
+# (293e15e: six more models to train and two more to study per seed; by the work counted, x2.4 and x2.5). quick: its
+# measured total (7-8 min, 2026-11-29) split by estimate. A notebook, dataset or profile missing here counts
+# DEFAULT_NOTEBOOK_S and the announcement says "unknown".
 EXPECTED_S = {
     "quick": {"fmnist": {"00": 70, "01": 150, "02": 40, "03": 60, "04": 15, "05": 90, "06": 10}},
-    "cpu": {"fmnist": {"00": 45, "01": 1930, "02": 220, "03": 45, "04": 42, "05": 733, "06": 4},
-            "mnist5k": {"00": 12, "01": 433, "02": 130, "03": 40, "04": 20, "05": 474, "06": 5}},
+    "cpu": {"fmnist": {"00": 45, "01": 1930, "02": 585, "03": 45, "04": 42, "05": 733, "06": 4},
+            "mnist5k": {"00": 12, "01": 433, "02": 350, "03": 40, "04": 20, "05": 474, "06": 5}},
 }
 DEFAULT_NOTEBOOK_S = 60
 
