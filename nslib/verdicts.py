@@ -35,9 +35,10 @@ RULE = ("Each comparison \"A is higher than B\" is an **effect**, the mean paire
         "(the effect, if any, is smaller than would matter: this wins over \"above zero\"), and is "
         "**inconclusive** otherwise. One training seed cannot show the spread over seeds: every comparison of "
         "such a run is inconclusive. A correlation (C1) is judged the same way, its effect the mean of the per-seed "
-        "Spearman correlations and its interval from Fisher's z (so it stays inside [-1, 1]; a perfect ranking counts as "
-        "one swap of two neighbours, so that a few models' perfect rankings do not shrink it to a point). A claim holds when all its judged comparisons hold and does not hold when "
-        "any of them does not hold.")
+        "Spearman correlations and its interval from Fisher's z (so it stays inside [-1, 1]; a perfect ranking "
+        "counts as one swap of two neighbours, so that a few models' perfect rankings do not shrink it to a "
+        "point). A claim holds when all its judged comparisons hold and does not hold when any of them does not "
+        "hold.")
 
 
 def spread(values) -> dict:
