@@ -144,6 +144,20 @@ def test_full_validation_pgd_reads_again_what_training_recorded():
     assert zoo.full_validation_pgd(cfg, trained, progress=False) == {("pgd_at", 3): res["history"][-1]["val_pgd"]}
 
 
+def test_full_validation_is_cached_in_the_run_folder_per_checkpoint(tmp_path, monkeypatch):
+    """Computed once per model, attack, images and checkpoint, then read back (every notebook the same number)."""
+    torch.manual_seed(0)
+    model = models.build("smallcnn", "mnist5k")
+    cfg = SimpleNamespace(dataset="mnist5k", val_size=40, eps=0.15, val_attack_steps=2)
+    first = zoo.full_validation(cfg, 3, model, {"dir": str(tmp_path), "checkpoint": "best"})
+    assert len(list(tmp_path.glob("full-val-*.json"))) == 1
+    monkeypatch.setattr(training, "validation_pgd", lambda *a, **k: pytest.fail("computed again, not read back"))
+    assert zoo.full_validation(cfg, 3, model, {"dir": str(tmp_path), "checkpoint": "best"}) == first
+    monkeypatch.setattr(training, "validation_pgd", lambda *a, **k: 0.25)  # another checkpoint: its own number
+    assert zoo.full_validation(cfg, 3, model, {"dir": str(tmp_path), "checkpoint": "last"}) == 0.25
+    assert len(list(tmp_path.glob("full-val-*.json"))) == 2
+
+
 def test_masking_markdown_flags_in_bold():
     ok = {"checks": [{"id": "aa_gap", "ok": True, "text": "AA 60.0% vs PGD 61.0%"}], "ok": True}
     bad = {"checks": [{"id": "aa_gap", "ok": False, "text": "AA 50.0% vs PGD 61.0%"}], "ok": False}

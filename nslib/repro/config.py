@@ -168,6 +168,10 @@ KNOBS: dict[str, Knob] = {
     "lam_grid": Knob([0.01, 0.1], _list(_real(0, 1e6, low_open=True), "positive lambda values", distinct=True),
                      "SNS's lambda candidates: each trained on the first seed per base, the one with the best "
                      "validation robust accuracy (PGD, val_n_adv images) is used; include values that collapse"),
+    "lam_drop": Knob(None, _real(0, 1, optional=True),
+                     "a lambda whose SNS model validates (PGD on all val_size images) more than this below its base "
+                     "on the same seed, on any seed of c3_seeds, is not chosen: the next best is (a fraction: 0.03 is "
+                     "3 points; None: only a collapse rejects a lambda)"),
     "k": Knob(0.1, _k, 'SNS top-k: fraction of each layer\'s neurons penalised ("sensitive")', train=True),
     "precision": Knob("auto", _choice(("auto", "fp32", "bf16")),
                       'training and pair attacks: "auto" (bf16 on CUDA and bf16-capable CPUs), "fp32", "bf16"',

@@ -190,11 +190,23 @@ def lam_markdown(curves: dict) -> str:
             cells = [f"{r[k]:.3f} [{r[k + '_ci'][0]:.3f}, {r[k + '_ci'][1]:.3f}]" if r[k] is not None else "-"
                      for k in ("val_clean", "val_pgd")]
             rejected = [j for j in c.get("rejected", []) if j["lam"] == r["lam"]]
-            note = "chosen" if r["lam"] == c["lam"] else ("the base itself" if r["lam"] == 0 else (
-                f"rejected: collapsed on seed(s) {', '.join(map(str, rejected[0]['seeds']))}" if rejected else ""))
+            note = ("chosen" + (f" (every lambda fell more than lam_drop below {label(c['base'])} on some seed: this "
+                               f"one least)" if c.get("all_below_base") else "")) if r["lam"] == c["lam"] else ("the base itself" if r["lam"] == 0 else (
+                "rejected: " + _rejection(rejected[0], label(c["base"])) if rejected else ""))
             lines.append(f"| {r['lam']:g} | {r['status']} | {cells[0]} | {cells[1]} | {note} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _rejection(rejected: dict, base: str) -> str:
+    """Why a lambda was rejected, in words: the seeds it collapsed on, and those where it fell below its base."""
+    parts = []
+    if rejected["collapsed"]:
+        parts.append(f"collapsed on seed(s) {', '.join(map(str, rejected['collapsed']))}")
+    if rejected["below_base"]:
+        parts.append("validated below " + base + " on " + ", ".join(
+            f"seed {s} ({100 * gap:+.1f} points)" for s, gap in rejected["below_base"]))
+    return "; ".join(parts)
 
 
 def sanity_markdown(sanity: dict) -> str:

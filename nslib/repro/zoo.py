@@ -14,14 +14,16 @@ Usage::
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 from nslib import data, training
 from nslib.evaluate import wilson_interval
 from nslib.progress import bar
 from nslib.repro.cache import MODELS, Diverged, get_model, label
+from nslib.store import load_json, params_key, save_json
 
 __all__ = ["sns_models", "lam_curve", "curve_rows", "main_models", "training_attack", "recipe_markdown",
-           "full_validation_pgd", "seed_spread_rows", "SEED_SPREAD"]
+           "full_validation", "full_validation_pgd", "seed_spread_rows", "SEED_SPREAD"]
 
 # A robust model whose validation robust accuracy (on all of its validation images: full_validation_pgd) lies
 # further than this from its method's median over seeds is a failed seed (notebook 01 says so, and the report):
@@ -77,13 +79,14 @@ def lam_curve(cfg, name: str, *, progress: bool = True, models=None) -> dict:
     choice made), "rows": [{"lam", "status", "collapsed", "n_val", "n_adv", "val_clean", "val_pgd", and their 95%
     Wilson intervals "val_clean_ci", "val_pgd_ci"}], "rejected": []}`` (rows empty when fixed). The chosen lambda
     has the highest validation robust accuracy among the runs that did not collapse (ties: the smaller lambda);
-    :func:`main_models` rejects it (``rejected``: ``{"lam", "seeds"}``) and takes the next when it collapses on any
-    other seed.
+    :func:`main_models` rejects it (``rejected``: ``{"lam", "seeds", "collapsed", "below_base"}``) and takes the next
+    when it collapses on any other seed or (``lam_drop``) validates too far below its base on one.
 
     Raises: ValueError naming lam_grid when SNS collapsed at every value.
     """
     base, seed = MODELS[name]["base"], cfg.seeds[0]
-    out = {"name": name, "base": base, "seed": seed, "fixed": cfg.lam is not None, "rows": [], "lam": cfg.lam}
+    out = {"name": name, "base": base, "seed": seed, "fixed": cfg.lam is not None, "rows": [], "lam": cfg.lam,
+           "all_below_base": False}
     if cfg.lam is not None:
         return out
     n_val, n_adv = cfg.val_size, min(cfg.val_n_adv, cfg.val_size)
@@ -99,14 +102,20 @@ def lam_curve(cfg, name: str, *, progress: bool = True, models=None) -> dict:
 
 def _best(curve: dict, cfg) -> float:
     """The lambda of ``curve`` with the highest validation robust accuracy (ties: the smaller) among the runs that
-    did not collapse and were not rejected (collapsed on another seed: ``curve["rejected"]``)."""
+    did not collapse and were not rejected (failed on another seed: ``curve["rejected"]``). When every lambda left
+    was rejected only for validating below its base (never a collapse), the one whose worst seed fell least, and
+    ``curve["all_below_base"]`` becomes True."""
     rejected = {r["lam"] for r in curve.get("rejected", [])}
     usable = [r for r in curve["rows"][1:] if r["status"] == "done" and r["val_pgd"] is not None
               and r["lam"] not in rejected]
+    below = [r for r in curve.get("rejected", []) if not r["collapsed"]]
+    if not usable and below:
+        curve["all_below_base"] = True
+        return max(below, key=lambda r: (min(gap for _, gap in r["below_base"]), -r["lam"]))["lam"]
     if not usable:
         raise ValueError(f"lam_grid must hold a lambda at which {label(curve['name'])} trains without collapse on "
                          f"{cfg.dataset} on every seed; none of {list(cfg.lam_grid)} does"
-                         + (f" (collapsed on other seeds: {sorted(rejected)})" if rejected else ""))
+                         + (f" (failed on other seeds: {sorted(rejected)})" if rejected else ""))
     return max(usable, key=lambda r: (r["val_pgd"], -r["lam"]))["lam"]
 
 
@@ -142,14 +151,16 @@ def main_models(cfg, names=None, seeds=None, *, extra_seeds=(), progress: bool =
         curves = {n: lam_curve(cfg, n, progress=progress, models=models) for n in sns}
         trained = {(n, s): _get(cfg, n, s, _args(cfg, n, curves[n]["lam"] if n in curves else None), progress, models)
                    for n, s in runs}
-        # A lambda at which SNS collapses (or diverges) on any seed of c3_seeds is not chosen: the next best is. Every
-        # notebook checks the same seeds (loading C3's from the cache when it does not analyse them), so all choose
-        # the same lambda.
+        # A lambda at which SNS collapses (or diverges) on any seed of c3_seeds, or (lam_drop) validates further below
+        # its base than lam_drop on one, is not chosen: the next best is (when every lambda falls that far: the one whose
+        # worst seed falls least, a result about SNS, not a failure). Every notebook checks the same seeds (loading
+        # C3's from the cache when it does not analyse them), so all choose the same lambda.
         for n in sns if cfg.lam is None else ():
             check = [s for s in dict.fromkeys([*seeds, *extra, *cfg.c3_seeds]) if (n, s) not in trained]
             more = {(n, s): _get(cfg, n, s, _args(cfg, n, curves[n]["lam"]), progress) for s in check}
-            while bad := [s for (m, s), (_, info) in {**trained, **more}.items() if m == n and info["status"] != "done"]:
-                curves[n]["rejected"].append({"lam": curves[n]["lam"], "seeds": sorted(bad)})
+            while not curves[n]["all_below_base"] and (
+                    failure := _lam_failure(cfg, n, {**trained, **more}, trained, progress)):
+                curves[n]["rejected"].append({"lam": curves[n]["lam"], **failure})
                 curves[n]["lam"] = _best(curves[n], cfg)
                 again = [s for m, s in runs if m == n]
                 models.total = (models.total or 0) + len(again)
@@ -159,6 +170,26 @@ def main_models(cfg, names=None, seeds=None, *, extra_seeds=(), progress: bool =
     if failed:
         raise Diverged(failed[0]["why"])
     return trained, curves
+
+
+def _lam_failure(cfg, name: str, runs: dict, trained: dict, progress: bool) -> dict | None:
+    """Why SNS model ``name``'s lambda fails on the seeds of ``runs`` (``{(name, seed): (model, info)}`` at that
+    lambda), or None: ``{"seeds": every failing seed, "collapsed": those where it collapsed or diverged,
+    "below_base": [[seed, gap], ...] where its full-validation PGD accuracy lies more than ``cfg.lam_drop`` below its
+    base's on the same seed (gap negative, a fraction)}``. The base comes from ``trained`` or the cache."""
+    mine = {s: (model, info) for (m, s), (model, info) in runs.items() if m == name}
+    collapsed = sorted(s for s, (_, info) in mine.items() if info["status"] != "done")
+    below = []
+    if cfg.lam_drop is not None:
+        base = MODELS[name]["base"]
+        for s in sorted(set(mine) - set(collapsed)):
+            base_model, base_info = trained.get((base, s)) or _get(cfg, base, s, _args(cfg, base), progress)
+            gap = full_validation(cfg, s, *mine[s]) - full_validation(cfg, s, base_model, base_info)
+            if gap < -cfg.lam_drop - 1e-12:
+                below.append([s, gap])
+    if not (collapsed or below):
+        return None
+    return {"seeds": sorted({*collapsed, *(s for s, _ in below)}), "collapsed": collapsed, "below_base": below}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -200,19 +231,31 @@ def recipe_markdown(cfg, n_train: int | None = None) -> str:
         f"clean for Vanilla) is the one analysed."])
 
 
-def full_validation_pgd(cfg, trained: dict, *, progress: bool = True) -> dict:
-    """``{(name, seed): accuracy}``: each robust model of ``trained`` (:func:`main_models`; a model that did not train
-    is left out) at its analysed checkpoint under the validation attack training uses
+def full_validation(cfg, seed: int, model, info: dict) -> float:
+    """One robust model's accuracy at its analysed checkpoint under the validation attack training uses
     (:func:`nslib.training.validation_pgd`, PGD-``val_attack_steps`` at eps) on *all* ``val_size`` validation images
-    of its seed, not only the ``val_n_adv`` the best epoch was chosen on: the seed-spread rule reads it (one model's
-    accuracy near 68% has a standard error of 2.1 points on 500 images, 1.0 on 2,000)."""
+    of its ``seed``, not only the ``val_n_adv`` the best epoch was chosen on (one model's accuracy near 68% has a
+    standard error of 2.1 points on 500 images, 1.0 on 2,000). Cached in the model's run folder (``info["dir"]``)
+    per attack, images and checkpoint, so every notebook reads the same number."""
+    params = {"eps": cfg.eps, "steps": cfg.val_attack_steps, "val_size": cfg.val_size, "seed": seed,
+              "checkpoint": info.get("checkpoint")}
+    path = Path(info["dir"]) / f"full-val-{params_key(params)}.json" if info.get("dir") else None
+    if path is not None and path.exists():
+        return load_json(path)["accuracy"]
     x, y = data.load(cfg.dataset, "train")
-    runs = [(key, model) for key, (model, _) in trained.items() if key[0] != "vanilla" and model is not None]
-    out = {}
-    for (name, seed), model in bar(runs, desc="full validation", disable=not progress):
-        hold = training.validation_split(y, cfg.val_size, seed)[1]
-        out[(name, seed)] = training.validation_pgd(model, x[hold], y[hold], cfg.eps, cfg.val_attack_steps)
-    return out
+    hold = training.validation_split(y, cfg.val_size, seed)[1]
+    accuracy = training.validation_pgd(model, x[hold], y[hold], cfg.eps, cfg.val_attack_steps)
+    if path is not None:
+        save_json(path, {"accuracy": accuracy, **params})
+    return accuracy
+
+
+def full_validation_pgd(cfg, trained: dict, *, progress: bool = True) -> dict:
+    """``{(name, seed): accuracy}``: :func:`full_validation` of each robust model of ``trained`` (:func:`main_models`;
+    a model that did not train is left out): the seed-spread rule reads it."""
+    runs = [(key, model, info) for key, (model, info) in trained.items() if key[0] != "vanilla" and model is not None]
+    return {(name, seed): full_validation(cfg, seed, model, info)
+            for (name, seed), model, info in bar(runs, desc="full validation", disable=not progress)}
 
 
 def seed_spread_rows(rows: list[dict], key: str = "best val PGD", within: float = SEED_SPREAD) -> list[dict]:
