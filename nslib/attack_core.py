@@ -1,10 +1,10 @@
 """What every fixed-radius attack of :mod:`nslib.attacks` shares: input and output checks, the eps-ball's box and
-projections, seeds, the input gradient, the objectives and success tests. Internal: the public functions are in
+projections, seeds, the input gradient, the objectives and success tests: the building blocks an attack author uses
+(:mod:`nslib.attacks`, :mod:`nslib.autoattack`, :mod:`nslib.minnorm` do). The attacks themselves are in
 :mod:`nslib.attacks` (which re-exports :func:`margin`); the contracts are stated there.
 """
 from __future__ import annotations
 
-import contextlib
 from itertools import chain
 
 import torch
@@ -12,34 +12,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from nslib.checks import check_images, check_input_dtype, check_labels, check_logits, model_device
+from nslib.fast import autocast
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin", "kl")
 
-def _autocast(x: torch.Tensor, amp: bool):
-    """bf16 autocast on the input's device (CUDA or CPU) when ``amp``; a no-op context otherwise."""
-    if amp and x.device.type in ("cuda", "cpu"):
-        return torch.autocast(x.device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
-
-def _check_model(model) -> None:
+def check_model(model) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
 
 
-def _check_device(model: nn.Module, x: torch.Tensor) -> None:
+def check_device(model: nn.Module, x: torch.Tensor) -> None:
     has_state = next(chain(model.parameters(), model.buffers()), None) is not None
     dev = model_device(model)
     if has_state and (dev.type != x.device.type or (dev.index or 0) != (x.device.index or 0)):
         raise ValueError(f"x is on {x.device} but the model is on {dev}; move them to the same device")
 
 
-def _check_inputs(model, x: torch.Tensor, y, *, need_y: bool = True) -> None:
+def check_inputs(model, x: torch.Tensor, y, *, need_y: bool = True) -> None:
     """The checks that need no forward pass: the model's type and device, ``x``, and ``y``'s shape and dtype."""
-    _check_model(model)
+    check_model(model)
     check_images(x)
-    _check_device(model, x)
+    check_device(model, x)
     check_input_dtype(model, x)  # a float64 batch into a float32 model fails deep inside a layer otherwise
     if y is not None or need_y:
         if y is None:
@@ -47,7 +42,7 @@ def _check_inputs(model, x: torch.Tensor, y, *, need_y: bool = True) -> None:
         check_labels(y, x.shape[0])
 
 
-def _check_output(logits, x: torch.Tensor, y) -> None:
+def check_output(logits, x: torch.Tensor, y) -> None:
     """The checks on the model's first output: logits [N, classes] (not a tuple, a dict or probabilities),
     and labels in [0, classes)."""
     check_logits(logits, x.shape[0])
@@ -55,15 +50,15 @@ def _check_output(logits, x: torch.Tensor, y) -> None:
         check_labels(y, x.shape[0], logits.shape[1])
 
 
-def _clean_logits(model: nn.Module, x: torch.Tensor, y, *, need_y: bool = True) -> torch.Tensor:
+def clean_logits(model: nn.Module, x: torch.Tensor, y, *, need_y: bool = True) -> torch.Tensor:
     """Check ``x``, the model's output and ``y`` once; return the clean fp32 logits [N, classes].
 
     Runs one forward pass without gradients (the model must already be in eval mode).
     """
-    _check_inputs(model, x, y, need_y=need_y)
+    check_inputs(model, x, y, need_y=need_y)
     with torch.no_grad():
         logits = model(x)
-    _check_output(logits, x, y)
+    check_output(logits, x, y)
     return logits.float()
 
 
@@ -86,7 +81,7 @@ def _below(value: float, dtype: torch.dtype, device) -> torch.Tensor:
     return t
 
 
-def _linf_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def linf_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-coordinate bounds (lo, hi) of the intersection of [0, 1] and the Linf ball of radius eps.
 
     ``x`` + eps is rounded; where the rounding would put a bound outside the ball, it moves one ulp inwards,
@@ -104,7 +99,7 @@ def _linf_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     return lo, hi
 
 
-def _l2_project(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tensor:
+def l2_project(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tensor:
     """Project ``x_adv`` onto the L2 ball of radius eps around ``x``, then clip to [0, 1]."""
     delta = x_adv - x
     norms = delta.flatten(1).norm(dim=1)  # [N]
@@ -112,7 +107,7 @@ def _l2_project(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tenso
     return (x + delta * factor.view(-1, 1, 1, 1)).clamp(0, 1)
 
 
-def _l2_exact(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tensor:
+def l2_exact(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tensor:
     """Shrink the rare outputs whose float64 L2 distance to ``x`` exceeds eps by rounding (once per call)."""
     shrink = 1.0 - 4 * torch.finfo(x.dtype).eps
     for _ in range(8):
@@ -126,14 +121,14 @@ def _l2_exact(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tensor:
     return x  # unreachable in practice; the clean input is always inside the ball
 
 
-def _restart_generator(device: torch.device, base: int, restart: int) -> torch.Generator:
+def restart_generator(device: torch.device, base: int, restart: int) -> torch.Generator:
     """Generator of restart ``restart``: a function of (base seed, restart) only, so restarts are nested."""
     g = torch.Generator(device=device)
     g.manual_seed((base * 1_000_003 + restart * 7_919 + 1) % (2 ** 63))
     return g
 
 
-def _base_seed(seed) -> int:
+def base_seed(seed) -> int:
     if seed is None:  # drawn from torch's global generator, so torch.manual_seed makes it reproducible
         return int(torch.randint(0, 2 ** 62, (1,)))
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -141,7 +136,7 @@ def _base_seed(seed) -> int:
     return seed
 
 
-def _input_grad(model, x_adv, objective, amp: bool, check=None, with_logits: bool = False):
+def input_grad(model, x_adv, objective, amp: bool, check=None, with_logits: bool = False):
     """Gradient of ``objective(logits_fp32)`` (summed over the batch) with respect to ``x_adv`` only; with
     ``with_logits``, ``(grad, logits)``: the forward pass's logits at ``x_adv`` too (detached).
 
@@ -149,7 +144,7 @@ def _input_grad(model, x_adv, objective, amp: bool, check=None, with_logits: boo
     """
     x_adv = x_adv.detach().requires_grad_(True)
     with torch.enable_grad():
-        with _autocast(x_adv, amp):
+        with autocast(x_adv.device, amp):
             logits = model(x_adv)
         if check is not None:
             check(logits)
@@ -158,7 +153,7 @@ def _input_grad(model, x_adv, objective, amp: bool, check=None, with_logits: boo
     return (grad, logits.detach()) if with_logits else grad
 
 
-def _success(model, y: torch.Tensor, targeted: bool, amp: bool):
+def success(model, y: torch.Tensor, targeted: bool, amp: bool):
     """``success(x_adv, logits, idx) -> [len(idx)] bool``: which of the examples ``idx`` (indices into ``y``) are
     already adversarial at ``x_adv``: misclassified (untargeted) or classified as their target (targeted).
     ``logits`` are the attack step's own; under ``amp`` the bf16 candidates are confirmed by an fp32 forward
@@ -178,7 +173,7 @@ def _success(model, y: torch.Tensor, targeted: bool, amp: bool):
     return success
 
 
-def _objective(loss: str, y, targeted: bool, p_clean):
+def make_objective(loss: str, y, targeted: bool, p_clean):
     """The batch-summed quantity the attack ascends (a sum, so each example's gradient is its own)."""
     # idx: the examples (indices into y) the logits belong to, when an early-stopping attack has dropped some
     if loss == "kl":  # KL(p(x) || p(x')), as TRADES
@@ -191,7 +186,7 @@ def _objective(loss: str, y, targeted: bool, p_clean):
     return lambda logits, idx=None: (sign * margin(logits, y if idx is None else y[idx])).sum()
 
 
-def _score(model, x_adv, y, loss: str, targeted: bool, p_clean) -> torch.Tensor:
+def attack_score(model, x_adv, y, loss: str, targeted: bool, p_clean) -> torch.Tensor:
     """How adversarial each example is, from an fp32 forward pass: higher is worse for the model.
 
     Margin (> 0 exactly when the attack succeeds) for labelled losses, KL(p(x) || p(x')) for "kl".
@@ -204,15 +199,15 @@ def _score(model, x_adv, y, loss: str, targeted: bool, p_clean) -> torch.Tensor:
     return -m if targeted else m
 
 
-def _ascend(x_adv, grad, alpha, norm):
+def ascend(x_adv, grad, alpha, norm):
     if norm == "linf":
         return x_adv + alpha * grad.sign()
     gnorm = grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-10  # 1e-10 as torchattacks' PGDL2
     return x_adv + alpha * grad / gnorm
 
 
-def _project(x, x_adv, eps, norm, lo_hi):
+def project(x, x_adv, eps, norm, lo_hi):
     if norm == "linf":
         lo, hi = lo_hi
         return torch.min(torch.max(x_adv, lo), hi)
-    return _l2_project(x, x_adv, eps)
+    return l2_project(x, x_adv, eps)

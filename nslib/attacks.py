@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nslib.attack_core import (LOSSES, NORMS, _ascend, _base_seed, _check_inputs, _check_output, _clean_logits,
-                               _input_grad, _l2_exact, _linf_box, _objective, _project, _restart_generator, _score,
-                               _success, margin)
+from nslib.attack_core import (LOSSES, NORMS, ascend, base_seed, check_inputs, check_output, clean_logits,
+                               input_grad, l2_exact, linf_box, make_objective, project, restart_generator, attack_score,
+                               success, margin)
 from nslib.checks import check_choice, check_eps, check_positive_int
 from nslib.fast import attack_batch
 from nslib.models import eval_mode  # noqa: F401  (re-exported: attacks.eval_mode is public)
@@ -76,10 +76,10 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, targ
     """
     eps = check_eps(eps)
     with eval_mode(model):
-        _check_inputs(model, x, y)
-        grad = _input_grad(model, x, _objective("ce", y, targeted, None), amp,
-                           check=lambda logits: _check_output(logits, x, y))
-        lo, hi = _linf_box(x, eps)
+        check_inputs(model, x, y)
+        grad = input_grad(model, x, make_objective("ce", y, targeted, None), amp,
+                           check=lambda logits: check_output(logits, x, y))
+        lo, hi = linf_box(x, eps)
         return torch.min(torch.max(x + eps * grad.sign(), lo), hi)
 
 
@@ -141,21 +141,21 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float
         raise ValueError("targeted=True needs labels; it is not defined for loss='kl'")
     if loss == "kl" and early_stop:
         raise ValueError("early_stop=True judges success by the labels; it is not defined for loss='kl'")
-    base = _base_seed(seed)
+    base = base_seed(seed)
     with eval_mode(model):
         p_clean = None
         if loss == "kl":  # the clean prediction is part of the loss
-            p_clean = F.softmax(_clean_logits(model, x, y, need_y=False), 1)
+            p_clean = F.softmax(clean_logits(model, x, y, need_y=False), 1)
             y = None
         else:  # the first step's output is checked before its loss is computed (no extra forward pass)
-            _check_inputs(model, x, y)
-        objective = _objective(loss, y, targeted, p_clean)
-        lo_hi = _linf_box(x, eps) if norm == "linf" else None
-        stop = _success(model, y, targeted, amp) if early_stop else None
+            check_inputs(model, x, y)
+        objective = make_objective(loss, y, targeted, p_clean)
+        lo_hi = linf_box(x, eps) if norm == "linf" else None
+        stop = success(model, y, targeted, amp) if early_stop else None
         best = best_score = None
         for r in range(restarts):
-            g = _restart_generator(x.device, base, r)
-            check = (lambda logits: _check_output(logits, x, y)) if r == 0 and loss != "kl" else None
+            g = restart_generator(x.device, base, r)
+            check = (lambda logits: check_output(logits, x, y)) if r == 0 and loss != "kl" else None
             start = ("gauss" if loss == "kl" else norm) if random_start else None
             if early_stop and best is not None:  # only what no earlier run broke; the others keep their example
                 todo = (best_score <= 0).nonzero().flatten()
@@ -165,7 +165,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float
                                  start=start, gen=g, amp=amp, check=None, stop=stop, rows=todo)
                 x_adv = torch.where((best_score > 0).view(-1, 1, 1, 1), best, x_adv)
                 score = best_score.clone()
-                score[todo] = _score(model, x_adv[todo], y[todo], loss, targeted, p_clean)
+                score[todo] = attack_score(model, x_adv[todo], y[todo], loss, targeted, p_clean)
             else:
                 x_adv = _pgd_run(model, x, objective, eps=eps, alpha=alpha, steps=steps, norm=norm, lo_hi=lo_hi,
                                  start=start, gen=g, amp=amp, check=check, stop=stop)
@@ -174,21 +174,21 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float
                 best = x_adv
                 break
             if score is None:
-                score = _score(model, x_adv, y, loss, targeted, p_clean)  # [N], fp32
+                score = attack_score(model, x_adv, y, loss, targeted, p_clean)  # [N], fp32
             if best is None:
                 best, best_score = x_adv, score
             else:
                 better = score > best_score  # strict: ties keep the earlier restart (nesting)
                 best = torch.where(better.view(-1, 1, 1, 1), x_adv, best)
                 best_score = torch.where(better, score, best_score)
-    return _l2_exact(x, best, eps) if norm == "l2" else best
+    return l2_exact(x, best, eps) if norm == "l2" else best
 
 
 def _pgd_run(model, x, objective, *, eps, alpha, steps, norm, lo_hi, start, gen, amp, check,
              noise=None, stop=None, rows=None) -> torch.Tensor:
     """One PGD run from a (random) start; returns the last iterate, inside the ball and [0, 1]. ``noise(kind)``
     (Linf and gauss starts) draws the start like x, "uniform" or "normal", in place of ``gen``. ``stop``
-    (:func:`_success`): early stopping, each example is returned at the first iterate found adversarial (read
+    (:func:`success`): early stopping, each example is returned at the first iterate found adversarial (read
     from the step's own forward pass) and leaves the batch; the others run on exactly as without it. ``rows``
     (with ``stop``): attack only these examples, from the starts the whole batch would draw (so that a restart
     on the examples still robust gives each the iterates it would have had); the others are returned at their
@@ -207,13 +207,13 @@ def _pgd_run(model, x, objective, *, eps, alpha, steps, norm, lo_hi, start, gen,
             d = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)  # uniform direction
             r = torch.rand(n, generator=gen, device=x.device, dtype=x.dtype)  # radius as a share of eps
             x_adv = x + d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1) * (r * eps).view(-1, 1, 1, 1)
-        x_adv = _project(x, x_adv, eps, norm, lo_hi)
+        x_adv = project(x, x_adv, eps, norm, lo_hi)
     if stop is not None:
         return _pgd_run_stopping(model, x, x_adv, objective, eps=eps, alpha=alpha, steps=steps, norm=norm,
                                  lo_hi=lo_hi, amp=amp, check=check, stop=stop, rows=rows)
     for i in range(steps):
-        grad = _input_grad(model, x_adv, objective, amp, check if i == 0 else None)  # like x
-        x_adv = _project(x, _ascend(x_adv, grad, alpha, norm), eps, norm, lo_hi)
+        grad = input_grad(model, x_adv, objective, amp, check if i == 0 else None)  # like x
+        x_adv = project(x, ascend(x_adv, grad, alpha, norm), eps, norm, lo_hi)
     return x_adv
 
 
@@ -236,7 +236,7 @@ def _pgd_run_stopping(model, x, x_adv, objective, *, eps, alpha, steps, norm, lo
         x_adv = x_adv[rows]
     lo, hi = lo_hi if lo_hi is not None else (None, None)
     for i in range(steps):
-        grad, logits = _input_grad(model, x_adv, lambda z, idx=idx: objective(z, idx), amp,
+        grad, logits = input_grad(model, x_adv, lambda z, idx=idx: objective(z, idx), amp,
                                    check if i == 0 else None, with_logits=True)
         going = ~stop(x_adv, logits, idx)
         if not bool(going.all()):
@@ -244,12 +244,12 @@ def _pgd_run_stopping(model, x, x_adv, objective, *, eps, alpha, steps, norm, lo
             if len(idx) == 0:
                 return out
         box = (lo[idx], hi[idx]) if lo is not None else None
-        x_adv = _project(x[idx], _ascend(x_adv, grad, alpha, norm), eps, norm, box)
+        x_adv = project(x[idx], ascend(x_adv, grad, alpha, norm), eps, norm, box)
     out[idx] = x_adv
     return out
 
 
-def _pgd_unchecked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
+def pgd_unchecked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
                    loss: str = "ce", seed: int | None = None, amp: bool = False, noise=None) -> torch.Tensor:
     """Linf PGD with random start and one restart, without input checks or host synchronisation.
 
@@ -259,15 +259,15 @@ def _pgd_unchecked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
     eps > 0, a model returning logits. Same iterates as ``pgd(model, x, y, eps=eps, alpha=alpha,
     steps=steps, loss=loss, seed=seed, amp=amp)`` (added for nslib.training); ``noise``: see _pgd_run.
     """
-    base = 0 if noise is not None else _base_seed(seed)  # host-side draw from torch's global CPU generator
+    base = 0 if noise is not None else base_seed(seed)  # host-side draw from torch's global CPU generator
     with eval_mode(model):
         p_clean = None
         if loss == "kl":
             with torch.no_grad():
                 p_clean = F.softmax(model(x).float(), 1)
-        objective = _objective(loss, None if loss == "kl" else y, False, p_clean)
-        return _pgd_run(model, x, objective, eps=eps, alpha=alpha, steps=steps, norm="linf", lo_hi=_linf_box(x, eps),
-                        start="gauss" if loss == "kl" else "linf", gen=_restart_generator(x.device, base, 0),
+        objective = make_objective(loss, None if loss == "kl" else y, False, p_clean)
+        return _pgd_run(model, x, objective, eps=eps, alpha=alpha, steps=steps, norm="linf", lo_hi=linf_box(x, eps),
+                        start="gauss" if loss == "kl" else "linf", gen=restart_generator(x.device, base, 0),
                         amp=amp, check=None, noise=noise)
 
 
@@ -305,20 +305,20 @@ def mim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
     alpha = eps / steps if alpha is None else check_eps(alpha, "alpha")
     decay = check_eps(decay, "decay")
     with eval_mode(model):
-        _check_inputs(model, x, y)
-        objective = _objective("ce", y, targeted, None)
-        lo, hi = _linf_box(x, eps)
+        check_inputs(model, x, y)
+        objective = make_objective("ce", y, targeted, None)
+        lo, hi = linf_box(x, eps)
         momentum = torch.zeros_like(x)
         x_adv = out = x
         idx = torch.arange(x.shape[0], device=x.device)  # the examples still attacked (all, without early_stop)
-        stop = _success(model, y, targeted, amp) if early_stop else None
+        stop = success(model, y, targeted, amp) if early_stop else None
         tiny = torch.finfo(x.dtype).tiny  # only guards an all-zero gradient (0 / 0)
         for i in range(steps):
-            check = (lambda z: _check_output(z, x, y)) if i == 0 else None
+            check = (lambda z: check_output(z, x, y)) if i == 0 else None
             if stop is None:
-                grad = _input_grad(model, x_adv, objective, amp, check)
+                grad = input_grad(model, x_adv, objective, amp, check)
             else:
-                grad, logits = _input_grad(model, x_adv, lambda z, idx=idx: objective(z, idx), amp, check,
+                grad, logits = input_grad(model, x_adv, lambda z, idx=idx: objective(z, idx), amp, check,
                                            with_logits=True)
                 going = ~stop(x_adv, logits, idx)
                 if not bool(going.all()):

@@ -20,7 +20,7 @@ import warnings
 import torch
 from torch import nn
 
-from nslib.attack_core import NORMS, _check_model, _clean_logits, _l2_exact, _l2_project, _linf_box
+from nslib.attack_core import NORMS, check_model, clean_logits, l2_exact, l2_project, linf_box
 from nslib.checks import check_choice, check_eps, check_positive_int
 from nslib.models import eval_mode
 
@@ -165,9 +165,9 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         restarts = check_positive_int(restarts, "restarts")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    _check_model(model)
+    check_model(model)
     with _isolated(model) as log:
-        _clean_logits(model, x, y)
+        clean_logits(model, x, y)
         aa = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, version=version,
                         attacks=attacks if version == "custom" else None, seed=seed, device=x.device)
         if restarts is not None:
@@ -176,8 +176,8 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     accuracy = _read_log(log.records, order)
     # every attack's contract: x_adv exactly inside [0, 1] and the eps-ball, in x's dtype
     if norm == "linf":
-        lo, hi = _linf_box(x, eps)
+        lo, hi = linf_box(x, eps)
         x_adv = torch.min(torch.max(x_adv.to(x.dtype), lo), hi)
     else:
-        x_adv = _l2_exact(x, _l2_project(x, x_adv.to(x.dtype), eps), eps)
+        x_adv = l2_exact(x, l2_project(x, x_adv.to(x.dtype), eps), eps)
     return x_adv, accuracy

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from nslib import data, fast
-from nslib.bench_attacks import _cpu_bf16_text, _plain_pgd, _sync, bench_attacks, timeit
+from nslib.bench_attacks import cpu_bf16_text, plain_pgd, sync, bench_attacks, timeit
 from nslib.models import build, default_layers
 from nslib.sensitivity import neuron_sensitivity
 from nslib.training import train
@@ -57,11 +57,11 @@ def bench_sensitivity(device: torch.device, quick: bool) -> None:
     def peak_mib(fn) -> str:
         if device.type != "cuda":
             return "n/a"
-        _sync(device)
+        sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         fn()
-        _sync(device)
+        sync(device)
         return f"{(torch.cuda.max_memory_allocated(device) - base) / 2**20:.0f}"
 
     print(f"ResNet-18 (cifar10 shape), {len(layers)} layers ({', '.join(layers)}), batch {batch_size} pairs, "
@@ -85,18 +85,18 @@ def _anchor_pgd_at_epoch(model, x, y, *, batch_size, eps, alpha, steps, lr, devi
     """
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0)).to(device)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for i in range(0, len(x), batch_size):
         idx = order[i:i + batch_size]
         xb, yb = x[idx], y[idx]
-        x_adv = _plain_pgd(model, xb, yb, eps=eps, alpha=alpha, steps=steps)  # in eval mode
+        x_adv = plain_pgd(model, xb, yb, eps=eps, alpha=alpha, steps=steps)  # in eval mode
         model.train()
         loss = F.cross_entropy(model(x_adv), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - t0
 
 
@@ -156,7 +156,7 @@ def bench_training(device: torch.device, quick: bool) -> None:
     n_warm = 2 * batch_size + n_val
     t_at = t_sns = None  # ResNet-18's PGD-AT and SNS epochs (GPU)
     if cpu:
-        print(f"ResNet-18 rows skipped on a CPU (hours per epoch); this CPU has bf16 hardware: {_cpu_bf16_text()}")
+        print(f"ResNet-18 rows skipped on a CPU (hours per epoch); this CPU has bf16 hardware: {cpu_bf16_text()}")
     else:
         # ResNet-18, CIFAR-shaped synthetic data; the last n_val images are the hold-out train() needs
         x, y = data.load("synthetic", like="cifar10", n=n_r18 + n_val, seed=0)
@@ -205,7 +205,7 @@ def _training_goals(kind, *, t_fm, t_anchor, t_at=None, t_sns=None) -> None:
         return "met" if ok else "not met"
     if kind == "cpu":
         print(f"goal (CPU with bf16 hardware): SmallCNN PGD-AT epoch >= 1.7x the plain fp32 loop: "
-              f"{met(t_fm <= t_anchor / 1.7)} ({t_anchor / t_fm:.2f}x); this CPU has bf16 hardware: {_cpu_bf16_text()}")
+              f"{met(t_fm <= t_anchor / 1.7)} ({t_anchor / t_fm:.2f}x); this CPU has bf16 hardware: {cpu_bf16_text()}")
     elif kind == "cuda":
         print(f"goals (H100): ResNet-18 PGD-AT <= 5 s: {met(t_at <= 5)}; SNS <= 1.2x PGD-AT: {met(t_sns <= 1.2 * t_at)}; "
               f"SmallCNN PGD-AT <= 1.5 s: {met(t_fm <= 1.5)}")

@@ -20,7 +20,7 @@ from nslib.evaluate import robust_accuracy
 __all__ = ["timeit", "bench_attacks"]
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -29,12 +29,12 @@ def timeit(fn, device: torch.device, repeats: int = 5, warmup: int = 1) -> float
     """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -87,11 +87,11 @@ def _attack_flops_per_image(model, x, steps: int) -> float:
     return 2 * counter.get_total_flops() / x.shape[0] * steps
 
 
-def _cpu_bf16_text() -> str:
+def cpu_bf16_text() -> str:
     return "yes (auto runs bf16)" if fast.cpu_has_bf16() else "no (auto runs fp32; the goal needs AVX512-BF16 or AMX)"
 
 
-def _plain_pgd(model, x, y, *, eps, alpha, steps):
+def plain_pgd(model, x, y, *, eps, alpha, steps):
     """Linf PGD as a plain PyTorch fp32 loop (uniform random start, signed steps, projection): the anchor."""
     model.eval()
     x_adv = (x + eps * (2 * torch.rand_like(x) - 1)).clamp(0, 1)
@@ -119,7 +119,7 @@ def _attack_variants(model, xb, yb, kw, device, torchattacks, forced_bf16=True) 
     nslib's paths on ``device``."""
     cuda = device.type == "cuda"
     amp = fast.autocast_dtype("auto", device) is not None  # bf16 on CUDA and on CPUs with bf16 hardware
-    variants = [_Variant("plain PyTorch fp32", lambda xs, ys: _plain_pgd(model, xs, ys, **kw))]
+    variants = [_Variant("plain PyTorch fp32", lambda xs, ys: plain_pgd(model, xs, ys, **kw))]
     if torchattacks is not None:
         ta = torchattacks.PGD(model, eps=kw["eps"], alpha=kw["alpha"], steps=kw["steps"], random_start=True)
         variants.append(_Variant("torchattacks fp32", lambda xs, ys: ta(xs, ys)))
@@ -203,16 +203,16 @@ def bench_attacks(device: torch.device, quick: bool) -> None:
         for v in variants:
             slow = "forced" in v.name  # emulated bf16: minutes per repeat on a CPU; one timed run says enough
             try:
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 v.attack(xb, yb)  # the first call compiles and autotunes, if anything
-                _sync(device)
+                sync(device)
                 first = time.perf_counter() - t0
                 t = timeit(lambda: v.attack(xb, yb), device, repeats=1 if slow else repeats, warmup=0 if slow else 1)
                 torch.manual_seed(0)  # torchattacks draws its random start from the global generator
                 t0 = time.perf_counter()
                 acc = robust_accuracy(model, xe, ye, lambda m, xs, ys: v.attack(xs, ys), batch_size=batch)
-                _sync(device)
+                sync(device)
                 eval_s = time.perf_counter() - t0
             except Exception as e:  # a backend that cannot compile here: report it, go on
                 print(f"{arch:<9} PGD-{steps:<3} {batch:>5} {v.name:<40} failed: {type(e).__name__}: {e}"[:300])
@@ -236,7 +236,7 @@ def bench_attacks(device: torch.device, quick: bool) -> None:
               f"within 0.5 points of nslib fp32; written to {path}")
     else:
         _cpu_attack_goals(records)
-        print(f"this CPU has bf16 hardware: {_cpu_bf16_text()}; written to {path}")
+        print(f"this CPU has bf16 hardware: {cpu_bf16_text()}; written to {path}")
 
 
 def _print_attack_rows(rows, arch, steps, batch, flops, peak) -> None:

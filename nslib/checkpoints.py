@@ -31,7 +31,7 @@ class UnreadableCheckpoint(ValueError):
     """A checkpoint file that torch cannot read (truncated, corrupt, not a checkpoint); names the file."""
 
 
-class _Mismatch(ValueError):
+class Mismatch(ValueError):
     pass
 
 
@@ -67,7 +67,7 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, device: st
     stored = ckpt.get("params") or {}
     diff = {key: (stored.get(key), v) for key, v in (expect or {}).items() if stored.get(key) != v}
     if diff:
-        raise _Mismatch(f"{path} was trained with other parameters "
+        raise Mismatch(f"{path} was trained with other parameters "
                         f"({', '.join(f'{key}: stored {a!r}, asked {b!r}' for key, (a, b) in diff.items())})")
     if optimizer is not None and ckpt.get("optimizer") is None:
         raise ValueError(f"{path} holds no optimizer state (best.pt never does); load last.pt, "
@@ -93,7 +93,7 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, device: st
     return model, info
 
 
-def _diverged(run, record: dict) -> bool:
+def diverged(run, record: dict) -> bool:
     """The epoch's mean loss is not finite or above :data:`DIVERGED_LOSS`, or a weight is not finite (one sync)."""
     loss = record["train_loss"]
     if not math.isfinite(loss) or loss > DIVERGED_LOSS:
@@ -102,21 +102,21 @@ def _diverged(run, record: dict) -> bool:
     return bool(params) and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
 
 
-def _stop_diverged(run, record: dict) -> None:
+def stop_diverged(run, record: dict) -> None:
     """Mark the run ``diverged``: no validation of NaN weights, no best checkpoint; last.pt records it."""
     run.status, run.best = "diverged", None
     record.update(val_clean=None, val_pgd=None, time_s=record["train_s"])
     run.history.append(record)
     if run.out is not None and distributed.is_main():  # rank 0 alone writes
         (run.out / "best.pt").unlink(missing_ok=True)
-        _write_checkpoints(run, record, False)
+        write_checkpoints(run, record, False)
     where = f" in {run.out}" if run.out is not None else ""
     warnings.warn(f"training ({run.cfg.method}, lr {run.cfg.lr:g}, seed {run.cfg.seed}){where} diverged at epoch "
                   f"{record['epoch']}: train loss {record['train_loss']:.3g}; stopped with status 'diverged' and no "
                   f"best checkpoint (a lower lr may help)", RuntimeWarning, stacklevel=4)
 
 
-def _write_checkpoints(run, record: dict, is_best: bool) -> None:
+def write_checkpoints(run, record: dict, is_best: bool) -> None:
     """``best.pt`` (when ``is_best``), ``last.pt`` and ``history.json`` of a training run (``training._Run``)."""
     state = {key: v.detach().to("cpu", copy=True) for key, v in run.model.state_dict().items()}
     cuda = run.device.type == "cuda"

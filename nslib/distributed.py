@@ -226,7 +226,7 @@ def check_batch(batch_size: int) -> None:
 
 
 def starts(xb: torch.Tensor, index: torch.Tensor, seed: int, epoch: int, on: bool = True):
-    """``noise(kind)`` for :func:`nslib.attacks._pgd_unchecked`: each example's start from (seed, epoch, index)
+    """``noise(kind)`` for :func:`nslib.attacks.pgd_unchecked`: each example's start from (seed, epoch, index)
     by :func:`example_noise`; None when not ``on`` (starts drawn per batch from torch's generator)."""
     if not on:
         return None

@@ -100,11 +100,19 @@ def attack_batch(device: torch.device | str, batch_size: int | None = None) -> i
     return 128 if torch.device(device).type == "cpu" else 500
 
 
-def autocast(device: torch.device | str, dtype: torch.dtype | None):
-    """``torch.autocast`` on ``device`` with ``dtype``, or a no-op context when ``dtype`` is None."""
-    if dtype is None:
+def autocast(device: torch.device | str, dtype: torch.dtype | bool | None):
+    """``torch.autocast`` on ``device`` with ``dtype``, or a no-op context when ``dtype`` is None or False, or the
+    device is neither CUDA nor a CPU. The kit's one autocast helper: training passes the dtype
+    :func:`autocast_dtype` gives; the attacks their ``amp`` flag (True: bf16)."""
+    dtype = torch.bfloat16 if dtype is True else dtype
+    if dtype is None or dtype is False or not amp_device(device):
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def amp_device(device: torch.device | str) -> bool:
+    """Whether :func:`autocast` can autocast on ``device``: CUDA and CPUs (elsewhere the attacks run in fp32)."""
+    return torch.device(device).type in ("cuda", "cpu")
 
 
 def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:

@@ -1,4 +1,4 @@
-"""Forward hooks on named layers: :func:`capture` records their outputs; :class:`_Hooks` runs a function on
+"""Forward hooks on named layers: :func:`capture` records their outputs; :class:`Hooks` runs a function on
 each output as it is produced (what :func:`nslib.sensitivity.neuron_sensitivity` and the interventions use).
 
 Hooks are always removed, also when the body raises; a layer that runs more than once per forward pass is an
@@ -27,7 +27,7 @@ __all__ = ["capture", "Activations"]
 # hooks
 
 
-def _layer_list(model: nn.Module, layers, name: str = "layers") -> list[str]:
+def layer_list(model: nn.Module, layers, name: str = "layers") -> list[str]:
     """Validate ``layers`` (a name, a list of names, or None for the defaults) and resolve each once."""
     if layers is None:
         layers = default_layers(model)
@@ -44,7 +44,7 @@ def _layer_list(model: nn.Module, layers, name: str = "layers") -> list[str]:
     return layers
 
 
-class _Hooks:
+class Hooks:
     """Forward hooks on named layers calling ``fn(name, output)``; removed on exit, also on error.
 
     A forward pre-hook on the model marks the start of each forward pass; a layer that runs twice
@@ -164,7 +164,7 @@ def capture(model: nn.Module, layers, *, detach: bool = False):
             logits = model(torch.cat([x, x_adv]))
         a = acts["stem"]   # [2N, 64, 32, 32]
     """
-    names = _layer_list(model, layers)
+    names = layer_list(model, layers)
     acts = Activations()
 
     def record(name, output):
@@ -172,5 +172,5 @@ def capture(model: nn.Module, layers, *, detach: bool = False):
             raise TypeError(f"layer {name!r} must output a tensor, got {type(output).__name__}")
         acts._put(name, output.detach() if detach else output)
 
-    with _Hooks(model, names, record, on_pass=acts._data.clear):
+    with Hooks(model, names, record, on_pass=acts._data.clear):
         yield acts

@@ -27,7 +27,7 @@ from nslib.checks import (check_choice, check_images, check_labels, check_logits
                           model_device)
 from nslib.models import default_layers, get_layer
 from nslib.models import eval_mode as _eval_mode
-from nslib.hooks import _Hooks
+from nslib.hooks import Hooks
 from nslib.sensitivity import neuron_sensitivity, resolve_k, top_k
 
 __all__ = ["intervene", "intervention_curve", "matched_choice", "intervention_study"]
@@ -75,7 +75,7 @@ class _Patcher:
 
     def __init__(self, model: nn.Module, layer: str, mode: str):
         self.layer, self.mode, self.action, self.clean, self.adv, self.idx = layer, mode, None, None, None, None
-        self.hooks = _Hooks(model, [layer], self._fn)
+        self.hooks = Hooks(model, [layer], self._fn)
         self.width = None
 
     def _fn(self, name, output):

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nslib import checks, fast, models as models_mod
-from nslib.sensitivity import _channel_mean, batch_sensitivity, capture, resolve_k
+from nslib.sensitivity import channel_mean, batch_sensitivity, capture, resolve_k
 
 __all__ = ["Method", "METHODS", "TrainConfig", "identity", "attack_of", "sns_terms", "sns_penalty"]
 
@@ -131,7 +131,7 @@ def trades_loss(net, x, y, x_adv, cfg, acts):
 # ----------------------------------------------------------------------------------------------
 # SNS
 
-def _resolve_k(k, width: int, layer: str) -> int:
+def resolve_method_k(k, width: int, layer: str) -> int:
     """k as :func:`nslib.sensitivity.top_k` reads it (int count, or float fraction), at least one neuron."""
     kk = resolve_k(k, width, layer)  # TypeError/ValueError naming k and the layer
     if kk < 1:
@@ -154,9 +154,9 @@ def _penalty(clean: dict, adv: dict, layers: list[str], k, relative: bool) -> to
             # is floored at 1% of the layer's mean |clean output|: a neuron silent on this batch then
             # gives a large but finite value and gradient (the analysis marks it NaN instead). The
             # floor scales with the activations, so the ratio stays invariant to rescaling them.
-            scale = _channel_mean(a.abs())  # [C], in the layer's memory layout (see batch_sensitivity)
+            scale = channel_mean(a.abs())  # [C], in the layer's memory layout (see batch_sensitivity)
             sigma = sigma / torch.maximum(scale, 1e-2 * scale.mean().detach() + 1e-12)
-        top = torch.topk(sigma.detach(), _resolve_k(k, sigma.numel(), name)).indices  # re-selected per batch
+        top = torch.topk(sigma.detach(), resolve_method_k(k, sigma.numel(), name)).indices  # re-selected per batch
         term = sigma[top].mean()
         penalty = term if penalty is None else penalty + term
     return penalty
@@ -382,7 +382,7 @@ _FIELD_CHECKS = {  # field -> check(value, name); a field the method does not re
 }
 
 
-def _config(config: TrainConfig | None, overrides: dict, **defaults) -> TrainConfig:
+def make_config(config: TrainConfig | None, overrides: dict, **defaults) -> TrainConfig:
     """``config`` (or the defaults) with ``overrides`` replaced; unknown names are a TypeError."""
     names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(overrides) - names)

@@ -20,8 +20,9 @@ import math
 import torch
 from torch import nn
 
-from nslib.attack_core import NORMS, _autocast, _clean_logits, margin
+from nslib.attack_core import NORMS, clean_logits, margin
 from nslib.checks import check_choice, check_eps, check_images, check_number, check_positive_int
+from nslib.fast import amp_device, autocast
 from nslib.models import eval_mode
 
 __all__ = ["cw_l2", "fmn", "nearest_classes"]
@@ -81,7 +82,7 @@ def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, c: float = 0.1,
     confidence = check_eps(confidence, "confidence")
     targets = check_positive_int(targets, "targets", minimum=0)
     with eval_mode(model):
-        clean = _clean_logits(model, x, y)
+        clean = clean_logits(model, x, y)
         n, dev = x.shape[0], x.device
         best = (torch.full((n,), float("inf"), device=dev), x.clone())  # smallest L2 found, and its x'
         for target in [None, *nearest_classes(model, x, y, clean, targets, "l2").unbind(1)]:
@@ -113,7 +114,7 @@ def _cw_search(model, x, y, target, const, best, *, steps, lr, confidence, abort
     for it in range(steps):
         with torch.enable_grad():
             x_adv = (torch.tanh(w) + 1) / 2
-            with _autocast(x, amp):
+            with autocast(x.device, amp):
                 logits = model(x_adv)
             l2sq = (x_adv - x).pow(2).flatten(1).sum(1)  # [N]
             m, m_step = _margins(logits.float(), y, target)  # [N]: > 0 means misclassified (toward target)
@@ -121,7 +122,7 @@ def _cw_search(model, x, y, target, const, best, *, steps, lr, confidence, abort
             (w.grad,) = torch.autograd.grad(loss_each.sum(), w)  # not backward(): the model's .grad stay untouched
         with torch.no_grad():
             x_now = x_adv.detach()
-            if amp and x.device.type in ("cuda", "cpu"):  # as attacks._autocast: success on fp32 logits
+            if amp and amp_device(x.device):  # as fast.autocast: success on fp32 logits
                 m = _fp32_margin(model, x_now, y)
             l2 = l2sq.detach().float().sqrt()
             hit = (m.detach() > confidence) & active
@@ -242,7 +243,7 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "l2",
     schedule = {"steps": steps, "alpha": (alpha_init, alpha_final), "gamma": (gamma_init, gamma_final)}
     view = (-1,) + (1,) * (x.dim() - 1)
     with eval_mode(model):
-        clean = _clean_logits(model, x, y)
+        clean = clean_logits(model, x, y)
         x_start = x if starting_points is None else _boundary_start(model, x, y, starting_points, norm)
         best_adv, best_norm = _fmn_run(model, x, y, x_start, None, norm, schedule, amp)
         for target in nearest_classes(model, x, y, clean, targets, norm).unbind(1):
@@ -256,7 +257,7 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "l2",
 def _fmn_run(model, x, y, x_adv, target, norm: str, schedule: dict, amp: bool):
     """One FMN run from ``x_adv`` (untargeted when ``target`` is None): (the adversarial x' of smallest norm,
     or x, and that norm [N], inf where none was found)."""
-    amp_active = amp and x.device.type in ("cuda", "cpu")  # as attacks._autocast
+    amp_active = amp and amp_device(x.device)  # as fast.autocast
     p, dual = (2, 2) if norm == "l2" else (float("inf"), 1)
     steps, (alpha_init, alpha_final), (gamma_init, gamma_final) = (schedule[k] for k in ("steps", "alpha", "gamma"))
     n, view = x.shape[0], (-1,) + (1,) * (x.dim() - 1)
@@ -312,7 +313,7 @@ def _margin_grad(model, x_adv, y, amp: bool, target=None):
     input gradient of the latter, like ``x_adv``), on fp32 logits (bf16 under amp)."""
     x_adv = x_adv.detach().requires_grad_(True)
     with torch.enable_grad():
-        with _autocast(x_adv, amp):
+        with autocast(x_adv.device, amp):
             logits = model(x_adv)
         m, m_step = _margins(logits.float(), y, target)  # [N]
         (grad,) = torch.autograd.grad(m_step.sum(), x_adv)

@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nslib.checks import check_images, check_logits, check_positive_int, check_choice, model_device
-from nslib.hooks import Activations, _Hooks, _layer_list, capture  # noqa: F401  (capture is public here too)
+from nslib.hooks import Activations, Hooks, layer_list, capture  # noqa: F401  (capture is public here too)
 from nslib.models import default_layers, eval_mode as _eval_mode
 
 RELATIVE = ("ratio_of_means", "mean_of_ratios")  # the two relative sensitivities (see neuron_sensitivity)
@@ -54,7 +54,7 @@ def _neurons(t: torch.Tensor, name: str) -> torch.Tensor:
     return t.reshape(t.shape[0], t.shape[1], -1)
 
 
-def _channel_mean(t: torch.Tensor) -> torch.Tensor:
+def channel_mean(t: torch.Tensor) -> torch.Tensor:
     """[N, C, ...] -> [C]: the mean over pairs and positions in one reduction (every pair has the same
     positions, so it equals the mean over positions, then over pairs). A channels_last map is reduced as the
     [N*H*W, C] matrix it is in memory, so the gradient flowing back stays channels_last too: SNS adds it to the
@@ -96,10 +96,10 @@ def batch_sensitivity(acts_clean: torch.Tensor, acts_adv: torch.Tensor, relative
         raise ValueError(f"acts_clean must be a layer output [N, C, ...] or [N, D], got shape {tuple(acts_clean.shape)}")
     if acts_clean.shape[0] == 0:
         raise ValueError(f"acts_clean must hold at least one pair, got shape {tuple(acts_clean.shape)}")
-    sigma = _channel_mean((acts_clean - acts_adv).abs())  # [C]: mean over positions, then pairs
+    sigma = channel_mean((acts_clean - acts_adv).abs())  # [C]: mean over positions, then pairs
     if not relative:
         return sigma
-    scale = _channel_mean(acts_clean.abs())  # [C]
+    scale = channel_mean(acts_clean.abs())  # [C]
     dead = scale == 0
     ratio = sigma / torch.where(dead, torch.ones_like(scale), scale)  # finite everywhere, finite grads
     return torch.where(dead, torch.full_like(ratio, math.nan), ratio), dead
@@ -230,7 +230,7 @@ def sensitivity_variants(model: nn.Module, x: torch.Tensor, variants: dict, *, l
             j = len(advs) - 1
         slot[key] = j + 1
     batch_size = check_positive_int(batch_size, "batch_size")
-    names = _layer_list(model, layers)
+    names = layer_list(model, layers)
     device = model_device(model)
     sums = {key: _PairSums(relative) for key, (_, relative) in variants.items()}
     act = {} if activity else None  # per layer, the float64 sum over pairs of each neuron's mean |clean output|
@@ -248,7 +248,7 @@ def sensitivity_variants(model: nn.Module, x: torch.Tensor, variants: dict, *, l
         if act is not None:
             _PairSums._add(act, name, _neurons(chunks[0], name).abs().mean(2).sum(0, dtype=torch.float64))
 
-    with _eval_mode(model), torch.no_grad(), _Hooks(model, names, reduce) as hooks:
+    with _eval_mode(model), torch.no_grad(), Hooks(model, names, reduce) as hooks:
         for start in tqdm(range(0, x.shape[0], batch_size), desc="sensitivity", disable=not progress, leave=False):
             xb = x[start:start + batch_size]
             b[0] = xb.shape[0]

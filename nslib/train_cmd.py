@@ -174,7 +174,7 @@ def _prepare(args, held: contextlib.ExitStack) -> dict:
         overrides["k"] = int(args.k)  # a count of neurons, not a fraction
     overrides.update(parse_sets(args.set))
     try:
-        cfg = methods._config(None, overrides)  # each field checked, the error naming it
+        cfg = methods.make_config(None, overrides)  # each field checked, the error naming it
     except (ValueError, TypeError) as e:
         raise type(e)(_flag(str(e))) from None
     _unread(cfg, {k: v for k, v in overrides.items() if k != "method"})

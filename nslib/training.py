@@ -48,15 +48,15 @@ from nslib import attacks, checks, data as data_mod, distributed, fast, models a
 from nslib.evaluate import robust_accuracy
 from nslib.progress import bar  # tqdm that also tells the reproduce terminal
 from nslib.sensitivity import capture
-from nslib.checkpoints import (DIVERGED_LOSS, STOPPED, _Mismatch, _diverged, _stop_diverged,  # noqa: F401
-                               _write_checkpoints, load_checkpoint, read_history)
+from nslib.checkpoints import (DIVERGED_LOSS, STOPPED, Mismatch, diverged, stop_diverged, write_checkpoints,
+                               load_checkpoint, read_history)
 from nslib.store import remove_orphan_temps
-from nslib.methods import (METHODS, SHARED, Method, TrainConfig, _config, _resolve_k, attack_of,  # noqa: F401 re-exported
-                           identity, sns_penalty, sns_terms)
+from nslib.methods import (METHODS, Method, TrainConfig, attack_of, identity, make_config, resolve_method_k,
+                           sns_penalty, sns_terms)
 
 __all__ = ["train", "TrainConfig", "identity", "training_loss", "sns_penalty", "sns_terms", "load_checkpoint",
            "read_history", "evaluate_accuracy", "validation_pgd", "validation_split", "with_attack_defaults",
-           "METHODS", "Method", "ATTACK_DEFAULTS", "VAL_SIZES"]
+           "ATTACK_DEFAULTS", "VAL_SIZES"]
 
 # Linf radius, PGD steps and step size used for training, per dataset (PAPER.md, "Attack settings").
 ATTACK_DEFAULTS = {
@@ -88,7 +88,7 @@ def training_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: tor
     Shapes: x, x_adv [N, C, H, W] in [0, 1]; y [N] int64; logits [N, classes].
     Usage: ``loss, _, _ = training_loss(model, x, y, pgd(model, x, y, eps=0.1), method="pgd_at")``
     """
-    cfg = _config(config, overrides, method="pgd_at")
+    cfg = make_config(config, overrides, method="pgd_at")
     method = METHODS[cfg.method]
     if not method.hooks or _acts is not None:  # _acts: the training loop's hooks, registered once per epoch
         return method.loss(model, x, y, x_adv, cfg, _acts)
@@ -211,7 +211,7 @@ def _probe(model: nn.Module, shape, layers: list[str], k) -> int:
         out = model(torch.zeros((2,) + tuple(shape), device=checks.model_device(model)))
         checks.check_logits(out, 2, "model")
         for name in layers:
-            _resolve_k(k, acts[name].shape[1], name)
+            resolve_method_k(k, acts[name].shape[1], name)
     return out.shape[1]
 
 
@@ -281,7 +281,7 @@ def _resume(run: _Run) -> None:
     try:
         _, info = load_checkpoint(run.out / "last.pt", run.model, run.device, optimizer=run.optimizer, rng=True,
                                   expect=expect)
-    except _Mismatch as err:
+    except Mismatch as err:
         raise ValueError(f"{err}; use another out_dir, or resume=False to start over") from None
     stored = (info["params"] or {}).get("epochs", run.cfg.epochs)
     if run.cfg.epochs < stored:
@@ -318,7 +318,7 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict:
                 if cfg.eps_warmup_epochs > 0:
                     eps_now = cfg.eps * min(1.0, (epoch + (i + 1) / n_batches) / cfg.eps_warmup_epochs)
                 # eval mode inside (and restored); no input checks, no host synchronisation
-                x_adv = attacks._pgd_unchecked(model, xb, yb, eps=eps_now, alpha=cfg.alpha * eps_now / cfg.eps,
+                x_adv = attacks.pgd_unchecked(model, xb, yb, eps=eps_now, alpha=cfg.alpha * eps_now / cfg.eps,
                                                steps=cfg.attack_steps, loss=run.attack, amp=run.amp is not None,
                                                noise=distributed.starts(xb, ib, cfg.seed, epoch, run.example_starts))
             model.train()
@@ -345,8 +345,8 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict:
 def _end_of_epoch(run: _Run, record: dict) -> None:
     """Validation, the collapse check, the best epoch and the checkpoints (the epoch's host syncs are here)."""
     cfg, model, (_, _, x_val, y_val) = run.cfg, run.model, run.data
-    if _diverged(run, record):
-        _stop_diverged(run, record)
+    if diverged(run, record):
+        stop_diverged(run, record)
         return
     t0 = time.perf_counter()
     model.eval()
@@ -374,7 +374,7 @@ def _end_of_epoch(run: _Run, record: dict) -> None:
     elif record["epoch"] == cfg.epochs:
         run.status = "done"
     if run.out is not None and distributed.is_main():  # rank 0 alone writes
-        _write_checkpoints(run, record, is_best)
+        write_checkpoints(run, record, is_best)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -414,7 +414,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     are not finite, stops with status "diverged" (a RuntimeWarning names it) and keeps no best checkpoint.
     Usage: ``train(build("smallcnn", "fmnist"), "fmnist", method="sns", base="pgd_at", lam=0.01)``
     """
-    cfg = _config(config, overrides)
+    cfg = make_config(config, overrides)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_data_arg(data)

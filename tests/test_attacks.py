@@ -144,7 +144,7 @@ def test_kl_pgd_matches_trades_inner_loop(cnn_data):
     model, x, _ = cnn_data
     eps, alpha, steps, seed = 0.3, 0.01, 5, 3
     ours = pgd(model, x, None, eps=eps, alpha=alpha, steps=steps, loss="kl", seed=seed)
-    noise = torch.randn(x.shape, generator=attacks._restart_generator(x.device, seed, 0))
+    noise = torch.randn(x.shape, generator=attacks.restart_generator(x.device, seed, 0))
     assert bool(((x + 0.001 * noise) < 0).any())  # the start leaves [0, 1]: the case where clipping matters
     ref = trades_inner_loop(model, x, noise, step_size=alpha, epsilon=eps, perturb_steps=steps)
     same = torch.isclose(ours, ref, rtol=0, atol=1e-6).float().mean()
@@ -160,11 +160,11 @@ def test_kl_pgd_matches_trades_inner_loop(cnn_data):
 
 @pytest.mark.parametrize("loss", ["kl", "ce"])
 def test_pgd_unchecked_has_the_iterates_of_pgd(cnn_data, loss):
-    """Training's attack (attacks._pgd_unchecked) is pgd without the checks: the same iterates, so TRADES
+    """Training's attack (attacks.pgd_unchecked) is pgd without the checks: the same iterates, so TRADES
     training also starts unclipped."""
     model, x, y = cnn_data
     kw = dict(eps=0.3, alpha=0.01, steps=3, loss=loss, seed=5)
-    assert torch.equal(attacks._pgd_unchecked(model, x, y, **kw), pgd(model, x, y, **kw))
+    assert torch.equal(attacks.pgd_unchecked(model, x, y, **kw), pgd(model, x, y, **kw))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -468,7 +468,7 @@ def test_autoattack_matches_a_direct_call_of_the_reference(one_thread):
         with torch.random.fork_rng():
             aa = AutoAttack(model, norm="Linf", eps=eps, version="custom", attacks=order[:k], seed=0)
             refs.append(aa.run_standard_evaluation(x, y, batch_size=500)[0])
-    lo, hi = attacks._linf_box(x, eps)
+    lo, hi = attacks.linf_box(x, eps)
     assert torch.equal(x_adv, torch.min(torch.max(refs[-1], lo), hi))
     assert torch.allclose(x_adv, refs[-1], rtol=0, atol=1e-6)
 

@@ -47,7 +47,7 @@ def test_get_models_gives_the_vanilla_overrides_to_the_vanilla_model_only(monkey
     calls.clear()
     cache.get_models("fmnist", "smallcnn", ["vanilla"], [0], vanilla_epochs=8, epochs=2)  # the shorthand
     assert calls[("vanilla", 0)] == {"epochs": 8}
-    with pytest.raises(ValueError, match="vanilla_epochs and vanilla\['epochs'\] must agree"):
+    with pytest.raises(ValueError, match=r"vanilla_epochs and vanilla\['epochs'\] must agree"):
         cache.get_models("fmnist", "smallcnn", ["vanilla"], [0], vanilla_epochs=8, vanilla={"epochs": 3})
 
 

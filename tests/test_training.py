@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nslib import attacks, data, models, training
+from nslib import attacks, data, methods, models, training
 from nslib.sensitivity import neuron_sensitivity, top_k
 
 EPS = 0.1  # Linf radius of every adversarial run here (MNIST pixels in [0, 1])
@@ -143,7 +143,7 @@ def vanilla_val_robust():
     return val_robust(model)
 
 
-@pytest.mark.parametrize("method", training.METHODS)
+@pytest.mark.parametrize("method", methods.METHODS)
 def test_each_method_runs_and_reduces_its_loss(method, batch, vanilla_val_robust):
     x, y = batch
     model = tiny()

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nslib import training
-from nslib.training import METHODS, Method, TrainConfig, identity
+from nslib import methods, training
+from nslib.methods import METHODS, Method, TrainConfig, identity
 
 
 class Net(nn.Module):
@@ -116,7 +116,7 @@ def test_a_registered_method_trains_checkpoints_and_resumes_exactly(noisy, tmp_p
 
 
 def test_identity_holds_the_shared_fields_and_only_the_methods_own(noisy):
-    shared = set(training.SHARED)
+    shared = set(methods.SHARED)
     assert set(identity(TrainConfig(method="noisy"))) == shared | {"eps"}
     assert set(identity(TrainConfig())) == shared  # standard
     attack = {"eps", "alpha", "attack_steps", "eps_warmup_epochs", "val_n_adv", "val_attack_steps"}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from nslib import attacks, fast, models as models_mod, training
+from nslib import attacks, fast, methods, models as models_mod, training
 from nslib.checkpoints import UnreadableCheckpoint
 from nslib.progress import stage
 from nslib.store import claim, outputs_dir, params_key, save_json, save_torch
@@ -54,10 +54,10 @@ def label(name: str) -> str:
 def _spec(name: str) -> dict:
     if name in MODELS:
         return MODELS[name]
-    if name in training.METHODS:
+    if name in methods.METHODS:
         return {"method": name}
     raise ValueError(f"name must be one of {', '.join(MODELS)} or a method of nslib.methods.METHODS "
-                     f"({', '.join(training.METHODS)}), got {name!r}")
+                     f"({', '.join(methods.METHODS)}), got {name!r}")
 
 
 def model_key(dataset: str, arch: str, name: str, seed: int, *, start: str | None = None,

@@ -30,7 +30,7 @@ import numbers
 from typing import Any, Callable
 
 
-from nslib import data as data_mod, models as models_mod, training
+from nslib import data as data_mod, methods, models as models_mod, training
 from nslib.repro.cache import MODELS
 from nslib.repro.profiles import (DEFAULT_NOTEBOOK_S, EXPECTED_S, PROFILES, QUICK_RANGES, auto_profile,
                                   expected_seconds)
@@ -125,9 +125,9 @@ class Knob:
 
 def _model_name(name, v):
     """A model of the reproduction (:data:`nslib.repro.cache.MODELS`) or any registered training method."""
-    if v not in MODELS and v not in training.METHODS:
+    if v not in MODELS and v not in methods.METHODS:
         _fail(name, "a model of nslib.repro.cache.MODELS (" + ", ".join(MODELS) + ") or a method of "
-              "nslib.methods.METHODS (" + ", ".join(training.METHODS) + ")", v)
+              "nslib.methods.METHODS (" + ", ".join(methods.METHODS) + ")", v)
 
 
 _AA_ATTACKS = ("apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square")
