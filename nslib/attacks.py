@@ -43,9 +43,18 @@ from nslib.fast import attack_batch
 from nslib.models import eval_mode  # noqa: F401  (re-exported: attacks.eval_mode is public)
 from nslib.progress import bar
 
-__all__ = ["fgsm", "pgd", "mim", "margin", "NORMS", "LOSSES", "pgd_pairs"]
+__all__ = ["fgsm", "pgd", "mim", "margin", "NORMS", "LOSSES", "pgd_pairs", "pgd_step", "PGD_STEP_SCALE"]
 
 KL_START_STD = 0.001  # TRADES's inner maximisation starts at x + 0.001 * N(0, 1) (Zhang et al., 2019)
+# PGD's default step, as a multiple of eps / steps: 2.5 reaches the ball's edge from anywhere within the steps, with
+# room to move along it (Madry et al., 2018)
+PGD_STEP_SCALE = 2.5
+
+
+def pgd_step(eps: float, steps: int) -> float:
+    """PGD's default step size for ``steps`` steps at radius ``eps``: ``PGD_STEP_SCALE * eps / steps`` (the kit's one
+    place for it: attacks, training and the reproduction all read it here)."""
+    return PGD_STEP_SCALE * eps / steps
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -98,7 +107,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float
         y (Tensor or None): true labels (target labels when ``targeted``); ignored, and may be None,
             for ``loss="kl"``.
         eps (float): radius of the ball, >= 0.
-        alpha (float or None): step size; None means 2.5 * eps / steps.
+        alpha (float or None): step size; None means :func:`pgd_step` (2.5 * eps / steps).
         steps (int): gradient steps per restart, >= 1.
         norm (str): "linf" or "l2".
         random_start (bool): start uniformly in the Linf ball (norm "linf"), at a random direction and
@@ -136,7 +145,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float
     loss = check_choice(loss, "loss", LOSSES)
     steps = check_positive_int(steps, "steps")
     restarts = check_positive_int(restarts, "restarts")
-    alpha = 2.5 * eps / steps if alpha is None else check_eps(alpha, "alpha")
+    alpha = pgd_step(eps, steps) if alpha is None else check_eps(alpha, "alpha")
     if loss == "kl" and targeted:
         raise ValueError("targeted=True needs labels; it is not defined for loss='kl'")
     if loss == "kl" and early_stop:

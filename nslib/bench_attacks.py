@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from nslib import data, fast, models, store, training
-from nslib.attacks import pgd
+from nslib.attacks import pgd, pgd_step
 from nslib.evaluate import robust_accuracy
 
 __all__ = ["timeit", "bench_attacks"]
@@ -68,7 +68,7 @@ def _bench_model(arch: str, device: torch.device, quick: bool):
         # (PGD-AT on 500 images, tried before, stayed at chance: its robust-accuracy check said nothing)
         kw = dict(method="standard", epochs=1, batch_size=64, n_train=3000, val_size=500, val_n_adv=0)
     elif device.type == "cpu":  # a minute on two cores: one PGD-3 epoch on 10,000 images
-        kw = dict(method="pgd_at", epochs=1, batch_size=128, n_train=10_000, attack_steps=3, alpha=2.5 * 0.1 / 3,
+        kw = dict(method="pgd_at", epochs=1, batch_size=128, n_train=10_000, attack_steps=3, alpha=pgd_step(0.1, 3),
                   val_size=1000, val_n_adv=200, val_attack_steps=3)
     else:
         kw = dict(method="pgd_at", epochs=3 if arch == "resnet18" else 5, batch_size=128)

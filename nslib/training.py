@@ -56,7 +56,7 @@ from nslib.methods import (METHODS, Method, TrainConfig, attack_of, identity, ma
 
 __all__ = ["train", "TrainConfig", "identity", "training_loss", "sns_penalty", "sns_terms", "load_checkpoint",
            "read_history", "evaluate_accuracy", "validation_pgd", "validation_split", "with_attack_defaults",
-           "ATTACK_DEFAULTS", "VAL_SIZES"]
+           "attack_settings", "ATTACK_DEFAULTS", "VAL_SIZES"]
 
 # Linf radius, PGD steps and step size used for training, per dataset (PAPER.md, "Attack settings").
 ATTACK_DEFAULTS = {
@@ -153,14 +153,24 @@ def _check_data_arg(data) -> None:
         raise ValueError(f"data must be one of {', '.join(data_mod.DATASETS)} or a tuple (x, y), got {data!r}")
 
 
-def with_attack_defaults(cfg: TrainConfig, dataset: str | None) -> TrainConfig:
-    """eps, attack_steps and alpha filled from the dataset's ``ATTACK_DEFAULTS`` where None."""
+DEFAULT_ATTACK_STEPS = 10  # a dataset without ATTACK_DEFAULTS trains against PGD-10
+
+
+def attack_settings(dataset: str | None, eps=None, steps=None, alpha=None) -> tuple:
+    """``(eps, steps, alpha)`` of the training attack: each one given, else the dataset's ``ATTACK_DEFAULTS``
+    (steps :data:`DEFAULT_ATTACK_STEPS` and alpha :func:`nslib.attacks.pgd_step` where it has none; eps stays None
+    without a dataset). The one place the training attack's defaults are resolved."""
     defaults = ATTACK_DEFAULTS.get(dataset, {})
-    eps = defaults.get("eps") if cfg.eps is None else cfg.eps
-    steps = defaults.get("steps", 10) if cfg.attack_steps is None else cfg.attack_steps
-    alpha = cfg.alpha
+    eps = defaults.get("eps") if eps is None else eps
+    steps = defaults.get("steps", DEFAULT_ATTACK_STEPS) if steps is None else steps
     if alpha is None and isinstance(eps, numbers.Real) and isinstance(steps, numbers.Integral) and steps > 0:
-        alpha = defaults.get("alpha", 2.5 * eps / steps)
+        alpha = defaults.get("alpha", attacks.pgd_step(eps, steps))
+    return eps, steps, alpha
+
+
+def with_attack_defaults(cfg: TrainConfig, dataset: str | None) -> TrainConfig:
+    """eps, attack_steps and alpha filled by :func:`attack_settings` where None."""
+    eps, steps, alpha = attack_settings(dataset, cfg.eps, cfg.attack_steps, cfg.alpha)
     if eps is None and "eps" in identity(cfg):
         raise ValueError(f"eps must be given for method {cfg.method!r} on tensors (no dataset default)")
     return replace(cfg, eps=eps, alpha=alpha, attack_steps=steps)

@@ -247,14 +247,14 @@ def c1_models(dataset: str, arch: str, seeds, scales, *, eps: float, progress: b
     near 0, the four robust models tied within their intervals), so a rank correlation over them mostly
     measures noise. A model trained at a smaller radius is robust in between. Each is trained or loaded by
     :func:`nslib.repro.cache.get_model` with ``train_args`` (those of the other models), its radius and a
-    training step scaled with it (the others' step times ``scale``; 2.5 * radius / steps for the dataset's PGD).
+    training step scaled with it (the others' step times ``scale``; :func:`nslib.attacks.pgd_step` at the dataset's steps).
 
     Returns ``{(name, seed): (model, info)}``: names (ids) ``"pgd_at@0.5eps"``, ``info["name"]`` the same and
     ``info["label"]`` "PGD-AT (0.5 eps)", both computed from the scale (never parsed back).
     Usage: ``c1_models("fmnist", "smallcnn", [0, 1, 2], [0.5], eps=0.1, epochs=2, n_train=12000)``
     """
-    steps = train_args.get("attack_steps") or training.ATTACK_DEFAULTS.get(dataset, {}).get("steps", 10)
-    alpha = train_args.get("alpha") or 2.5 * eps / steps  # the other models' step (None: the dataset's PGD)
+    _, steps, _ = training.attack_settings(dataset, eps, train_args.get("attack_steps"))
+    alpha = train_args.get("alpha") or attacks.pgd_step(eps, steps)  # the other models' step (None: PGD's at eps)
     out = {}
     for scale in scales:
         if not 0 < scale < 1:

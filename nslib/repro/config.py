@@ -30,7 +30,7 @@ import numbers
 from typing import Any, Callable
 
 
-from nslib import data as data_mod, methods, models as models_mod, training
+from nslib import attacks, data as data_mod, methods, models as models_mod, training
 from nslib.repro.cache import MODELS
 from nslib.repro.profiles import (DEFAULT_NOTEBOOK_S, EXPECTED_S, PROFILES, QUICK_RANGES, auto_profile,
                                   expected_seconds)
@@ -148,7 +148,7 @@ KNOBS: dict[str, Knob] = {
                train=True),
     "attack_steps": Knob(3, _int(1, optional=True), "PGD steps of the training attack (None: the dataset's default)",
                          train=True),
-    "step_scale": Knob(2.5, _real(0, 10, low_open=True),
+    "step_scale": Knob(attacks.PGD_STEP_SCALE, _real(0, 10, low_open=True),
                        "the training attack's step as a multiple of eps / attack_steps (2.5: PGD reaches the ball's "
                        "edge from anywhere; 1.25 with 1 step: FGSM with a random start, FGSM-RS, Wong et al. 2020)"),
     "start": Knob("scratch", _choice(("vanilla", "scratch")),
@@ -245,7 +245,7 @@ class _Derived:
         default step_scale; otherwise step_scale * eps / steps (2.5: a short attack, or a larger eps, still reaches
         the ball's edge; 1.25 with one step: FGSM-RS)."""
         default = ATTACK_DEFAULTS.get(self.dataset, {})
-        steps = self.attack_steps if self.attack_steps is not None else default.get("steps", 10)
+        _, steps, _ = training.attack_settings(self.dataset, self.eps, self.attack_steps)
         if self.eps == default.get("eps") and steps == default.get("steps") and self.step_scale == KNOBS["step_scale"].default:
             return None
         return self.step_scale * self.eps / steps

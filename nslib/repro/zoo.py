@@ -198,10 +198,7 @@ def _lam_failure(cfg, name: str, runs: dict, trained: dict, progress: bool) -> d
 def training_attack(cfg) -> str:
     """The attack the robust models of settings ``cfg`` trained against, in words: "FGSM-RS (one step of 1.25 eps
     from a uniform random start)" for one step of at most 1.25 eps, else "PGD-k (step s eps, random start)"."""
-    from nslib.training import ATTACK_DEFAULTS
-    default = ATTACK_DEFAULTS.get(cfg.dataset, {})
-    steps = cfg.attack_steps if cfg.attack_steps is not None else default.get("steps", 10)
-    alpha = cfg.alpha if cfg.alpha is not None else default.get("alpha", 2.5 * cfg.eps / steps)
+    _, steps, alpha = training.attack_settings(cfg.dataset, cfg.eps, cfg.attack_steps, cfg.alpha)
     scale = alpha / cfg.eps
     if steps == 1 and scale <= 1.25 + 1e-9:
         return f"FGSM-RS (one step of {scale:.3g} eps from a uniform random start)"
