@@ -1,6 +1,8 @@
 """nslib: neuron sensitivity, adversarial attacks and robust training (Zhang, Liu et al., IEEE TIP 2021).
 
-Modules: data, models, attacks, sensitivity, intervention, training, evaluate, comparison, verdicts, viz, run.
+Kernels: data, models, attacks (attack_core, autoattack, minnorm), sensitivity (hooks), intervention, methods,
+training (checkpoints), evaluate, verdicts; tools: fast, distributed, streams, store, checks, progress, viz, forest;
+commands (``python -m nslib ...``): analyze, train_cmd, evaluate_cmd, comparison, bench; the reproduction: repro.
 Import what you need: ``from nslib import attacks, sensitivity``.
 """
 __version__ = "0.1.0"

@@ -3,7 +3,7 @@
 The minimal-norm attacks are in :mod:`nslib.minnorm`; the AutoAttack wrapper in :mod:`nslib.evaluate`.
 
 Every attack is a plain function ``attack(model, x, y, *, eps, ...) -> x_adv`` over a batch on the model's
-device. The contracts (DESIGN.md), kept by every function here:
+device. The contracts, kept by every function here (and tested in tests/test_attacks.py):
 
 - ``x`` is never modified; the model runs in eval mode during the attack (batch norm uses its running
   statistics, dropout is off) and every module's train/eval flag is restored afterwards, also when the

@@ -40,7 +40,7 @@ from nslib.progress import bar
 from nslib.store import (atomic_write_bytes, check_result_dir, claim, outputs_dir, provenance, save_json,
                          writing_result)
 
-__all__ = ["parse_attacks", "evaluate_model", "write_results", "add_arguments", "main"]
+__all__ = ["parse_attacks", "evaluate_source", "write_results", "add_arguments", "main"]
 
 DEFAULT_ATTACKS = "fgsm,pgd-20,mim-10,fmn-l2,pgd-l2,autoattack"
 FILES = ("results.json", "results.csv", "RESULTS.md", "outcomes.csv")  # what it writes (beside its manifest)
@@ -121,7 +121,7 @@ def _batches(source, batch_size: int, workers: int):
         yield i, xb, yb
 
 
-def evaluate_model(model, source: dict, suite: list[dict], *, eps: float, l2_eps: float, seed: int = 0,
+def evaluate_source(model, source: dict, suite: list[dict], *, eps: float, l2_eps: float, seed: int = 0,
                    batch_size: int = 128, amp: bool = False, aa: dict | None = None, workers: int = 0,
                    progress: bool = True) -> dict:
     """Clean accuracy and every attack of ``suite`` on the images of ``source``, with per-example outcomes.
@@ -328,7 +328,7 @@ def _work(args) -> int:
 def _evaluate(args, job: dict, device, batch_size: int, workers: int) -> int:
     model = job["model"].to(device)
     amp = fast.autocast_dtype(args.precision, device) is not None
-    res = evaluate_model(model, job["source"], job["suite"], eps=job["eps"], l2_eps=job["l2_eps"], seed=args.seed,
+    res = evaluate_source(model, job["source"], job["suite"], eps=job["eps"], l2_eps=job["l2_eps"], seed=args.seed,
                          batch_size=batch_size, amp=amp, aa=job["aa"], workers=workers, progress=not args.quiet)
     if not distributed.is_main():
         return 0

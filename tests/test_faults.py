@@ -427,7 +427,7 @@ def test_an_out_below_a_file_is_refused_before_any_work(weights, tmp_path, monke
     def forbidden(*a, **k):
         raise AssertionError("work started before --out was checked")
     monkeypatch.setattr(training, "train", forbidden)
-    monkeypatch.setattr("nslib.evaluate_cmd.evaluate_model", forbidden)
+    monkeypatch.setattr("nslib.evaluate_cmd.evaluate_source", forbidden)
     argv = {"train": ["train", "--model", "smallcnn", "--data", "mnist5k"],
             "evaluate": ["evaluate", "--model", f"smallcnn:{weights / 'good.pt'}", "--data", "fmnist", "--n", "10"]}
     rc = main([*argv[command], "--out", str(weights / "afile" / "sub"), "--quiet"])
