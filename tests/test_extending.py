@@ -133,3 +133,25 @@ def test_a_new_notebook_is_run_before_the_report(tmp_path, monkeypatch):
     runs = run.plan("quick", ["fmnist"], notebooks_dir=tmp_path)
     assert [p.name for _, p, _ in runs] == ["00_data.ipynb", "08_toy.ipynb", "06_report.ipynb"]
     assert config.settings("quick", "fmnist", "08").notebook == "08"
+
+
+def test_every_notebook_names_itself_once_by_its_file_name(tmp_path, monkeypatch):
+    """A notebook says who it is once, in its parameters cell (``notebook_name``, its file's name); its settings come
+    from the layer of its number and its results are saved under that name, with their runtime."""
+    import json
+    from pathlib import Path
+
+    from nslib.repro import notebook
+    for path in sorted(Path(__file__).parent.parent.glob("notebooks/0[0-5]_*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        params = next(c for c in cells if "parameters" in c["metadata"].get("tags", []))
+        assert f'notebook_name = "{path.stem}"' in "".join(params["source"]), path.name
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code" and c is not params)
+        assert path.stem not in code and f'"{path.stem[:2]}"' not in code, f"{path.name} names itself again"
+    monkeypatch.setenv("NSLIB_OUTPUTS", str(tmp_path))
+    run = notebook.start("quick", "fmnist", "02_neuron_sensitivity", {"seeds": [0, 1]})
+    assert run.cfg.notebook == "02" and run.seeds == [0, 1] and run.fig_dir.is_dir()
+    saved = json.loads(run.save({"numbers": {"x": 1}}).read_text())
+    assert saved["notebook"] == "02_neuron_sensitivity" and saved["runtime_s"] >= 0 and saved["params"]["seeds"] == [0, 1]
+    with pytest.raises(ValueError, match=r"notebook must be the notebook's file name .* got 'sensitivity'"):
+        notebook.number("sensitivity")

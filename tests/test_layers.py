@@ -17,7 +17,7 @@ LAYERS = {  # module -> layer; a module may import only from its own layer or be
     "fast": 2, "attack_core": 2, "attacks": 2, "sensitivity": 2, "minnorm": 2, "checkpoints": 2, "hooks": 2, "autoattack": 2,
     "intervention": 3, "evaluate": 3, "specs": 6, "training": 3, "methods": 3, "verdicts": 4, "viz": 6, "forest": 6, "analyze": 7, "bench_attacks": 7, "bench": 7,
     "distributed": 1, "streams": 1, "evaluate_cmd": 7, "train_cmd": 7, "comparison": 7,
-    "repro.__init__": 10, "repro.cache": 10, "repro.zoo": 10.5, "repro.experiments": 11, "repro.robustness": 11, "repro.report": 12, "repro.profiles": 12.5, "repro.config": 13,
+    "repro.__init__": 10, "repro.cache": 10, "repro.zoo": 10.5, "repro.experiments": 11, "repro.robustness": 11, "repro.report": 12, "repro.profiles": 12.5, "repro.config": 13, "repro.notebook": 13.5,
     "repro.run": 14, "__main__": 20,
 }
 
