@@ -128,7 +128,7 @@ def test_main_models_rejects_a_lambda_that_validates_too_far_below_its_base_on_a
         return object(), {"status": "done", "best": {"val_clean": 0.7, "val_pgd": val}, "label": name,
                           "collapsed": False, "lam": lam, "name": name}
 
-    def full_validation(cfg, seed, model, info):
+    def full_validation(cfg, seed, model, info, images=None):
         checked.append((info["name"], info["lam"], seed))
         return full.get((info["name"], info["lam"]), {}).get(seed, 0.70)
     monkeypatch.setattr(zoo, "get_model", get_model)

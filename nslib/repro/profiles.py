@@ -124,12 +124,15 @@ PROFILES: dict[str, dict] = {
 # third epoch of 6d125db; 05 x2.7 (Fashion-MNIST) and x2.9 (MNIST-5k) for AutoAttack on 1,000 images instead of 200
 # (a686154: its rows took 5.0x their time, 227 -> 1,130 s over Fashion-MNIST's 20 models); 01 +60 s and +10 s for
 # the full-validation pass; 02 x2.66 (Fashion-MNIST) and x2.7 (MNIST-5k) for C1's PGD-AT at three radii instead of one
-# (293e15e: six more models to train and two more to study per seed; by the work counted, x2.4 and x2.5). quick: its
-# measured total (7-8 min, 2026-11-29) split by estimate. A notebook, dataset or profile missing here counts
+# (293e15e: six more models to train and two more to study per seed; by the work counted, x2.4 and x2.5).
+# Fashion-MNIST at 6b1297d (PGD-2 instead of FGSM-RS): run A on two quiet cores (one process, two threads), 02 830 s,
+# 03 47, 04 44, 05 904 measured; 01 3,180 estimated from its models' training seconds there (PGD-AT 78, TRADES 122,
+# SNS (PGD-AT) 132, SNS (TRADES) 153 on average; 28 robust models and five Vanilla), since that run found 11 of them in
+# its cache. quick: its measured total (7-8 min, 2026-11-29) split by estimate. A notebook, dataset or profile missing here counts
 # DEFAULT_NOTEBOOK_S and the announcement says "unknown".
 EXPECTED_S = {
     "quick": {"fmnist": {"00": 70, "01": 150, "02": 40, "03": 60, "04": 15, "05": 90, "06": 10}},
-    "cpu": {"fmnist": {"00": 45, "01": 1930, "02": 585, "03": 45, "04": 42, "05": 733, "06": 4},
+    "cpu": {"fmnist": {"00": 45, "01": 3180, "02": 830, "03": 47, "04": 44, "05": 904, "06": 7},
             "mnist5k": {"00": 12, "01": 433, "02": 350, "03": 40, "04": 20, "05": 474, "06": 5}},
 }
 DEFAULT_NOTEBOOK_S = 60

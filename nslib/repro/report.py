@@ -190,9 +190,13 @@ def lam_markdown(curves: dict) -> str:
             cells = [f"{r[k]:.3f} [{r[k + '_ci'][0]:.3f}, {r[k + '_ci'][1]:.3f}]" if r[k] is not None else "-"
                      for k in ("val_clean", "val_pgd")]
             rejected = [j for j in c.get("rejected", []) if j["lam"] == r["lam"]]
-            note = ("chosen" + (f" (every lambda fell more than lam_drop below {label(c['base'])} on some seed: this "
-                               f"one least)" if c.get("all_below_base") else "")) if r["lam"] == c["lam"] else ("the base itself" if r["lam"] == 0 else (
-                "rejected: " + _rejection(rejected[0], label(c["base"])) if rejected else ""))
+            if r["lam"] == c["lam"]:
+                note = "chosen" + (f" (every lambda fell more than lam_drop below {label(c['base'])} on some seed: "
+                                   f"this one least)" if c.get("all_below_base") else "")
+            elif r["lam"] == 0:
+                note = "the base itself"
+            else:
+                note = "rejected: " + _rejection(rejected[0], label(c["base"])) if rejected else ""
             lines.append(f"| {r['lam']:g} | {r['status']} | {cells[0]} | {cells[1]} | {note} |")
         lines.append("")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ Usage::
 """
 from __future__ import annotations
 
+import functools
 import statistics
 from pathlib import Path
 
@@ -181,10 +182,10 @@ def _lam_failure(cfg, name: str, runs: dict, trained: dict, progress: bool) -> d
     collapsed = sorted(s for s, (_, info) in mine.items() if info["status"] != "done")
     below = []
     if cfg.lam_drop is not None:
-        base = MODELS[name]["base"]
+        base, images = MODELS[name]["base"], _train_images(cfg)
         for s in sorted(set(mine) - set(collapsed)):
             base_model, base_info = trained.get((base, s)) or _get(cfg, base, s, _args(cfg, base), progress)
-            gap = full_validation(cfg, s, *mine[s]) - full_validation(cfg, s, base_model, base_info)
+            gap = full_validation(cfg, s, *mine[s], images) - full_validation(cfg, s, base_model, base_info, images)
             if gap < -cfg.lam_drop - 1e-12:
                 below.append([s, gap])
     if not (collapsed or below):
@@ -228,18 +229,19 @@ def recipe_markdown(cfg, n_train: int | None = None) -> str:
         f"clean for Vanilla) is the one analysed."])
 
 
-def full_validation(cfg, seed: int, model, info: dict) -> float:
+def full_validation(cfg, seed: int, model, info: dict, images=None) -> float:
     """One robust model's accuracy at its analysed checkpoint under the validation attack training uses
     (:func:`nslib.training.validation_pgd`, PGD-``val_attack_steps`` at eps) on *all* ``val_size`` validation images
     of its ``seed``, not only the ``val_n_adv`` the best epoch was chosen on (one model's accuracy near 68% has a
     standard error of 2.1 points on 500 images, 1.0 on 2,000). Cached in the model's run folder (``info["dir"]``)
-    per attack, images and checkpoint, so every notebook reads the same number."""
+    per attack, images and checkpoint, so every notebook reads the same number. ``images``: a callable giving the
+    training split ``(x, y)`` (a caller validating several models loads it once); None loads it here."""
     params = {"eps": cfg.eps, "steps": cfg.val_attack_steps, "val_size": cfg.val_size, "seed": seed,
               "checkpoint": info.get("checkpoint")}
     path = Path(info["dir"]) / f"full-val-{params_key(params)}.json" if info.get("dir") else None
     if path is not None and path.exists():
         return load_json(path)["accuracy"]
-    x, y = data.load(cfg.dataset, "train")
+    x, y = images() if images is not None else data.load(cfg.dataset, "train")
     hold = training.validation_split(y, cfg.val_size, seed)[1]
     accuracy = training.validation_pgd(model, x[hold], y[hold], cfg.eps, cfg.val_attack_steps)
     if path is not None:
@@ -247,11 +249,17 @@ def full_validation(cfg, seed: int, model, info: dict) -> float:
     return accuracy
 
 
+def _train_images(cfg):
+    """The training split of ``cfg.dataset``, loaded on the first call only (none when every result is cached)."""
+    return functools.cache(lambda: data.load(cfg.dataset, "train"))
+
+
 def full_validation_pgd(cfg, trained: dict, *, progress: bool = True) -> dict:
     """``{(name, seed): accuracy}``: :func:`full_validation` of each robust model of ``trained`` (:func:`main_models`;
     a model that did not train is left out): the seed-spread rule reads it."""
     runs = [(key, model, info) for key, (model, info) in trained.items() if key[0] != "vanilla" and model is not None]
-    return {(name, seed): full_validation(cfg, seed, model, info)
+    images = _train_images(cfg)
+    return {(name, seed): full_validation(cfg, seed, model, info, images)
             for (name, seed), model, info in bar(runs, desc="full validation", disable=not progress)}
 
 
