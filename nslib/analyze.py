@@ -35,14 +35,14 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from nslib import attacks, checks, data as data_mod, distributed, evaluate, fast, intervention, viz
+from nslib import attacks, checks, data as data_mod, distributed, evaluate, fast, intervention, specs, viz
 from nslib.evaluate import accuracy_on
 from nslib.progress import bar
 from nslib.specs import check_fit, dataset_of, load_data, load_model  # noqa: F401  (analyze.load_model stays public)
 from nslib.sensitivity import layer_summary, pick_map_layer, sensitivity_variants, top_k
 from nslib.store import atomic_write_bytes, check_result_dir, claim, outputs_dir, provenance, save_json, writing_result
 
-__all__ = ["load_model", "load_data", "dataset_of", "check_fit", "pair_attacks", "analyze", "main"]
+__all__ = ["load_model", "load_data", "dataset_of", "check_fit", "pair_attacks", "analyze", "add_arguments", "main"]
 
 OWN_FILES = ("sensitivity.csv", "layers.csv", "sensitivity.json", "ANALYSIS.md", *(  # what analyze writes
     f"figures/{f}.{ext}" for f in ("sensitivity_abs", "sensitivity_rel", "intervention_restore", "intervention_zero",
@@ -221,9 +221,27 @@ def markdown(summary: dict) -> str:
 # ----------------------------------------------------------------------------------------------------
 # the command line
 
+def add_arguments(p) -> None:
+    """The flags of ``nslib analyze`` on the argparse (sub)parser ``p``."""
+    specs.add_shared_arguments(p, out="outputs/analysis/<model>-<data>", folders=False,
+                               seed="seed of the attack and the random choices, and the test subset's")
+    p.add_argument("--layers", default=None, help="comma-separated dotted layer names (default: the model's hidden "
+                                                  "conv/linear layers)")
+    p.add_argument("--eps", type=float, default=None, help="Linf radius of the pairs (default: the dataset's)")
+    p.add_argument("--attack", default="pgd", help="how the pairs are crafted: pgd (the reproduction's pairs) or any "
+                                                   "other fixed-radius attack of nslib.evaluate.ATTACKS (fgsm, mim, "
+                                                   "autoattack: standard)")
+    p.add_argument("--steps", type=int, default=20, help="PGD steps (random start, step 2.5 eps / steps)")
+    p.add_argument("--k", type=float, default=0.1, help="top-k: a fraction of each layer's neurons, or a count >= 1")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out (only a folder of nslib's own "
+                                                         "results: its manifest lists every file)")
+
+
 def main(args) -> int:
     """Entry of ``python -m nslib analyze`` (arguments parsed in :mod:`nslib.__main__`)."""
     distributed.terminate_raises()  # torchrun's SIGTERM unwinds: the temporary folder is removed
+    if args.k >= 1 and float(args.k).is_integer():  # a whole count; 1.5 stays a float and is refused
+        args.k = int(args.k)
     try:
         out = args.out or outputs_dir("analysis", f"{args.model.replace(':', '_').replace('/', '_')}-{args.data}")
         check_result_dir(out, args.force, "--out", legacy=LEGACY)  # before loading anything: it costs nothing
@@ -239,7 +257,7 @@ def main(args) -> int:
             raise ValueError(f"--eps must be given for --data {args.data} (it has no default radius)")
         device = distributed.setup(str(device))  # joins torchrun's process group when launched by it
         checks.check_choice(args.precision, "--precision", fast.PRECISIONS)
-        amp = fast.autocast_dtype(args.precision, device) is not None  # the kit's rule: bf16 where hardware has it
+        amp = fast.amp_flag(args.precision, device)
         summary = analyze(model.to(device), x, y, eps=eps, out_dir=out, attack=args.attack, steps=args.steps,
                           layers=layers, k=args.k, seed=args.seed, amp=amp, force=args.force,
                           meta={"model": args.model, "data": args.data}, progress=not args.quiet)

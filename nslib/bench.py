@@ -150,7 +150,7 @@ def bench_training(device: torch.device, quick: bool) -> None:
             text += f"   anchor {anchor_s:8.2f} s ({n / anchor_s:8.0f} img/s)   speed {anchor_s / seconds:5.2f}x the anchor"
         print(text)
 
-    amp = fast.autocast_dtype("auto", device) is not None
+    amp = fast.amp_flag("auto", device)
     print(f"batch {batch_size}, SGD; nslib: train() step loop, precision auto "
           f"({'bf16 autocast, channels_last' if amp else 'fp32'}); anchor: plain fp32 loop")
     n_warm = 2 * batch_size + n_val

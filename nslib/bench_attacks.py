@@ -118,7 +118,7 @@ def _attack_variants(model, xb, yb, kw, device, torchattacks, forced_bf16=True) 
     """The anchors first (a plain fp32 loop and torchattacks on the model as a user loads it: NCHW), then
     nslib's paths on ``device``."""
     cuda = device.type == "cuda"
-    amp = fast.autocast_dtype("auto", device) is not None  # bf16 on CUDA and on CPUs with bf16 hardware
+    amp = fast.amp_flag("auto", device)  # bf16 on CUDA and on CPUs with bf16 hardware
     variants = [_Variant("plain PyTorch fp32", lambda xs, ys: plain_pgd(model, xs, ys, **kw))]
     if torchattacks is not None:
         ta = torchattacks.PGD(model, eps=kw["eps"], alpha=kw["alpha"], steps=kw["steps"], random_start=True)

@@ -33,7 +33,8 @@ from nslib.checks import check_finite
 from nslib.models import eval_mode
 
 __all__ = ["RobustAccuracy", "wilson_interval", "robust_accuracy", "min_norm_accuracy", "run_suite",
-           "format_table", "autoattack", "Attack", "ATTACKS", "attack_label", "craft", "accuracy_on"]
+           "format_table", "autoattack", "Attack", "ATTACKS", "attack_label", "attack_norm", "attack_names",
+           "attack_grammar", "parse_attack", "takes", "NORM_LABELS", "perturbation_norms", "craft", "accuracy_on"]
 
 
 def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -171,10 +172,7 @@ def min_norm_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv:
         check_labels(y, x.shape[0], classes, why=f"the model returns {classes} logits")
         clean_ok = (logits.float().argmax(1) == yd).cpu()
         adv_ok = (_predict(model, x_adv.to(device)) == yd).cpu()
-    delta = (x_adv.double() - x.double()).flatten(1).cpu()
-    norms = delta.norm(dim=1) if norm == "l2" else delta.abs().amax(1)
-    norms = torch.where(adv_ok, torch.full_like(norms, float("inf")), norms)
-    norms = torch.where(clean_ok, norms, torch.zeros_like(norms))
+    norms = perturbation_norms(x, x_adv, norm, broken=~adv_ok, correct=clean_ok)
     out = {"norms": norms, "clean_accuracy": float(clean_ok.float().mean()),
            "median_norm": float(norms[clean_ok].median()) if bool(clean_ok.any()) else 0.0}
     if radius is not None:
@@ -186,6 +184,17 @@ def min_norm_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv:
     return out
 
 
+def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor, norm: str, *, broken: torch.Tensor,
+                       correct: torch.Tensor) -> torch.Tensor:
+    """Each example's smallest perturbation as a minimal-norm attack reports it: the ``norm`` ("l2" or "linf") of
+    ``x_adv - x`` (in float64, on the CPU) where the attack ``broken`` it, inf where it did not, 0 where the model is
+    wrong on it clean (not ``correct``): it is robust at a radius r when that is > r."""
+    delta = (x_adv.double() - x.double()).flatten(1).cpu()
+    norms = delta.norm(dim=1) if norm == "l2" else delta.abs().amax(1)
+    norms = torch.where(broken.cpu(), norms, torch.full_like(norms, float("inf")))
+    return torch.where(correct.cpu(), norms, torch.zeros_like(norms))
+
+
 @dataclass(frozen=True)
 class Attack:
     """One entry of :data:`ATTACKS`: the attack function and what :func:`run_suite` needs to know about it.
@@ -195,7 +204,8 @@ class Attack:
     smallest perturbation it found and takes no radius (robust accuracy at a ``"radius"`` of the suite entry);
     ``seeded``: it takes ``seed``; ``whole_batch``: it runs once over all of x and batches by itself;
     ``stops_early``: it takes ``early_stop`` (stop attacking an example once it is broken), which
-    :func:`run_suite` turns on, since a suite reads only robust accuracy.
+    :func:`run_suite` turns on, since a suite reads only robust accuracy; ``norm``: the norm of its radius (or, for a
+    minimal-norm attack, of the perturbation it minimises) when ``fn`` takes no ``norm`` argument.
     """
     fn: Callable
     label: Callable[[dict], str]
@@ -203,33 +213,97 @@ class Attack:
     seeded: bool = False
     whole_batch: bool = False
     stops_early: bool = False
+    norm: str = "linf"  # the norm of its radius when ``fn`` takes no ``norm`` argument (C&W-L2: "l2")
 
 
-_NORM_LABELS = {"linf": "Linf", "l2": "L2"}
+NORM_LABELS = {"linf": "Linf", "l2": "L2"}  # how a label spells a norm
+
+
+def takes(fn: Callable, name: str) -> bool:
+    """Whether the attack function ``fn`` takes a ``name`` argument."""
+    return name in inspect.signature(fn).parameters
+
+
+def _default(fn: Callable, name: str):
+    return inspect.signature(fn).parameters[name].default
 
 
 def _steps_label(name: str, fn: Callable) -> Callable[[dict], str]:
-    """"PGD-10", "PGD-L2-20 x3" (restarts), "MIM-10": the attack, its norm when not Linf, steps (``fn``'s own
-    default when not given), restarts."""
-    default_steps = inspect.signature(fn).parameters["steps"].default
+    """"PGD-10", "PGD-L2-20 x3" (restarts), "MIM-10", "FMN-L2-100": the attack, its norm unless Linf is both it and
+    the function's default, steps
+    (``fn``'s own default when not given), restarts."""
+    default_steps, default_norm = _default(fn, "steps"), _default(fn, "norm") if takes(fn, "norm") else "linf"
 
     def label(p: dict) -> str:
-        norm = "" if p.get("norm", "linf") == "linf" else f"-{_NORM_LABELS[p['norm']]}"
+        norm = p.get("norm", default_norm)
+        norm = "" if norm == default_norm == "linf" else f"-{NORM_LABELS[norm]}"  # "FMN-Linf": FMN's default is L2
         restarts = f" x{p['restarts']}" if p.get("restarts", 1) > 1 else ""
         return f"{name}{norm}-{p.get('steps', default_steps)}{restarts}"
     return label
 
 
-# name -> Attack: the one place an attack is declared for run_suite, the E3 suite and `analyze --attack`
+# name -> Attack: the one place an attack is declared, read by run_suite, craft, the E3 suite, `analyze --attack` and
+# `nslib evaluate --attacks` (parse_attack: its grammar, attack_label: its labels, attack_norm: which radius it takes)
 ATTACKS = {
     "fgsm": Attack(_attacks.fgsm, label=lambda p: "FGSM"),
     "pgd": Attack(_attacks.pgd, label=_steps_label("PGD", _attacks.pgd), seeded=True, stops_early=True),
     "mim": Attack(_attacks.mim, label=_steps_label("MIM", _attacks.mim), stops_early=True),
-    "cw_l2": Attack(minnorm.cw_l2, label=lambda p: "C&W-L2", min_norm=True),
-    "fmn": Attack(minnorm.fmn, label=lambda p: f"FMN-{_NORM_LABELS[p.get('norm', 'l2')]}", min_norm=True),
+    "cw_l2": Attack(minnorm.cw_l2, label=lambda p: "C&W-L2", min_norm=True, norm="l2"),
+    "fmn": Attack(minnorm.fmn, label=_steps_label("FMN", minnorm.fmn), min_norm=True),
     "autoattack": Attack(autoattack, label=lambda p: "AutoAttack" + (" (custom)" if p.get("version") == "custom"
                                                                       else ""), seeded=True, whole_batch=True),
 }
+
+
+def attack_norm(spec: dict) -> str:
+    """The norm of a suite entry's radius ("linf" or "l2"): its ``"norm"`` parameter, else its function's default,
+    else the entry's declared :attr:`Attack.norm`."""
+    entry = ATTACKS[spec["attack"]]
+    if "norm" in spec:
+        return spec["norm"]
+    return _default(entry.fn, "norm") if takes(entry.fn, "norm") else entry.norm
+
+
+def attack_names() -> list[str]:
+    """How the command line spells each attack of :data:`ATTACKS` ("cw_l2" -> "cw-l2")."""
+    return [name.replace("_", "-") for name in ATTACKS]
+
+
+def attack_grammar() -> str:
+    """The ``--attacks`` grammar, from :data:`ATTACKS`: each name, ``[-NORM]`` where it takes a norm, ``[-STEPS]`` where
+    it takes steps."""
+    parts = []
+    for name, entry in ATTACKS.items():
+        spelled = name.replace("_", "-")
+        parts.append(spelled + ("[-linf|l2]" if takes(entry.fn, "norm") else "") +
+                     ("[-STEPS]" if takes(entry.fn, "steps") else ""))
+    return ", ".join(parts)
+
+
+def parse_attack(text: str) -> dict:
+    """A suite entry from the command line's spelling: ``NAME[-NORM][-STEPS]``, NAME an attack of :data:`ATTACKS` ("_"
+    spelled "-"), NORM (linf or l2) where its function takes ``norm``, STEPS where it takes ``steps``; what is not
+    given is the function's own default. ``"pgd-l2-50"`` -> ``{"attack": "pgd", "norm": "l2", "steps": 50}``.
+
+    Raises: ValueError naming the text, with the grammar, when it names no attack or a part the attack does not take.
+    """
+    text = str(text).strip().lower()
+    wrong = ValueError(f"unknown attack {text!r}; expected one of {attack_grammar()}")
+    names = sorted(ATTACKS, key=len, reverse=True)  # the longest first: "cw_l2" before a name "cw" would be
+    name = next((n for n in names if text == n.replace("_", "-") or text.startswith(n.replace("_", "-") + "-")), None)
+    if name is None:
+        raise wrong
+    fn, spec = ATTACKS[name].fn, {"attack": name}
+    rest = text[len(name) + 1:].split("-") if len(text) > len(name) else []
+    if rest and rest[0] in _attacks.NORMS and takes(fn, "norm"):
+        spec["norm"] = rest.pop(0)
+    if rest and rest[0].isdigit() and takes(fn, "steps"):
+        spec["steps"] = int(rest.pop(0))
+        if spec["steps"] < 1:
+            raise ValueError(f"attack {text!r} needs at least one step")
+    if rest:
+        raise wrong
+    return spec
 
 
 def craft(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: dict, *, seed: int = 0,

@@ -1,7 +1,7 @@
 """The robustness table of anyone's model: ``python -m nslib evaluate --model SPEC --data DATA``.
 
-Clean accuracy and each attack of ``--attacks`` (FGSM, PGD-n, MIM-n, FMN-L2, PGD-L2, AutoAttack standard or
-custom), each with its 95% Wilson interval, on a fixed set of test images, and **the outcome of every
+Clean accuracy and each attack of ``--attacks`` (any attack of :data:`nslib.evaluate.ATTACKS`: FGSM, PGD-n, MIM-n,
+FMN-L2-n, PGD-L2-n, C&W-L2, AutoAttack standard or custom), each with its 95% Wilson interval, on a fixed set of test images, and **the outcome of every
 example under every attack**, so that two evaluations on the same images can be compared example by
 example later. ``--model`` and ``--data`` take the SPECs of ``nslib analyze`` (:mod:`nslib.specs`), and
 ``--data`` also a folder of images in ImageFolder layout, streamed in batches (:mod:`nslib.streams`).
@@ -15,7 +15,7 @@ gathered: the table and the outcomes are those of one process, bit for bit; rank
 Written to ``--out`` (a temporary folder beside it, moved into place at the end; ``--force`` replaces only
 the files this command writes): ``results.json`` (rows, parameters, provenance), ``results.csv``,
 ``RESULTS.md`` and ``outcomes.csv`` (one row per image: its index in the data, label, 1 where it is still
-classified correctly clean / under each attack, and FMN's smallest L2 perturbation: inf where none was found,
+classified correctly clean / under each attack, and a minimal-norm attack's smallest perturbation: inf where none was found,
 0 where the image is misclassified clean).
 
 Usage::
@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
-import re
 import time
 from pathlib import Path
 
@@ -42,33 +41,32 @@ from nslib.store import (atomic_write_bytes, check_result_dir, claim, outputs_di
 
 __all__ = ["parse_attacks", "evaluate_source", "write_results", "add_arguments", "main"]
 
-DEFAULT_ATTACKS = "fgsm,pgd-20,mim-10,fmn-l2,pgd-l2,autoattack"
+DEFAULT_ATTACKS = "fgsm,pgd-20,mim-10,fmn-l2-100,pgd-l2-50,autoattack"
 FILES = ("results.json", "results.csv", "RESULTS.md", "outcomes.csv")  # what it writes (beside its manifest)
 LEGACY = (FILES, "results.json")  # a folder of these alone, from a version without a manifest, may be replaced
-_GRAMMAR = re.compile(r"^(fgsm|pgd|mim|pgd-l2|fmn-l2|autoattack)(?:-(\d+))?$")
-_STEPS = {"pgd": 20, "mim": 10, "pgd-l2": 50, "fmn-l2": 100}
 
 
-def parse_attacks(text: str) -> list[dict]:
-    """``--attacks`` as a list of ``{"label", "kind", "steps"}``: comma-separated names among fgsm, pgd-N,
-    mim-N, pgd-l2[-N], fmn-l2[-N], autoattack (N: steps; defaults pgd 20, mim 10, pgd-l2 50, fmn-l2 100).
+def parse_attacks(text: str, autoattack: dict | None = None) -> list[dict]:
+    """``--attacks`` as suite entries of :data:`nslib.evaluate.ATTACKS` (``{"attack": name, **params}``), each spelled
+    as :func:`nslib.evaluate.parse_attack` reads it (``pgd-20``, ``fmn-l2``, ``mim``: steps not given are the attack's
+    own default); ``autoattack``: the parameters of an AutoAttack entry (``{"version", "attacks"}``).
 
-    Raises: ValueError naming --attacks (an unknown name, a repeated one, steps < 1).
+    Raises: ValueError naming --attacks (an unknown name, a part the attack does not take, steps < 1, an attack
+    named twice).
     """
     out, seen = [], set()
-    for part in (p.strip().lower() for p in str(text).split(",") if p.strip()):
-        m = _GRAMMAR.match(part)
-        if m is None or (m.group(1) in ("fgsm", "autoattack") and m.group(2)):
-            raise ValueError(f"--attacks: unknown attack {part!r}; expected a comma-separated list of fgsm, pgd-N, "
-                             f"mim-N, pgd-l2[-N], fmn-l2[-N], autoattack")
-        kind, steps = m.group(1), int(m.group(2)) if m.group(2) else _STEPS.get(m.group(1))
-        if steps is not None and steps < 1:
-            raise ValueError(f"--attacks: {part} needs at least one step")
-        label = {"fgsm": "FGSM", "autoattack": "AutoAttack"}.get(kind) or f"{kind.upper()}-{steps}"
+    for part in (p.strip() for p in str(text).split(",") if p.strip()):
+        try:
+            spec = evaluate.parse_attack(part)
+        except ValueError as e:
+            raise ValueError(f"--attacks: {e}") from None
+        if spec["attack"] == "autoattack" and autoattack:
+            spec.update(autoattack)
+        label = evaluate.attack_label(spec)
         if label in seen:
             raise ValueError(f"--attacks names {label} twice")
         seen.add(label)
-        out.append({"label": label, "kind": kind, "steps": steps})
+        out.append(spec)
     if not out:
         raise ValueError("--attacks must name at least one attack")
     return out
@@ -83,29 +81,27 @@ def _correct(model, x, y) -> torch.Tensor:
     return logits.argmax(1) == y
 
 
-def _attack(model, spec, xb, yb, seed, *, eps, l2_eps, amp, aa) -> tuple[torch.Tensor, dict]:
+def _attack(model, spec, xb, yb, seed, *, radius, amp) -> tuple[torch.Tensor, dict]:
     """Whether each example of the batch is still classified correctly after ``spec`` (a bool [B] on the CPU)
-    and extras: FMN's smallest L2 norms, AutoAttack's accuracy after each of its attacks."""
-    kind, steps = spec["kind"], spec["steps"]
-    if kind == "fgsm":
-        x_adv = attacks.fgsm(model, xb, yb, eps=eps, amp=amp)
-    elif kind == "pgd":  # as nslib.attacks.pgd_pairs: the batch starting at image i seeded with seed + i
-        x_adv = attacks.pgd(model, xb, yb, eps=eps, steps=steps, seed=seed, amp=amp)
-    elif kind == "mim":
-        x_adv = attacks.mim(model, xb, yb, eps=eps, steps=steps, amp=amp)
-    elif kind == "pgd-l2":
-        x_adv = attacks.pgd(model, xb, yb, eps=l2_eps, norm="l2", steps=steps, seed=seed, amp=amp)
-    elif kind == "fmn-l2":  # robust where the smallest perturbation found exceeds the L2 radius
-        x_adv = minnorm.fmn(model, xb, yb, norm="l2", steps=steps, amp=amp)
+    and extras: a minimal-norm attack's smallest norms, AutoAttack's accuracy after each of its attacks.
+
+    Any attack of :data:`nslib.evaluate.ATTACKS`: a fixed-radius one at ``radius``, seeded with ``seed`` where it
+    takes a seed (PGD as :func:`nslib.attacks.pgd_pairs`: the batch starting at image i seeded with seed + i); a
+    minimal-norm one counts an example robust where the smallest perturbation it found exceeds ``radius``."""
+    entry = evaluate.ATTACKS[spec["attack"]]
+    kwargs = {k: v for k, v in spec.items() if k != "attack"}
+    kwargs |= ({"seed": seed} if entry.seeded else {}) | ({"batch_size": len(xb)} if entry.whole_batch else {})
+    kwargs |= {"amp": amp} if evaluate.takes(entry.fn, "amp") else {}
+    if entry.min_norm:
+        x_adv = entry.fn(model, xb, yb, **kwargs)
         adv_ok = _correct(model, x_adv, yb)
-        norms = (x_adv.double() - xb.double()).flatten(1).norm(dim=1)
-        norms = torch.where(adv_ok, torch.full_like(norms, math.inf), norms)
-        return (adv_ok | (norms > l2_eps)).cpu(), {"norm": norms.cpu()}
-    else:
-        x_adv, after = evaluate.autoattack(model, xb, yb, eps=eps, version=aa["version"], attacks=aa["attacks"],
-                                           seed=seed, batch_size=len(xb))
-        return _correct(model, x_adv, yb).cpu(), {"after": after}
-    return _correct(model, x_adv, yb).cpu(), {}
+        norm = evaluate.attack_norm(spec)
+        norms = evaluate.perturbation_norms(xb, x_adv, norm, broken=~adv_ok,
+                                            correct=torch.ones_like(adv_ok))  # wrong clean: 0, in _table
+        return (adv_ok.cpu() | (norms > radius)), {"norm": norms, "in": norm}
+    out = entry.fn(model, xb, yb, eps=radius, **kwargs)
+    x_adv, details = out if isinstance(out, tuple) else (out, None)
+    return _correct(model, x_adv, yb).cpu(), ({"after": details} if details is not None else {})
 
 
 def _batches(source, batch_size: int, workers: int):
@@ -122,41 +118,42 @@ def _batches(source, batch_size: int, workers: int):
 
 
 def evaluate_source(model, source: dict, suite: list[dict], *, eps: float, l2_eps: float, seed: int = 0,
-                   batch_size: int = 128, amp: bool = False, aa: dict | None = None, workers: int = 0,
-                   progress: bool = True) -> dict:
+                    batch_size: int = 128, amp: bool = False, workers: int = 0, progress: bool = True) -> dict:
     """Clean accuracy and every attack of ``suite`` on the images of ``source``, with per-example outcomes.
 
     Args: source: ``{"x", "y"}`` tensors (or None for a folder), ``"index"`` [N] the images' indices in the
-    data, ``"label"`` [N], ``"dataset"`` (a folder's ImageFolder); suite: :func:`parse_attacks`; eps (Linf),
-    l2_eps (L2 radius); seed (the batch starting at image i uses seed + i); amp (bf16 attacks; counting is
-    fp32); aa: {"version", "attacks"} for AutoAttack.
-    Returns (on every rank): ``{"rows": [...], "outcomes": {"index", "label", "clean", <label>..., "<FMN> L2"}}``.
+    data, ``"label"`` [N], ``"dataset"`` (a folder's ImageFolder); suite: :func:`parse_attacks`; eps (the radius of
+    an attack in Linf), l2_eps (in L2: :func:`nslib.evaluate.attack_norm`); seed (the batch starting at image i
+    uses seed + i); amp (bf16 attacks; counting is fp32).
+    Returns (on every rank): ``{"rows": [...], "outcomes": {"index", "label", "clean", <label>..., "<label> L2"}}``.
     """
     device = checks.model_device(model)
-    parts, spent = {}, {s["label"]: 0.0 for s in suite}
+    labels = [evaluate.attack_label(s) for s in suite]
+    parts, spent = {}, dict.fromkeys(labels, 0.0)
     n_batches = len(distributed.my_batches(len(source["index"]), batch_size))
     with eval_mode(model):
         for i, xb, yb in bar(_batches(source, batch_size, workers), total=n_batches, desc="evaluate",
                              disable=not progress or not distributed.is_main()):
             xb, yb = xb.to(device), yb.to(device)
             part = {"clean": _correct(model, xb, yb).cpu()}
-            for spec in suite:
+            for spec, label in zip(suite, labels):
                 t0 = time.perf_counter()
-                ok, extra = _attack(model, spec, xb, yb, seed + i, eps=eps, l2_eps=l2_eps, amp=amp, aa=aa)
-                spent[spec["label"]] += time.perf_counter() - t0
-                part[spec["label"]] = ok & part["clean"]
-                part[spec["label"] + ":extra"] = (extra, len(xb))
+                radius = l2_eps if evaluate.attack_norm(spec) == "l2" else eps
+                ok, extra = _attack(model, spec, xb, yb, seed + i, radius=radius, amp=amp)
+                spent[label] += time.perf_counter() - t0
+                part[label] = ok & part["clean"]
+                part[label + ":extra"] = (extra, len(xb))
             parts[i] = part
     merged = distributed.gather_batches(parts)
     spent = dict(zip(spent, distributed.all_sum(list(spent.values()))))
-    return _table(merged, suite, source, spent)
+    return _table(merged, labels, source, spent)
 
 
-def _table(merged: list[dict], suite: list[dict], source: dict, spent: dict) -> dict:
+def _table(merged: list[dict], labels: list[str], source: dict, spent: dict) -> dict:
     """Rows and outcomes from the gathered batches (in image order)."""
     outcomes = {"index": source["index"].tolist(), "label": source["label"].tolist()}
     rows, clean = [], None
-    for label in ["clean"] + [s["label"] for s in suite]:
+    for label in ["clean"] + labels:
         ok = torch.cat([p[label] for p in merged])
         outcomes[label] = ok.int().tolist()
         clean = ok if clean is None else clean  # the first label is "clean"
@@ -166,9 +163,9 @@ def _table(merged: list[dict], suite: list[dict], source: dict, spent: dict) -> 
                "attack_s": round(spent.get(label, 0.0), 3)}
         extras = [p[label + ":extra"] for p in merged] if label != "clean" else []
         if extras and "norm" in extras[0][0]:  # as evaluate.min_norm_accuracy: 0 where wrong clean, inf: not broken
-            norms = torch.where(clean, torch.cat([e["norm"] for e, _ in extras]), 0.0)
-            row["median_l2"] = float(norms[clean].median()) if bool(clean.any()) else 0.0
-            outcomes[f"{label} L2"] = [f"{v:.6g}" for v in norms.tolist()]
+            norms, unit = torch.where(clean, torch.cat([e["norm"] for e, _ in extras]), 0.0), extras[0][0]["in"]
+            row[f"median_{unit}"] = float(norms[clean].median()) if bool(clean.any()) else 0.0
+            outcomes[f"{label} {evaluate.NORM_LABELS[unit]}"] = [f"{v:.6g}" for v in norms.tolist()]
         if extras and "after" in extras[0][0]:
             names = extras[0][0]["after"].keys()
             row["after"] = {a: sum(e["after"][a] * m for e, m in extras) / n for a in names}
@@ -190,8 +187,8 @@ def markdown(result: dict) -> str:
              "| attack | accuracy | 95% interval | correct / n | notes |", "|---|---|---|---|---|"]
     for r in result["rows"]:
         notes = []
-        if "median_l2" in r:
-            notes.append(f"median smallest L2 {r['median_l2']:.3f}")
+        notes += [f"median smallest {label} {r[f'median_{norm}']:.3f}" for norm, label in evaluate.NORM_LABELS.items()
+                  if f"median_{norm}" in r]
         if "after" in r:
             notes.append(", ".join(f"after {a}: {100 * v:.1f}%" for a, v in r["after"].items()))
         lines.append(f"| {r['attack']} | {100 * r['accuracy']:.1f} | [{100 * r['low']:.1f}, {100 * r['high']:.1f}] "
@@ -219,7 +216,8 @@ def write_results(out, result: dict, *, force: bool = False) -> Path:
     out = check_out(out, force)
     with writing_result(out, force, "--out", legacy=LEGACY) as tmp:
         save_json(tmp / "results.json", {k: v for k, v in result.items() if k != "outcomes"})
-        cols = ["attack", "accuracy", "low", "high", "correct", "n", "median_l2", "attack_s"]
+        linf = ["median_linf"] if any("median_linf" in r for r in result["rows"]) else []
+        cols = ["attack", "accuracy", "low", "high", "correct", "n", "median_l2", *linf, "attack_s"]
         atomic_write_bytes(tmp / "results.csv", _csv(cols, [[r.get(c, "") for c in cols] for r in result["rows"]]))
         atomic_write_bytes(tmp / "RESULTS.md", markdown(result).encode())
         o = result["outcomes"]
@@ -232,36 +230,26 @@ def write_results(out, result: dict, *, force: bool = False) -> Path:
 
 def add_arguments(p) -> None:
     """The flags of ``nslib evaluate`` on the argparse (sub)parser ``p``."""
-    p.add_argument("--model", required=True, metavar="SPEC", help="as nslib analyze: ARCH:PATH, "
-                   "torchvision:NAME[:PATH] or package.module:function")
-    p.add_argument("--data", required=True, help="fmnist, mnist5k, mnist, cifar10, synthetic:LIKE, a .pt file "
-                   "{'x', 'y'}, or a folder of images in ImageFolder layout (streamed)")
-    p.add_argument("--n", "--num-images", dest="n", type=int, default=1000, help="test images (a fixed "
-                   "class-stratified subset; 0: all); under torchrun spell it --num-images (torchrun reads --n as its "
-                   "own --nnodes or --nproc-per-node)")
-    p.add_argument("--attacks", default=DEFAULT_ATTACKS, help="comma-separated: fgsm, pgd-N, mim-N, pgd-l2[-N], "
-                   "fmn-l2[-N], autoattack (clean is always measured)")
-    p.add_argument("--eps", type=float, default=None, help="Linf radius (default: the dataset's)")
-    p.add_argument("--l2-eps", type=float, default=None, help="L2 radius of pgd-l2 and fmn-l2 (default: "
+    specs.add_shared_arguments(p, out="outputs/evaluate/<model>-<data>", seed="the attacks' seed (the batch at image "
+                               "i: seed + i) and the subset's")
+    p.add_argument("--attacks", default=DEFAULT_ATTACKS, help=f"comma-separated attacks of nslib.evaluate.ATTACKS: "
+                   f"{evaluate.attack_grammar()} (steps not given: the attack's own default; a minimal-norm attack counts "
+                   f"an image robust where its smallest perturbation exceeds the radius; clean is always measured)")
+    p.add_argument("--eps", type=float, default=None, help="radius of the attacks in Linf (default: the dataset's)")
+    p.add_argument("--l2-eps", type=float, default=None, help="radius of the attacks in L2 (default: "
                    "2 eps sqrt(pixels) / 10, as notebook 05)")
     p.add_argument("--aa-version", default="standard", choices=("standard", "plus", "rand", "custom"))
     p.add_argument("--aa-attacks", default=None, help="with --aa-version custom: its attacks (default "
                    "apgd-ce,apgd-dlr)")
-    p.add_argument("--seed", type=int, default=0, help="the attacks' seed (batch at image i: seed + i) and the "
-                   "subset's")
     p.add_argument("--batch-size", type=int, default=None, help="images per attack call (default 500 on a GPU, "
                    "128 on a CPU, as the reproduction)")
-    specs.add_source_arguments(p)  # --workers --image-size --num-classes --mean --std --device
-    p.add_argument("--precision", default="fp32", help="fp32, auto or bf16: the attacks' autocast (counting is fp32)")
-    p.add_argument("--out", default=None, help="output folder (default: outputs/evaluate/<model>-<data>)")
     p.add_argument("--force", action="store_true", help="replace the results in a non-empty --out (only a folder of "
                    "nslib's own results: its manifest lists every file)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def load_source(data: str, n: int | None, seed: int, *, image_size=None) -> tuple[dict, float | None]:
     """The images ``--data`` names: ``({"x", "y", "index", "label", "dataset"}, the dataset's eps or None)``."""
-    if streams.is_folder(data):
+    if specs.parse_data(data, folders=True)["kind"] == "folder":
         ds = streams.image_folder(data, size=image_size)
         labels = streams.targets(ds)
         index = streams.subset(labels, n, seed)
@@ -275,7 +263,12 @@ def load_source(data: str, n: int | None, seed: int, *, image_size=None) -> tupl
 
 def _prepare(args) -> dict:
     """Every check before any work; returns what the evaluation needs."""
-    suite = parse_attacks(args.attacks)
+    if args.aa_attacks is not None and args.aa_version != "custom":
+        raise ValueError(f"--aa-attacks is read with --aa-version custom only (got --aa-version {args.aa_version}); "
+                         f"add --aa-version custom, or leave --aa-attacks out")
+    aa = {"version": args.aa_version, "attacks": [a.strip() for a in (args.aa_attacks or "apgd-ce,apgd-dlr").split(",")]
+          if args.aa_version == "custom" else None}
+    suite = parse_attacks(args.attacks, autoattack=aa)
     checks.check_choice(args.precision, "--precision", fast.PRECISIONS)
     n = None if args.n == 0 else checks.check_positive_int(args.n, "--n")
     out = check_out(args.out or outputs_dir("evaluate", f"{args.model.replace(':', '_').replace('/', '_')}-"
@@ -297,12 +290,7 @@ def _prepare(args) -> dict:
     checks.check_labels(source["label"], len(source["label"]), classes, "--data labels",
                         why=f"the model returns {classes} logits")
     l2_eps = args.l2_eps if args.l2_eps is not None else round(2 * eps * math.sqrt(first[0][0].numel()) / 10, 3)
-    if args.aa_attacks is not None and args.aa_version != "custom":
-        raise ValueError(f"--aa-attacks is read with --aa-version custom only (got --aa-version {args.aa_version}); "
-                         f"add --aa-version custom, or leave --aa-attacks out")
-    aa = {"version": args.aa_version, "attacks": [a.strip() for a in (args.aa_attacks or "apgd-ce,apgd-dlr").split(",")]
-          if args.aa_version == "custom" else None}
-    if any(s["kind"] == "autoattack" for s in suite):
+    if any(s["attack"] == "autoattack" for s in suite):
         if importlib.util.find_spec("pyautoattack") is None:
             raise ValueError("--attacks autoattack needs pyautoattack: pip install 'nslib[autoattack]'")
     return {"suite": suite, "out": out, "source": source, "model": model, "eps": eps,
@@ -327,13 +315,13 @@ def _work(args) -> int:
 
 def _evaluate(args, job: dict, device, batch_size: int, workers: int) -> int:
     model = job["model"].to(device)
-    amp = fast.autocast_dtype(args.precision, device) is not None
+    amp = fast.amp_flag(args.precision, device)
     res = evaluate_source(model, job["source"], job["suite"], eps=job["eps"], l2_eps=job["l2_eps"], seed=args.seed,
-                         batch_size=batch_size, amp=amp, aa=job["aa"], workers=workers, progress=not args.quiet)
+                         batch_size=batch_size, amp=amp, workers=workers, progress=not args.quiet)
     if not distributed.is_main():
         return 0
     params = {"model": args.model, "data": args.data, "n": len(job["source"]["index"]), "eps": job["eps"],
-              "l2_eps": job["l2_eps"], "attacks": [s["label"] for s in job["suite"]], "seed": args.seed,
+              "l2_eps": job["l2_eps"], "attacks": [evaluate.attack_label(s) for s in job["suite"]], "seed": args.seed,
               "batch_size": batch_size, "precision": args.precision, "ranks": distributed.world(),
               "autoattack": job["aa"]}
     result = {"params": params, "rows": res["rows"], "outcomes": res["outcomes"],

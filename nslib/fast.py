@@ -31,7 +31,7 @@ import os
 import torch
 from torch import nn
 
-__all__ = ["fold_bn", "prepare", "ChannelsLast", "cpu_has_bf16", "autocast_dtype", "autocast", "PRECISIONS",
+__all__ = ["fold_bn", "prepare", "ChannelsLast", "cpu_has_bf16", "autocast_dtype", "amp_flag", "autocast", "PRECISIONS",
            "attack_batch", "default_device"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -86,6 +86,12 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
                                                         (device.type == "cpu" and cpu_has_bf16()))):
         return torch.bfloat16
     return None
+
+
+def amp_flag(precision: str, device: torch.device | str) -> bool:
+    """The attacks' ``amp`` argument for ``precision`` on ``device``: True where :func:`autocast_dtype` gives bf16 (the
+    one place a precision string becomes the attacks' flag; training takes the dtype itself)."""
+    return autocast_dtype(precision, device) is not None
 
 
 def attack_batch(device: torch.device | str, batch_size: int | None = None) -> int:

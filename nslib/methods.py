@@ -333,8 +333,12 @@ class TrainConfig:
         if METHODS[self.method].uses_base:
             checks.check_choice(self.base, "base", bases())  # before its params are read
         for name in [*_identity_names(self), "channels_last", "compile"]:
-            if name in _FIELD_CHECKS:  # method and base: checked above
-                _FIELD_CHECKS[name](getattr(self, name), name)
+            if name in ("method", "base"):  # checked above
+                continue
+            if name not in _FIELD_CHECKS:  # a new field is checked, or it is refused: never silently unchecked
+                raise TypeError(f"TrainConfig field {name!r} has no check: add one to nslib.methods' field checks "
+                                f"(check(value, name), as the others)")
+            _FIELD_CHECKS[name](getattr(self, name), name)
 
 
 def _identity_names(cfg: TrainConfig) -> list[str]:
@@ -364,7 +368,7 @@ def _check_layers(v, name):
         raise ValueError(f"{name} must be a non-empty list of dotted layer names, got {v!r}")
 
 
-_FIELD_CHECKS = {  # field -> check(value, name); a field the method does not read is not checked
+_FIELD_CHECKS = {  # field -> check(value, name): every field a method reads has one (TrainConfig refuses one without)
     "epochs": checks.check_positive_int, "batch_size": checks.check_positive_int,
     "val_attack_steps": checks.check_positive_int,
     "seed": partial(checks.check_positive_int, minimum=0),

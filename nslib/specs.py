@@ -33,10 +33,33 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nslib import checks, data as data_mod, models as models_mod, training
+from nslib import checks, data as data_mod, fast, models as models_mod, streams, training
 from nslib.sensitivity import capture
 
-__all__ = ["load_model", "load_data", "load_pt_data", "dataset_of", "add_source_arguments", "check_model", "check_fit"]
+__all__ = ["parse_data", "load_model", "load_data", "load_pt_data", "dataset_of", "add_shared_arguments", "check_model",
+           "check_fit"]
+
+
+def parse_data(spec: str, *, folders: bool = False) -> dict:
+    """What ``--data`` names, read once for every command: ``{"kind": "folder" | "file" | "synthetic" | "dataset",
+    "name": spec (a folder's or file's path, or the dataset), "like": the registry dataset that sizes a kit
+    architecture and gives the default radius (synthetic:LIKE's LIKE, a dataset itself; None for a file or
+    folder)}``. ``folders``: the command reads a folder of images in ImageFolder layout (train, evaluate).
+
+    Raises: ValueError naming --data and what it takes.
+    """
+    spec = str(spec)
+    if folders and streams.is_folder(spec):
+        return {"kind": "folder", "name": spec, "like": None}
+    if spec.endswith(".pt"):
+        return {"kind": "file", "name": spec, "like": None}
+    if spec.startswith("synthetic:"):
+        return {"kind": "synthetic", "name": spec, "like": spec.split(":", 1)[1]}
+    if spec not in data_mod.DATASETS or spec == "synthetic":
+        raise ValueError(f"--data must be one of {', '.join(d for d in data_mod.DATASETS if d != 'synthetic')}, "
+                         f"synthetic:LIKE{', a .pt file or a folder of images' if folders else ' or a .pt file'}, "
+                         f"got {spec!r}")
+    return {"kind": "dataset", "name": spec, "like": spec}
 
 
 def _state_dict(path: str) -> dict:
@@ -134,18 +157,15 @@ def load_data(name: str, n: int | None = 1000, seed: int = 0) -> tuple[torch.Ten
     """``(x, y, the dataset's eps or None)``: ``n`` test images of ``name`` (see the module docstring)."""
     if n is not None:
         n = checks.check_positive_int(n, "--n", minimum=2)  # the interventions split the pairs in two halves
-    if name.endswith(".pt"):
+    kind, like = (d := parse_data(name))["kind"], d["like"]
+    if kind == "file":
         x, y = load_pt_data(name)
         if n is not None and n > len(x):
             raise ValueError(f"--n: {name} holds {len(x)} images, got {n} (0: all of them)")
         return x[:n], y[:n], None
-    if name.startswith("synthetic:"):
-        like = name.split(":", 1)[1]
+    if kind == "synthetic":
         x, y = data_mod.load("synthetic", "test", like=like, n=1000 if n is None else n, seed=seed)
         return x, y, training.ATTACK_DEFAULTS.get(like, {}).get("eps")
-    if name not in data_mod.DATASETS or name == "synthetic":
-        raise ValueError(f"--data must be one of {', '.join(d for d in data_mod.DATASETS if d != 'synthetic')}, "
-                         f"synthetic:LIKE or a .pt file, got {name!r}")
     size = data_mod.DATASETS[name].test_size
     if n is not None and n > size:
         raise ValueError(f"--n: {name}'s test split holds {size:,} images, got {n} (0: all of them)")
@@ -180,20 +200,46 @@ def load_pt_data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
 def dataset_of(data: str) -> str | None:
     """The registry dataset that sizes a kit architecture for ``--data`` (``synthetic:LIKE`` -> LIKE), or None
     for a ``.pt`` file."""
-    if data.startswith("synthetic:"):
-        return data.split(":", 1)[1]
-    return data if data in data_mod.DATASETS and data != "synthetic" else None
+    try:
+        return parse_data(data, folders=True)["like"]
+    except ValueError:
+        return None
 
 
-def add_source_arguments(p) -> None:
-    """The flags ``train`` and ``evaluate`` share about where the model and images come from and run."""
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for a folder of images")
-    p.add_argument("--image-size", type=int, default=None, help="resize and centre-crop a folder's images")
+def add_shared_arguments(p, *, out: str, folders: bool = True, fresh: bool = False, num_images: bool = True,
+                         seed: str = "the attacks' seed and the test subset's") -> None:
+    """The flags every command that runs a model shares (``analyze``, ``train``, ``evaluate``), declared once:
+    ``--model --data [--num-images] --seed --precision --device --out --quiet`` and ``--num-classes --mean --std``, and
+    for a command that reads a folder of images (``folders``) ``--workers --image-size``.
+
+    Args: out: where ``--out`` defaults to; fresh: a bare architecture name builds fresh weights (train);
+    num_images: the command reads a test subset (``--num-images``, also spelled ``--n``); seed: what --seed seeds.
+    """
+    p.add_argument("--model", required=True, metavar="SPEC", help=("smallcnn, vgg16 or resnet18 (fresh weights, sized "
+                   "for --data), " if fresh else "") + "ARCH:PATH (a kit architecture with a checkpoint or state dict), "
+                   "torchvision:NAME[:PATH] or package.module:function[:PATH]")
+    p.add_argument("--data", required=True, help="fmnist, mnist5k, mnist, cifar10, synthetic:LIKE, a .pt file holding "
+                   "{'x': [N, C, H, W] in [0, 1], 'y': [N]}" + (", or a folder of images in ImageFolder layout "
+                                                                 "(streamed)" if folders else ""))
+    if num_images:
+        p.add_argument("--num-images", "--n", dest="n", type=int, default=1000, help="test images (a fixed "
+                       "class-stratified subset; 0: all); under torchrun spell it --num-images (torchrun reads --n as "
+                       "its own --nnodes or --nproc-per-node)")
+    p.add_argument("--seed", type=int, default=None if fresh else 0, help=seed + (" (default: the training "
+                   "config's, 0)" if fresh else ""))
+    p.add_argument("--precision", default="auto", choices=fast.PRECISIONS, help="auto (bf16 autocast where the hardware "
+                   "computes bf16: CUDA, AVX512-BF16/AMX CPUs; fp32 elsewhere), fp32 or bf16; accuracies and sigma are "
+                   "counted in fp32")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available; under torchrun "
+                   "cuda:LOCAL_RANK)")
     p.add_argument("--num-classes", type=int, default=None, help="outputs of a torchvision architecture")
     p.add_argument("--mean", type=float, nargs="+", default=None, help="per-channel mean the network expects")
     p.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std the network expects")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available; under torchrun "
-                   "cuda:LOCAL_RANK)")
+    if folders:
+        p.add_argument("--workers", type=int, default=2, help="DataLoader workers for a folder of images")
+        p.add_argument("--image-size", type=int, default=None, help="resize and centre-crop a folder's images")
+    p.add_argument("--out", default=None, help=f"output folder (default: {out})")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def check_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:

@@ -46,10 +46,8 @@ FLAGS = ("method", "base", "epochs", "batch_size", "lr", "eps", "attack_steps", 
 
 def add_arguments(p) -> None:
     """The flags of ``nslib train`` on the argparse (sub)parser ``p``."""
-    p.add_argument("--model", required=True, metavar="SPEC", help="smallcnn, vgg16 or resnet18 (fresh weights, "
-                   "sized for --data), ARCH:PATH, torchvision:NAME[:PATH] or package.module:function")
-    p.add_argument("--data", required=True, help="fmnist, mnist5k, mnist, cifar10, synthetic:LIKE, a .pt file "
-                   "{'x', 'y'}, or a folder of images in ImageFolder layout (streamed)")
+    specs.add_shared_arguments(p, out="outputs/train/<method>-<model>-<data>", fresh=True, num_images=False,
+                               seed="initial weights, split, data order, attack starts")
     p.add_argument("--method", default="pgd_at", help="a key of nslib.methods.METHODS: standard, pgd_at, trades, "
                    "sns (with --base), or one registered by --import")
     p.add_argument("--base", default=None, help="SNS: the base method (pgd_at or trades)")
@@ -63,22 +61,17 @@ def add_arguments(p) -> None:
     p.add_argument("--beta", type=float, default=None, help="TRADES trade-off")
     p.add_argument("--lam", type=float, default=None, help="SNS penalty weight")
     p.add_argument("--k", type=float, default=None, help="SNS top-k: a fraction, or a count >= 1")
-    p.add_argument("--seed", type=int, default=None, help="initial weights, split, data order, attack starts")
     p.add_argument("--n-train", type=int, default=None, help="train on a stratified subset of this size")
     p.add_argument("--val-size", type=int, default=None, help="images held out for validation")
-    p.add_argument("--precision", default=None, help="auto, fp32 or bf16")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="any field of nslib.methods.TrainConfig as a Python literal, e.g. val_n_adv=200; repeatable")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (it may register a method in nslib.methods.METHODS); repeatable")
-    specs.add_source_arguments(p)  # --workers --image-size --num-classes --mean --std --device
-    p.add_argument("--out", default=None, help="run folder (default: outputs/train/<method>-<model>-<data>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt; with --epochs N "
                    "above the run's, a finished run continues to N epochs (its learning rate from then on that of an "
                    "N-epoch run at that epoch)")
     p.add_argument("--batch-starts", action="store_true", help="draw the training attack's random starts per batch "
                    "as the reproduction does (its models bit for bit; one process only) instead of per example")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -123,16 +116,13 @@ def build_model(spec: str, dataset: str | None, *, num_classes=None, mean=None, 
 def load_train_data(spec: str, seed: int, *, image_size=None):
     """What :func:`nslib.training.train` takes as ``data``: a dataset name, ``(x, y)`` tensors, or a streamed
     ImageFolder; with the dataset whose defaults apply (or None)."""
-    if streams.is_folder(spec):
+    kind, like = (d := specs.parse_data(spec, folders=True))["kind"], d["like"]
+    if kind == "folder":
         return streams.image_folder(spec, size=image_size), None
-    if spec.endswith(".pt"):
+    if kind == "file":
         return specs.load_pt_data(spec), None
-    if spec.startswith("synthetic:"):
-        like = spec.split(":", 1)[1]
+    if kind == "synthetic":
         return data_mod.load("synthetic", "train", like=like, seed=seed), like
-    if spec not in data_mod.DATASETS or spec == "synthetic":
-        raise ValueError(f"--data must be one of {', '.join(d for d in data_mod.DATASETS if d != 'synthetic')}, "
-                         f"synthetic:LIKE, a .pt file or a folder of images, got {spec!r}")
     return spec, spec
 
 

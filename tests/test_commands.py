@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from nslib import evaluate
 from nslib.__main__ import main
 from nslib.evaluate_cmd import parse_attacks
 
@@ -75,8 +76,16 @@ def test_evaluate_checks_and_force_replaces_only_its_files(files, capsys):
 
 
 def test_attack_grammar():
-    assert [(a["label"], a["steps"]) for a in parse_attacks("fgsm, pgd-50,mim,fmn-l2,pgd-l2-7,autoattack")] == [
-        ("FGSM", None), ("PGD-50", 50), ("MIM-10", 10), ("FMN-L2-100", 100), ("PGD-L2-7", 7), ("AutoAttack", None)]
-    for bad in ("", "pgd-0", "fgsm-3", "pgd-20,pgd-20", "square"):
+    suite = parse_attacks("fgsm, pgd-50,mim,fmn-l2,pgd-l2-7,autoattack,cw-l2,FMN-linf-3")
+    assert suite == [{"attack": "fgsm"}, {"attack": "pgd", "steps": 50}, {"attack": "mim"},
+                     {"attack": "fmn", "norm": "l2"}, {"attack": "pgd", "norm": "l2", "steps": 7},
+                     {"attack": "autoattack"}, {"attack": "cw_l2"}, {"attack": "fmn", "norm": "linf", "steps": 3}]
+    # the labels are the library's (evaluate.attack_label), steps not given the function's own default
+    assert [evaluate.attack_label(s) for s in suite] == ["FGSM", "PGD-50", "MIM-10", "FMN-L2-100", "PGD-L2-7",
+                                                         "AutoAttack", "C&W-L2", "FMN-Linf-3"]
+    assert [evaluate.attack_norm(s) for s in suite] == ["linf", "linf", "linf", "l2", "l2", "linf", "l2", "linf"]
+    assert parse_attacks("autoattack", autoattack={"version": "custom", "attacks": ["apgd-ce"]}) == [
+        {"attack": "autoattack", "version": "custom", "attacks": ["apgd-ce"]}]
+    for bad in ("", "pgd-0", "fgsm-3", "pgd-20,pgd-20", "square", "fgsm-l2", "pgd-l2-l2", "pgd-20-l2", "cw", "pgdx", "pgd--20", "pgd-"):
         with pytest.raises(ValueError, match="--attacks"):
             parse_attacks(bad)

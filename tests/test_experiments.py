@@ -130,7 +130,7 @@ def test_evaluate_model_rows_on_a_linear_model():
     rows = ev["rows"]
     assert list(rows) == ["clean", "pgd", "pgd_restarts", "fgsm", "mim", "pgd_long", "fmn_l2", "pgd_l2", "autoattack",
                           "transfer", "worst"]
-    assert [r["label"] for r in rows.values()][:-1] == ["clean", "PGD-5", "PGD-5 x2", "FGSM", "MIM-5", "PGD-10", "FMN-L2",
+    assert [r["label"] for r in rows.values()][:-1] == ["clean", "PGD-5", "PGD-5 x2", "FGSM", "MIM-5", "PGD-10", "FMN-L2-60",
                                                         "PGD-L2-20", "AutoAttack (custom)", "transfer"]  # from the parameters
     assert rows["worst"]["label"] == "worst case"
     assert rows["worst"]["of_labels"] == ["PGD-5", "PGD-5 x2", "FGSM", "AutoAttack (custom)", "transfer"]

@@ -3,6 +3,8 @@ one row in the files it names, registered here for one test) and then works ever
 no other edit. The knob recipe is tested in test_config.py, the claim recipe in test_report.py."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -58,12 +60,12 @@ def toy_project(model, x, y, *, overshoot=1e-3):
 
 def test_a_new_fixed_radius_attack_is_one_function_and_one_row(linear, monkeypatch):
     model, x, y, d, margin = linear
-    monkeypatch.setitem(evaluate.ATTACKS, "toy", evaluate.Attack(toy_sign, label=lambda p: f"TOY-{p['eps']:g}"))
+    monkeypatch.setitem(evaluate.ATTACKS, "toy", evaluate.Attack(toy_sign, label=lambda p: "TOY"))
     eps = 0.1
     robust = float((margin > eps * d.abs().sum(1)).float().mean())  # the Linf optimum's outcome
     assert 0 < robust < 1
     row, = evaluate.run_suite(model, x, y, [{"attack": "toy", "eps": eps}], batch_size=16)
-    assert row["label"] == "TOY-0.1" and row["robust_accuracy"] == pytest.approx(robust)
+    assert row["label"] == "TOY" and row["robust_accuracy"] == pytest.approx(robust)
     # analyze crafts its pairs with it
     assert "toy" in analyze.pair_attacks()
     assert torch.equal(evaluate.craft(model, x, y, {"attack": "toy", "eps": eps}), toy_sign(model, x, y, eps=eps))
@@ -72,13 +74,13 @@ def test_a_new_fixed_radius_attack_is_one_function_and_one_row(linear, monkeypat
     suite = [r for r in rb.e3_suite(cfg, pixels=16) if r["id"] == "clean"] + \
         [{"id": "toy", "attack": {"attack": "toy", "eps": eps}}]
     rows = rb.evaluate_model(model, x, y, suite, pairs={})["rows"]
-    assert rows["toy"]["label"] == "TOY-0.1" and rows["toy"]["accuracy"] == pytest.approx(robust)
+    assert rows["toy"]["label"] == "TOY" and rows["toy"]["accuracy"] == pytest.approx(robust)
 
 
 def test_a_new_minimal_norm_attack_is_one_function_and_one_row(linear, monkeypatch):
     model, x, y, d, margin = linear
     monkeypatch.setitem(evaluate.ATTACKS, "toy_l2", evaluate.Attack(toy_project, label=lambda p: "TOY-L2",
-                                                                    min_norm=True))
+                                                                    min_norm=True, norm="l2"))
     opt = margin / d.norm(dim=1)  # the exact minimal L2 norm per example
     radius = float(opt.median())
     row, = evaluate.run_suite(model, x, y, [{"attack": "toy_l2", "radius": radius}], batch_size=16)
@@ -88,6 +90,31 @@ def test_a_new_minimal_norm_attack_is_one_function_and_one_row(linear, monkeypat
     assert "toy_l2" not in analyze.pair_attacks()  # it has no radius: not a way to craft pairs
     with pytest.raises(ValueError, match="fixed-radius attack"):
         evaluate.craft(model, x, y, {"attack": "toy_l2"})
+
+
+def test_new_attacks_appear_in_nslib_evaluate_without_another_edit(linear, monkeypatch, tmp_path, capsys):
+    """The two rows above, and nothing else: ``nslib evaluate --attacks`` spells them (``toy``, ``toy-l2``), lists them
+    in ``--help``, runs them at the radius of their norm and writes their outcomes."""
+    from nslib.__main__ import main
+    model, x, y, d, margin = linear
+    monkeypatch.setitem(evaluate.ATTACKS, "toy", evaluate.Attack(toy_sign, label=lambda p: "TOY"))
+    monkeypatch.setitem(evaluate.ATTACKS, "toy_l2", evaluate.Attack(toy_project, label=lambda p: "TOY-L2",
+                                                                    min_norm=True, norm="l2"))
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert "toy, toy-l2" in " ".join(capsys.readouterr().out.split())
+    torch.save({"x": x, "y": y}, tmp_path / "d.pt")
+    opt = margin / d.norm(dim=1)
+    eps, radius = 0.1, float(opt.median())
+    assert main(["evaluate", "--model", "test_extending:Linear2", "--data", str(tmp_path / "d.pt"), "--n", "0",
+                 "--attacks", "toy,toy-l2", "--eps", str(eps), "--l2-eps", repr(radius), "--precision", "fp32",
+                 "--batch-size", "16", "--quiet", "--out", str(tmp_path / "ev")]) == 0
+    rows = {r["attack"]: r for r in json.loads((tmp_path / "ev" / "results.json").read_text())["rows"]}
+    assert list(rows) == ["clean", "TOY", "TOY-L2"] and rows["clean"]["accuracy"] == 1.0
+    assert rows["TOY"]["accuracy"] == pytest.approx(float((margin > eps * d.abs().sum(1)).float().mean()))
+    assert rows["TOY-L2"]["accuracy"] == pytest.approx(float((opt * 1.001 > radius).float().mean()))
+    header = (tmp_path / "ev" / "outcomes.csv").read_text().splitlines()[0]
+    assert header == "index,label,clean,TOY,TOY-L2,TOY-L2 L2"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -114,6 +141,26 @@ def test_a_new_training_method_goes_into_a_profile_and_notebook_03(monkeypatch):
     assert [c["role"] for c in comps] == ["judged", "judged", "control"] and comps[0]["what"].startswith("toy, restore")
     with pytest.raises(ValueError, match=r"e2_models\[1\] must be a model of"):
         config.settings("cpu", "fmnist", "03", {"e2_models": ["vanilla", "not_registered"]})
+
+
+def test_a_new_training_field_is_checked_and_one_without_a_check_is_refused(monkeypatch):
+    """A method's new hyperparameter is a TrainConfig field plus one entry in methods' field checks: a bad value is then
+    an error naming it; a field a method reads without a check is refused, never silently unchecked."""
+    import dataclasses
+    from nslib import checks
+    # the field as the guide adds it to TrainConfig (a subclass here, so that the test leaves TrainConfig as it is)
+    ToyConfig = dataclasses.make_dataclass("ToyConfig", [("noise", float, dataclasses.field(default=0.1))],
+                                           bases=(methods.TrainConfig,), frozen=True)
+    monkeypatch.setitem(methods.METHODS, "toy", methods.Method(toy_loss, params=("noise",)))
+    with pytest.raises(TypeError, match="'noise' has no check"):
+        ToyConfig(method="toy")
+    monkeypatch.setitem(methods._FIELD_CHECKS, "noise", checks.check_number)
+    assert methods.identity(ToyConfig(method="toy", noise=0.3))["noise"] == 0.3  # it joins the method's identity
+    with pytest.raises((TypeError, ValueError), match="noise"):
+        ToyConfig(method="toy", noise="loud")
+    monkeypatch.delitem(methods._FIELD_CHECKS, "beta")  # and a field of the kit's own methods likewise
+    with pytest.raises(TypeError, match="'beta' has no check"):
+        methods.TrainConfig(method="trades")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -296,10 +296,10 @@ def test_an_unreadable_cached_checkpoint_is_named_set_aside_and_retrained(tmp_pa
     assert len(list(folder.glob("best.pt.unreadable-*"))) == 1  # kept aside, not deleted
     assert not orphan.exists()
     x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
-    pairs = cache.adversarial_pairs(model, info2, x, y, eps=0.3, steps=1)
+    pairs = cache.adversarial_pairs(model, info2, x, y, eps=0.3, precision="auto", steps=1)
     (stored,) = (folder / "pairs").glob("pgd-*.pt")
     stored.write_bytes(stored.read_bytes()[:100])
-    assert torch.equal(cache.adversarial_pairs(model, info2, x, y, eps=0.3, steps=1), pairs)
+    assert torch.equal(cache.adversarial_pairs(model, info2, x, y, eps=0.3, precision="auto", steps=1), pairs)
     assert f"cached pairs {stored} cannot be read" in capsys.readouterr().err
 
 

@@ -245,7 +245,7 @@ def test_run_suite_runs_fmn_as_a_min_norm_attack():
     rows = evaluate.run_suite(model, x, y, [{"attack": "fmn", "radius": radius},
                                             {"attack": "fmn", "norm": "linf", "steps": 30, "radius": 0.01}],
                               batch_size=4)
-    assert rows[0]["label"] == "FMN-L2" and rows[1]["label"] == "FMN-Linf" and rows[0]["clean_accuracy"] == 1.0
+    assert rows[0]["label"] == "FMN-L2-100" and rows[1]["label"] == "FMN-Linf-30" and rows[0]["clean_accuracy"] == 1.0
     assert rows[0]["robust_accuracy"] == 0.5 and rows[0]["params"] == {"radius": radius}
     assert rows[0]["median_l2"] == pytest.approx(float(opt.median()), rel=0.01)
     assert rows[1]["median_linf"] > 0 and "median Linf" in evaluate.format_table(rows)

@@ -179,20 +179,19 @@ def _set_aside(out: Path) -> list[Path]:
     return moved
 
 
-def adversarial_pairs(model, info: dict, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 20,
-                      seed: int = 0, batch_size: int | None = None) -> torch.Tensor:
+def adversarial_pairs(model, info: dict, x: torch.Tensor, y: torch.Tensor, *, eps: float, precision: str,
+                      steps: int = 20, seed: int = 0, batch_size: int | None = None) -> torch.Tensor:
     """PGD adversarial examples against ``model`` (Linf, random start), cached per model and parameters.
 
     Cached in the model's folder under a key of (eps, steps, seed, a hash of x and y), so notebooks that
-    analyse the same model on the same images share the very same pairs. The attack runs at the precision
-    the model was trained at (``info["params"]["precision"]``, "auto" when absent: bf16 autocast on CUDA
-    and on a CPU with bf16 hardware, :func:`nslib.fast.autocast_dtype`); bf16 pairs are keyed apart.
+    analyse the same model on the same images share the very same pairs. The attack runs at ``precision`` (the
+    run's, :attr:`nslib.repro.config.Settings.precision`: "auto" is bf16 autocast on CUDA and on a CPU with bf16
+    hardware, :func:`nslib.fast.autocast_dtype`); bf16 pairs are keyed apart.
     The sensitivities computed from them are fp32. Returns x_adv like ``x`` on the CPU.
     """
     digest = hashlib.sha256(x.detach().cpu().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest()[:12]
-    precision = info.get("params", {}).get("precision", "auto")
     dev = next(model.parameters()).device
-    amp = fast.autocast_dtype(precision, dev) is not None
+    amp = fast.amp_flag(precision, dev)
     batch_size = fast.attack_batch(dev, batch_size)  # the random starts are drawn per batch
     key = params_key({"eps": eps, "steps": steps, "seed": seed, "data": digest, "checkpoint": info["checkpoint"],
                       "batch": batch_size, **({"amp": "bf16"} if amp else {})})

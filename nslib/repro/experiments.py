@@ -49,11 +49,11 @@ def _layer_ratios(sigma: dict, activity: dict) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # E1: neuron sensitivity per layer (C1, C4)
 
-def sensitivity_study(models: dict, infos: dict, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+def sensitivity_study(models: dict, infos: dict, x: torch.Tensor, y: torch.Tensor, *, eps: float, precision: str,
                       steps: int = 20, source: str = "vanilla", layers=None, seed: int = 0) -> dict:
     """Per-layer neuron sensitivity of several models on the same benign images.
 
-    For each model: PGD-``steps`` pairs at ``eps`` crafted against it (white-box; cached by
+    For each model: PGD-``steps`` pairs at ``eps`` and ``precision`` crafted against it (white-box; cached by
     :func:`nslib.repro.cache.adversarial_pairs`), and the control pairs crafted against ``models[source]`` (held fixed,
     transferred). Five variants of sigma: "abs" and "rel" (relative, ratio of means: divided by the mean
     |clean output|) and "rel_pairs" (relative, mean of per-pair ratios, the authors' toolbox) on white-box
@@ -68,7 +68,8 @@ def sensitivity_study(models: dict, infos: dict, x: torch.Tensor, y: torch.Tenso
     """
     if source not in models:
         raise ValueError(f"source must be one of the models ({', '.join(models)}), got {source!r}")
-    pairs = {n: adversarial_pairs(m, infos[n], x, y, eps=eps, steps=steps, seed=seed) for n, m in models.items()}
+    pairs = {n: adversarial_pairs(m, infos[n], x, y, eps=eps, precision=precision, steps=steps, seed=seed)
+             for n, m in models.items()}
     out = {}
     for name, model in models.items():
         own, control = pairs[name], pairs[source]

@@ -209,7 +209,7 @@ def ablation(dataset: str, arch: str, name: str, values, param: str, x, y, *, ep
     attack = {"attack": "pgd", "eps": eps, "steps": steps}
     for v in values:
         model, info = get_model(dataset, arch, name, seed, progress=progress, **{**train_args, param: v})
-        x_adv = adversarial_pairs(model, info, x, y, eps=eps, steps=steps, seed=seed)
+        x_adv = adversarial_pairs(model, info, x, y, eps=eps, precision=train_args["precision"], steps=steps, seed=seed)
         rows.append({"value": v, "model": info["label"], "status": info["status"], "collapsed": info["collapsed"],
                      "clean": accuracy_on(model, x, y),
                      "pgd": {**accuracy_on(model, x_adv, y, x=x), "label": evaluate.attack_label(attack)}})
