@@ -34,7 +34,7 @@ from nslib.models import eval_mode
 
 __all__ = ["RobustAccuracy", "wilson_interval", "robust_accuracy", "min_norm_accuracy", "run_suite",
            "format_table", "autoattack", "Attack", "ATTACKS", "attack_label", "attack_norm", "attack_names",
-           "attack_grammar", "parse_attack", "takes", "NORM_LABELS", "perturbation_norms", "craft", "accuracy_on"]
+           "attack_grammar", "parse_attack", "takes", "NORM_LABELS", "accuracy_of", "perturbation_norms", "craft", "accuracy_on"]
 
 
 def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -342,7 +342,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[di
     robust accuracy after each of its attacks.
 
     Row keys: attack (the entry's name), label (:func:`attack_label`, computed from the parameters), params,
-    clean_accuracy, robust_accuracy, ci_low, ci_high, n, seed, wall_s, outcomes (1 or 0 per example: still
+    clean_accuracy, robust_accuracy, low, high (its 95% interval), n, seed, wall_s, outcomes (1 or 0 per example: still
     correct or not; minimal-norm attacks only with a radius), and median_l2 or median_linf (minimal-norm attacks)
     or per_attack (autoattack).
 
@@ -381,7 +381,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[di
             res = min_norm_accuracy(model, x.cpu(), y.cpu(), torch.cat(parts), radius=radius, norm=norm)
             row.update(clean_accuracy=res["clean_accuracy"],
                        robust_accuracy=res.get("robust_accuracy", float("nan")),
-                       ci_low=res.get("low", float("nan")), ci_high=res.get("high", float("nan")),
+                       low=res.get("low", float("nan")), high=res.get("high", float("nan")),
                        n=x.shape[0], wall_s=wall, **{f"median_{norm}": res["median_norm"]},
                        **({"outcomes": res["robust"].int().tolist()} if "robust" in res else {}))
         else:
@@ -399,8 +399,8 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: list[di
             if entry.whole_batch:
                 kwargs.setdefault("batch_size", batch_size)
             res = robust_accuracy(model, x, y, attack, batch_size=bs, progress=progress)
-            row.update(clean_accuracy=res.clean_accuracy, robust_accuracy=res.robust_accuracy, ci_low=res.low,
-                       ci_high=res.high, n=res.n, wall_s=res.wall_s, outcomes=res.robust.int().tolist())
+            row.update(clean_accuracy=res.clean_accuracy, robust_accuracy=res.robust_accuracy, low=res.low,
+                       high=res.high, n=res.n, wall_s=res.wall_s, outcomes=res.robust.int().tolist())
             if details:
                 row["per_attack"] = dict(details)
         rows.append(row)
@@ -415,9 +415,18 @@ def format_table(rows: list[dict]) -> str:
         extra = "".join(f" median {label} {r[key]:.3f}" for key, label in (("median_l2", "L2"), ("median_linf", "Linf"))
                         if key in r)
         lines.append(f"{r['label']:<14} {100 * r['clean_accuracy']:6.1f} {100 * r['robust_accuracy']:7.1f} "
-                     f"[{100 * r['ci_low']:5.1f}, {100 * r['ci_high']:5.1f}] {r['n']:6d} {r['seed']:5d} "
+                     f"[{100 * r['low']:5.1f}, {100 * r['high']:5.1f}] {r['n']:6d} {r['seed']:5d} "
                      f"{r['wall_s']:8.2f}  {r['params']}{extra}")
     return "\n".join(lines)
+
+
+def accuracy_of(ok: torch.Tensor) -> dict:
+    """The kit's one shape of an accuracy with its interval, from per-example outcomes (bool or 0/1 [N]):
+    ``{"accuracy", "low", "high" (95% Wilson), "n", "correct"}``. Every single accuracy the kit reports has it (a table
+    that reports clean and robust accuracy side by side, :func:`run_suite`, names them, with the same low and high)."""
+    k, n = int(ok.sum()), len(ok)
+    low, high = wilson_interval(k, n)
+    return {"accuracy": k / n if n else float("nan"), "low": low, "high": high, "n": n, "correct": k}
 
 
 @torch.no_grad()
@@ -436,7 +445,5 @@ def accuracy_on(model, x_adv: torch.Tensor, y: torch.Tensor, x: torch.Tensor | N
                 good &= model(x[i:i + batch_size].to(dev)).argmax(1) == yb
             ok.append(good.cpu())
     ok = torch.cat(ok)
-    k, n = int(ok.sum()), len(ok)
-    low, high = wilson_interval(k, n)
-    out = {"accuracy": k / n, "low": low, "high": high, "n": n, "correct": k}
+    out = accuracy_of(ok)
     return {**out, "outcomes": ok.int().tolist()} if outcomes else out

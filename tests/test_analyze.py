@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from nslib import analyze, attacks, models
-from nslib.__main__ import main
+from nslib import attacks, models
+from nslib.cli import analyze
+from nslib.cli.main import main
 from nslib.sensitivity import neuron_sensitivity
 
 
@@ -157,4 +158,4 @@ def test_spread_keeps_the_ends_and_the_count():
     picked = analyze._spread(names, 4)
     assert picked[0] == "l0" and picked[-1] == "l19" and len(set(picked)) == 4
     assert analyze._spread(names[:3], 4) == names[:3]
-    assert sys.modules["nslib.analyze"] is analyze
+    assert sys.modules["nslib.cli.analyze"] is analyze

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from nslib import bench_attacks as bench
+from nslib.cli import bench_attacks as bench
 
 
 def _row(variant, img_s, eval_s, robust=0.5, evaluation=False, flops=1e8):

@@ -27,10 +27,14 @@ def test_model_key_is_training_identity():
     assert v1 == v2
     params, _ = cache.model_key("fmnist", "smallcnn", "sns_trades", 0, **base)
     assert {"beta", "lam", "k", "base"} <= set(params)  # SNS on TRADES reads TRADES' beta too
-    cfg = training.TrainConfig(method="sns", base="trades", seed=0, **base)
+    cfg = training.with_attack_defaults(training.TrainConfig(method="sns", base="trades", seed=0, **base), "fmnist")
     assert params["training_code"] == cache.TRAINING_CODE  # models trained by older code are never reused
     assert {k: v for k, v in params.items() if k not in ("dataset", "arch", "name", "training_code")} \
-        == training.identity(cfg)
+        == training.identity(cfg)  # the resolved config's identity: what the checkpoint records
+    assert params["eps"] == 0.1 and params["attack_steps"] == 10 and params["alpha"] == 0.02
+    # a value given or left to its default is one key (nothing need be dropped to keep a key)
+    assert cache.model_key("fmnist", "smallcnn", "pgd_at", 0, eps=0.1, attack_steps=10, alpha=0.02, **base)[1] == k1
+    assert cache.model_key("fmnist", "smallcnn", "pgd_at", 0, eps=0.2, **base)[1] != k1
     with pytest.raises(ValueError, match="name must be one of"):
         cache.model_key("fmnist", "smallcnn", "madry", 0)
     with pytest.raises(TypeError):

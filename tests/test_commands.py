@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from nslib import evaluate
-from nslib.__main__ import main
-from nslib.evaluate_cmd import parse_attacks
+from nslib.cli.main import main
+from nslib.cli.evaluate import parse_attacks
 
 MODELS = '''
 from torch import nn
@@ -89,3 +89,17 @@ def test_attack_grammar():
     for bad in ("", "pgd-0", "fgsm-3", "pgd-20,pgd-20", "square", "fgsm-l2", "pgd-l2-l2", "pgd-20-l2", "cw", "pgdx", "pgd--20", "pgd-"):
         with pytest.raises(ValueError, match="--attacks"):
             parse_attacks(bad)
+
+
+def test_k_is_read_by_one_rule_in_every_command(files, capsys):
+    """--k: a whole number is a count (an int), anything else a fraction, in analyze and train alike; 1.5 is refused
+    by the top-k check (train rounded it to 1 before), never rounded."""
+    from nslib.cli import specs
+    assert specs.k_argument("3") == 3 and isinstance(specs.k_argument("3.0"), int)
+    assert specs.k_argument("0.25") == 0.25 and specs.k_argument("1.5") == 1.5 and specs.k_argument("1") == 1
+    base = ["train", "--model", "cmdmodels:tiny", "--data", str(files / "d.pt"), "--eps", "0.1", "--quiet",
+            "--method", "sns", "--out", str(files / "k")]
+    _fails(base + ["--k", "1.5"], capsys, "--k", "1.5")
+    _fails(["analyze", "--model", "cmdmodels:tiny", "--data", str(files / "d.pt"), "--n", "40", "--eps", "0.1", "--k", "1.5",
+            "--out", str(files / "ka")], capsys, "--k", "1.5")
+    assert not (files / "k").exists() and not (files / "ka").exists()

@@ -13,7 +13,8 @@ import torch
 from scipy import stats
 
 import nslib
-from nslib import comparison, verdicts
+from nslib import verdicts
+from nslib.cli import compare as comparison
 
 
 # ----------------------------------------------------------------------------------------------------

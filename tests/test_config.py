@@ -60,7 +60,7 @@ def test_eps_and_alpha_are_derived_once():
     cfg = config.settings("quick", "fmnist", "02")
     assert cfg.eps == training.ATTACK_DEFAULTS["fmnist"]["eps"]
     assert cfg.alpha == pytest.approx(2.5 * 0.1 / 3)  # a 3-step attack still reaches the ball's edge
-    assert "eps" not in cfg.train_args  # train()'s own default
+    assert cfg.train_args["eps"] == 0.1  # every argument resolved and passed; the cache keys the resolved config
     big = config.settings("quick", "fmnist", "02", {"eps": 0.2})
     assert big.eps == 0.2 and big.alpha == pytest.approx(2.5 * 0.2 / 3) and big.train_args["eps"] == 0.2
     full = config.settings("full", "fmnist", "02")  # the dataset's own steps and eps: its own step size

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from nslib import distributed
-from nslib.__main__ import main as nslib_main
+from nslib.cli.main import main as nslib_main
 
 pytestmark = pytest.mark.distributed
 
@@ -67,7 +67,7 @@ def audit(event, args):  # every file this rank creates, renames or opens for wr
 sys.addaudithook(audit)
 
 dist.init_process_group("gloo")  # one group for all the commands (each would otherwise join and leave)
-from nslib.__main__ import main
+from nslib.cli.main import main
 rank, codes = dist.get_rank(), []
 for command in json.loads(Path(sys.argv[1]).read_text()):  # the last one is killed: report after each
     codes.append(main(command))

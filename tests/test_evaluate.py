@@ -123,7 +123,7 @@ def test_run_suite_table(one_thread):
     expected = [linf_robust, linf_robust, l2_robust, linf_robust]
     for r, robust in zip(rows, expected):
         assert r["clean_accuracy"] == 0.75 and r["robust_accuracy"] == pytest.approx(robust), r["attack"]
-        assert r["ci_low"] < r["robust_accuracy"] < r["ci_high"]
+        assert r["low"] < r["robust_accuracy"] < r["high"]
         assert r["n"] == 40 and r["seed"] == 1 and r["wall_s"] >= 0
     assert rows[1]["params"] == {"eps": eps, "steps": 5}
     assert rows[2]["median_l2"] > 0

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nslib import analyze, evaluate, methods
+from nslib import evaluate, methods
+from nslib.cli import analyze
 from nslib.repro import cache, config, experiments as ex, robustness as rb, run
 
 
@@ -95,7 +96,7 @@ def test_a_new_minimal_norm_attack_is_one_function_and_one_row(linear, monkeypat
 def test_new_attacks_appear_in_nslib_evaluate_without_another_edit(linear, monkeypatch, tmp_path, capsys):
     """The two rows above, and nothing else: ``nslib evaluate --attacks`` spells them (``toy``, ``toy-l2``), lists them
     in ``--help``, runs them at the radius of their norm and writes their outcomes."""
-    from nslib.__main__ import main
+    from nslib.cli.main import main
     model, x, y, d, margin = linear
     monkeypatch.setitem(evaluate.ATTACKS, "toy", evaluate.Attack(toy_sign, label=lambda p: "TOY"))
     monkeypatch.setitem(evaluate.ATTACKS, "toy_l2", evaluate.Attack(toy_project, label=lambda p: "TOY-L2",

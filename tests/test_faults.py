@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from nslib import analyze, attacks, checkpoints, evaluate, models, store, training
-from nslib.__main__ import main
+from nslib import attacks, checkpoints, evaluate, models, store, training
+from nslib.cli import analyze
+from nslib.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -427,7 +428,7 @@ def test_an_out_below_a_file_is_refused_before_any_work(weights, tmp_path, monke
     def forbidden(*a, **k):
         raise AssertionError("work started before --out was checked")
     monkeypatch.setattr(training, "train", forbidden)
-    monkeypatch.setattr("nslib.evaluate_cmd.evaluate_source", forbidden)
+    monkeypatch.setattr("nslib.cli.evaluate.evaluate_source", forbidden)
     argv = {"train": ["train", "--model", "smallcnn", "--data", "mnist5k"],
             "evaluate": ["evaluate", "--model", f"smallcnn:{weights / 'good.pt'}", "--data", "fmnist", "--n", "10"]}
     rc = main([*argv[command], "--out", str(weights / "afile" / "sub"), "--quiet"])

@@ -1,6 +1,7 @@
-"""The folder shows the layers. The library (``nslib/*.py``: what a user imports) never imports the reproduction
-(``nslib/repro/``: settings, caches, E1-E4, the report, papermill runs); inside each, imports point down a fixed
-order; modules and functions stay small enough to read."""
+"""The folder shows the layers. The library (``nslib/*.py``: the kernels and tools a user imports) never imports the
+command line (``nslib/cli/``) nor the reproduction (``nslib/repro/``: settings, caches, E1-E4, the report, papermill
+runs); the reproduction never imports the command line, which calls it only from ``cli.main`` (``reproduce``); inside
+each, imports point down a fixed order; functions stay small enough to read; no private name crosses a module."""
 from __future__ import annotations
 
 import ast
@@ -11,22 +12,24 @@ import nslib
 NSLIB = Path(nslib.__file__).parent
 LIBRARY = sorted(NSLIB.glob("*.py"))
 REPRODUCTION = sorted((NSLIB / "repro").glob("*.py"))
+COMMANDS = sorted((NSLIB / "cli").glob("*.py"))
 
 LAYERS = {  # module -> layer; a module may import only from its own layer or below
-    "store": 0, "checks": 0, "progress": 0, "__init__": 0, "data": 1, "models": 1,
-    "fast": 2, "attack_core": 2, "attacks": 2, "sensitivity": 2, "minnorm": 2, "checkpoints": 2, "hooks": 2, "autoattack": 2,
-    "intervention": 3, "evaluate": 3, "specs": 6, "training": 3, "methods": 3, "verdicts": 4, "viz": 6, "forest": 6, "analyze": 7, "bench_attacks": 7, "bench": 7,
-    "distributed": 1, "streams": 1, "evaluate_cmd": 7, "train_cmd": 7, "comparison": 7,
-    "repro.__init__": 10, "repro.cache": 10, "repro.zoo": 10.5, "repro.experiments": 11, "repro.robustness": 11, "repro.report": 12, "repro.profiles": 12.5, "repro.config": 13, "repro.notebook": 13.5,
-    "repro.run": 14, "__main__": 20,
+    "store": 0, "checks": 0, "progress": 0, "__init__": 0, "data": 1, "models": 1, "distributed": 1, "streams": 1,
+    "fast": 2, "attack_core": 2, "attacks": 2, "sensitivity": 2, "minnorm": 2, "checkpoints": 2, "hooks": 2,
+    "autoattack": 2, "intervention": 3, "evaluate": 3, "training": 3, "methods": 3, "verdicts": 4, "viz": 6, "forest": 6,
+    "repro.__init__": 10, "repro.cache": 10, "repro.zoo": 10.5, "repro.experiments": 11, "repro.robustness": 11,
+    "repro.report": 12, "repro.profiles": 12.5, "repro.config": 13, "repro.notebook": 13.5, "repro.run": 14,
+    "cli.__init__": 15, "cli.specs": 15, "cli.bench_attacks": 16, "cli.bench": 17, "cli.analyze": 17, "cli.train": 17,
+    "cli.evaluate": 17, "cli.compare": 17, "cli.main": 20, "__main__": 21,
 }
 
 
 def _name(path: Path) -> str:
-    return f"repro.{path.stem}" if path.parent.name == "repro" else path.stem
+    return f"{path.parent.name}.{path.stem}" if path.parent.name in ("repro", "cli") else path.stem
 
 
-KNOWN = {_name(p) for p in LIBRARY + REPRODUCTION} | {"repro"}  # what `from nslib[.x] import name` can name
+KNOWN = {_name(p) for p in LIBRARY + REPRODUCTION + COMMANDS} | {"repro", "cli"}  # what `from nslib[.x] import name` can name
 
 
 def _imports(path: Path) -> set[str]:
@@ -47,13 +50,24 @@ def _imports(path: Path) -> set[str]:
     return out
 
 
-def test_the_library_never_imports_the_reproduction():
-    assert len(LIBRARY) > 15 and len(REPRODUCTION) >= 5, "the kit's modules were not found"
+# the package's one convenience entry, nslib.compare(...), imports its module when called (nothing at import time)
+ENTRY_POINTS = {("__init__", "cli.compare")}
+
+
+def test_the_library_never_imports_the_reproduction_nor_the_commands():
+    assert len(LIBRARY) > 15 and len(REPRODUCTION) >= 5 and len(COMMANDS) >= 7, "the kit's modules were not found"
     for path in LIBRARY:
-        if path.name == "__main__.py":  # the command line sits on top of both
+        if path.name == "__main__.py":  # python -m nslib: the command line's entry
             continue
-        bad = sorted(m for m in _imports(path) if m == "repro" or m.startswith("repro."))
-        assert not bad, f"nslib/{path.name} (the library) imports the reproduction: {bad}"
+        bad = sorted(m for m in _imports(path)
+                     if m.split(".")[0] in ("repro", "cli") and (_name(path), m) not in ENTRY_POINTS)
+        assert not bad, f"nslib/{path.name} (the library) imports the reproduction or the commands: {bad}"
+    for path in REPRODUCTION:
+        bad = sorted(m for m in _imports(path) if m.split(".")[0] == "cli")
+        assert not bad, f"nslib/repro/{path.name} imports the command line: {bad}"
+    for path in COMMANDS:
+        bad = sorted(m for m in _imports(path) if m.split(".")[0] == "repro")
+        assert path.name == "main.py" or not bad, f"nslib/cli/{path.name} imports the reproduction: {bad}"
 
 
 def test_the_check_sees_every_form_of_import(tmp_path):
@@ -66,16 +80,12 @@ def test_the_check_sees_every_form_of_import(tmp_path):
         assert want in _imports(bad), src
 
 
-# the package's one convenience entry, nslib.compare(...), imports its module when called (nothing at import time)
-ENTRY_POINTS = {("__init__", "comparison")}
-
-
 def test_imports_point_down():
-    for path in LIBRARY + REPRODUCTION:
+    for path in LIBRARY + REPRODUCTION + COMMANDS:
         name = _name(path)
         assert name in LAYERS, f"{path} has no layer in this test: add it"
         for dep in _imports(path):
-            dep = "repro.__init__" if dep == "repro" else dep
+            dep = {"repro": "repro.__init__", "cli": "cli.__init__"}.get(dep, dep)
             if (name, dep) in ENTRY_POINTS:
                 continue
             assert LAYERS[dep] <= LAYERS[name], f"nslib.{name} (layer {LAYERS[name]}) imports nslib.{dep} " \
@@ -94,7 +104,7 @@ def _code_lines(node) -> int:
 
 
 def test_functions_stay_small():
-    for path in LIBRARY + REPRODUCTION:
+    for path in LIBRARY + REPRODUCTION + COMMANDS:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = _code_lines(node)
@@ -134,7 +144,7 @@ def _private_crossings(path: Path) -> list[str]:
 def test_no_private_name_crosses_a_module_boundary():
     """A helper two modules need is public in its own module (adv-lib's utils): no module of the kit imports another's
     underscored names, nor reaches them as attributes (tests may)."""
-    for path in LIBRARY + REPRODUCTION:
+    for path in LIBRARY + REPRODUCTION + COMMANDS:
         assert not _private_crossings(path), f"nslib/{_name(path)} uses private names of other modules: " \
                                             f"{_private_crossings(path)}"
 

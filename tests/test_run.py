@@ -24,7 +24,10 @@ def test_notebooks_take_only_what_papermill_injects():
         if path.name[:2] not in run.REPRODUCTION:
             continue
         params = papermill.inspect_notebook(str(path))
-        assert set(params) == {"profile", "dataset", "overrides"}, f"{path.name}: {sorted(params)}"
+        assert set(params) == {"profile", "dataset", "overrides", "notebook_name"}, f"{path.name}: {sorted(params)}"
+        assert params["notebook_name"]["default"] == f'"{path.stem}"'  # what run.plan injects: the file's name
+    assert {p["notebook_name"] for _, _, p in run.plan("quick", ["fmnist"])} == {
+        path.stem for path in run.notebooks() if path.name[:2] in run.REPRODUCTION}
 
 
 def test_committed_notebooks_keep_only_checked_outputs():
@@ -189,7 +192,7 @@ def test_the_announcement_names_the_profile_why_and_the_expected_time():
 
 
 def test_the_cli_runs_the_profile_for_the_machine_by_default(monkeypatch, capsys):
-    from nslib.__main__ import main as cli_main
+    from nslib.cli.main import main as cli_main
 
     called = []
     monkeypatch.setattr(run, "reproduce", lambda profile, **kw: called.append((profile, kw["only"])) or 0)

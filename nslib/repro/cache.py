@@ -64,12 +64,17 @@ def model_key(dataset: str, arch: str, name: str, seed: int, *, start: str | Non
               **train_args) -> tuple[dict, str]:
     """(params, key): what defines a trained model and its hash.
 
-    The training part is :func:`nslib.training.identity`, the same dict training's resume check compares,
-    so the cache and the resume check always agree: arguments a method does not read (attack settings for
-    vanilla, lam/k for non-SNS runs, beta outside TRADES) never split the cache nor block a resume. ``start``:
-    the key of the model whose weights the run starts from (None: from scratch, and no entry in params).
+    The training part is :func:`nslib.training.identity` of the config resolved as training resolves it
+    (:func:`nslib.training.with_attack_defaults`: the training attack's eps, steps and step filled from the dataset's
+    defaults), the very dict a checkpoint records and training's resume check compares, so the cache and the resume
+    check always agree, and a value given or taken from its default is one key: arguments a method does not read
+    (attack settings for vanilla, lam/k for non-SNS runs, beta outside TRADES) never split the cache nor block a
+    resume. ``start``: the key of the model whose weights the run starts from (None: from scratch, and no entry in
+    params).
     """
     cfg = training.TrainConfig(**_spec(name), seed=int(seed), **train_args)
+    if "eps" in training.identity(cfg):  # a method that runs the training attack: resolved as train() resolves it
+        cfg = training.with_attack_defaults(cfg, dataset)
     params = {"dataset": dataset, "arch": arch, "name": name, "training_code": TRAINING_CODE, **training.identity(cfg)}
     if start is not None:
         params["start"] = start

@@ -253,14 +253,14 @@ class _Derived:
     @property
     def train_args(self) -> dict:
         """Keyword arguments of :func:`nslib.repro.cache.get_model` (and so, but ``start``, of
-        :func:`nslib.training.train`): every knob declared ``train=True``, the derived ``alpha``, ``eps`` when it is
-        not the dataset's, and ``start`` (:attr:`start_args`: the model the robust models start from, or None)."""
+        :func:`nslib.training.train`): every knob declared ``train=True``, ``eps``, the derived ``alpha``, and
+        ``start`` (:attr:`start_args`: the model the robust models start from, or None). The cache's key is that of
+        the config training resolves from them (:func:`nslib.repro.cache.model_key`), so nothing is left out to keep
+        a key."""
         args = {name: getattr(self, name) for name, knob in KNOBS.items() if knob.train}
         if args["lam"] is None:  # chosen on validation per base (nslib.repro.zoo), not one value for all
             del args["lam"]
-        args["alpha"] = self.alpha
-        if self.eps != ATTACK_DEFAULTS.get(self.dataset, {}).get("eps"):
-            args["eps"] = self.eps  # the dataset's radius is train()'s own default: keep the cache key as it was
+        args["eps"], args["alpha"] = self.eps, self.alpha
         args["start"] = self.start_args
         return args
 
@@ -281,9 +281,7 @@ class _Derived:
         if self.start == "scratch":
             return None
         args = {name: getattr(self, name) for name, knob in KNOBS.items() if knob.train and name != "lam"}
-        args["alpha"] = self.alpha
-        if self.eps != ATTACK_DEFAULTS.get(self.dataset, {}).get("eps"):
-            args["eps"] = self.eps
+        args["eps"], args["alpha"] = self.eps, self.alpha
         return {"name": "vanilla", "args": {**args, **self.vanilla_args}}
 
     def as_dict(self) -> dict:

@@ -89,7 +89,7 @@ def _run_row(model, x, y, row: dict, pairs: dict, seed: int) -> dict:
         return accuracy_on(model, pairs[row["pairs"]], y, x=x, outcomes=True)
     n = row.get("n") or len(x)
     s = evaluate.run_suite(model, x[:n], y[:n], [row["attack"]], seed=seed)[0]
-    r = {"accuracy": s["robust_accuracy"], "low": s["ci_low"], "high": s["ci_high"], "n": s["n"],
+    r = {"accuracy": s["robust_accuracy"], "low": s["low"], "high": s["high"], "n": s["n"],
          **{k: s[k] for k in ("outcomes", "wall_s", "median_l2", "median_linf", "per_attack") if k in s}}
     if evaluate.ATTACKS[row["attack"]["attack"]].min_norm or row["attack"].get("norm") == "l2":
         r["radius"] = row["attack"].get("radius", row["attack"].get("eps"))
@@ -109,10 +109,7 @@ def more_restarts(model, x: torch.Tensor, y: torch.Tensor, x_first: torch.Tensor
                                       seed=seed + 1_000_003 * r,  # batch seeds apart from the first run's
                                       early_stop=True)  # only whether each example breaks is read
             robust[idx] &= torch.tensor(accuracy_on(model, x_adv, y[idx], outcomes=True)["outcomes"], dtype=torch.bool)
-    k, n = int(robust.sum()), len(robust)
-    low, high = evaluate.wilson_interval(k, n)
-    return {"accuracy": k / n, "low": low, "high": high, "n": n, "correct": k, "outcomes": robust.int().tolist(),
-            "wall_s": time.perf_counter() - t0}
+    return {**evaluate.accuracy_of(robust), "outcomes": robust.int().tolist(), "wall_s": time.perf_counter() - t0}
 
 
 def evaluate_model(model, x: torch.Tensor, y: torch.Tensor, suite: list[dict], *, pairs: dict, seed: int = 0,
@@ -157,10 +154,8 @@ def worst_case(rows: list[dict]) -> dict:
     for r in rows:
         o = torch.tensor(r["outcomes"], dtype=torch.bool)
         worst[:len(o)] &= o
-    k = int(worst.sum())
-    low, high = evaluate.wilson_interval(k, n)
-    return {"accuracy": k / n, "low": low, "high": high, "n": n, "correct": k, "outcomes": worst.int().tolist(),
-            "label": "worst case", "of": [r["id"] for r in rows], "of_labels": [r["label"] for r in rows]}
+    return {**evaluate.accuracy_of(worst), "outcomes": worst.int().tolist(), "label": "worst case",
+            "of": [r["id"] for r in rows], "of_labels": [r["label"] for r in rows]}
 
 
 def _share(row: dict, n: int) -> float:

@@ -86,7 +86,8 @@ def plan(profile: str, datasets=None, only=None, overrides: dict | None = None,
             number = path.name[:2] if path.name[:2] in config.NOTEBOOKS else None
             cfg = config.settings(profile, dataset, number, overrides)  # fails here, before any notebook runs
             check_against_model(cfg, overrides)  # knobs that name layers or count neurons or images
-            out.append((dataset, path, {"profile": profile, "dataset": dataset, "overrides": overrides}))
+            out.append((dataset, path, {"profile": profile, "dataset": dataset, "overrides": overrides,
+                                        "notebook_name": path.stem}))
     return out
 
 
@@ -344,7 +345,7 @@ def _names(text: str | None, flag: str, what: str) -> list[str] | None:
 
 
 def main(args) -> int:
-    """Entry of ``python -m nslib reproduce`` (arguments parsed in :mod:`nslib.__main__`); ``--profile auto``
+    """Entry of ``python -m nslib reproduce`` (arguments parsed in :mod:`nslib.cli.main`); ``--profile auto``
     (the default) runs "full" where a CUDA device is present and "cpu" elsewhere."""
     profile, why = (config.auto_profile() if args.profile == "auto" else (args.profile, None))
     try:

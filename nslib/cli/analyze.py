@@ -6,7 +6,7 @@ relative), its most sensitive neurons, what restoring or zeroing them does to ad
 vs random vs least sensitive vs sensitivity-matched, on at most four of the layers, evenly spaced), and the
 activation maps of the most sensitive channels.
 
-``SPEC`` names the model and ``--data`` the images, as :mod:`nslib.specs` reads them (the SPECs ``nslib train`` and
+``SPEC`` names the model and ``--data`` the images, as :mod:`nslib.cli.specs` reads them (the SPECs ``nslib train`` and
 ``nslib evaluate`` take too). The test images are the reproduction's own (:func:`nslib.data.test_set`: a fixed
 class-stratified subset) and the PGD pairs are crafted exactly as the reproduction crafts them
 (:func:`nslib.attacks.pgd_pairs`), so for a checkpoint the kit trained the numbers equal notebook 02's.
@@ -22,7 +22,7 @@ may remove when it replaces the folder; :func:`nslib.store.check_result_dir`).
 Usage::
 
     python -m nslib analyze --model smallcnn:outputs/models/fmnist/pgd_at/<key>/best.pt --data fmnist --n 200
-    summary = nslib.analyze.analyze(model, x, y, eps=0.1, out_dir="outputs/analysis/mine")
+    summary = nslib.cli.analyze.analyze(model, x, y, eps=0.1, out_dir="outputs/analysis/mine")
 """
 from __future__ import annotations
 
@@ -35,10 +35,11 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from nslib import attacks, checks, data as data_mod, distributed, evaluate, fast, intervention, specs, viz
+from nslib import attacks, checks, data as data_mod, distributed, evaluate, fast, intervention, viz
+from nslib.cli import specs
 from nslib.evaluate import accuracy_on
 from nslib.progress import bar
-from nslib.specs import check_fit, dataset_of, load_data, load_model  # noqa: F401  (analyze.load_model stays public)
+from nslib.cli.specs import check_fit, dataset_of, load_data, load_model  # noqa: F401  (analyze.load_model stays public)
 from nslib.sensitivity import layer_summary, pick_map_layer, sensitivity_variants, top_k
 from nslib.store import atomic_write_bytes, check_result_dir, claim, outputs_dir, provenance, save_json, writing_result
 
@@ -232,16 +233,15 @@ def add_arguments(p) -> None:
                                                    "other fixed-radius attack of nslib.evaluate.ATTACKS (fgsm, mim, "
                                                    "autoattack: standard)")
     p.add_argument("--steps", type=int, default=20, help="PGD steps (random start, step 2.5 eps / steps)")
-    p.add_argument("--k", type=float, default=0.1, help="top-k: a fraction of each layer's neurons, or a count >= 1")
+    p.add_argument("--k", type=specs.k_argument, default=0.1, help="top-k: a fraction of each layer's neurons, or a "
+                                                                   "count >= 1")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out (only a folder of nslib's own "
                                                          "results: its manifest lists every file)")
 
 
 def main(args) -> int:
-    """Entry of ``python -m nslib analyze`` (arguments parsed in :mod:`nslib.__main__`)."""
+    """Entry of ``python -m nslib analyze`` (arguments parsed in :mod:`nslib.cli.main`)."""
     distributed.terminate_raises()  # torchrun's SIGTERM unwinds: the temporary folder is removed
-    if args.k >= 1 and float(args.k).is_integer():  # a whole count; 1.5 stays a float and is refused
-        args.k = int(args.k)
     try:
         out = args.out or outputs_dir("analysis", f"{args.model.replace(':', '_').replace('/', '_')}-{args.data}")
         check_result_dir(out, args.force, "--out", legacy=LEGACY)  # before loading anything: it costs nothing

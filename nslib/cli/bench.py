@@ -1,4 +1,4 @@
-"""Speed benchmarks: ``python -m nslib bench attacks|sensitivity|training`` (attacks: :mod:`nslib.bench_attacks`).
+"""Speed benchmarks: ``python -m nslib bench attacks|sensitivity|training`` (attacks: :mod:`nslib.cli.bench_attacks`).
 
 Each benchmark times nslib against an anchor run in the same process, on the same model and batch,
 and prints throughput and the ratio. Timings synchronise the device around each timed region and
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from nslib import data, fast
-from nslib.bench_attacks import cpu_bf16_text, plain_pgd, sync, bench_attacks, timeit
+from nslib.cli.bench_attacks import cpu_bf16_text, plain_pgd, sync, bench_attacks, timeit
 from nslib.models import build, default_layers
 from nslib.sensitivity import neuron_sensitivity
 from nslib.training import train

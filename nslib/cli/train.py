@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from nslib import checks, data as data_mod, distributed, methods, models as models_mod, specs, streams, training
+from nslib import checks, data as data_mod, distributed, methods, models as models_mod, streams, training
+from nslib.cli import specs
 from nslib.store import check_writable, claim, outputs_dir, provenance, save_json
 
 __all__ = ["add_arguments", "main", "parse_sets", "build_model", "load_train_data"]
@@ -60,7 +61,7 @@ def add_arguments(p) -> None:
     p.add_argument("--alpha", type=float, default=None, help="training attack's step size")
     p.add_argument("--beta", type=float, default=None, help="TRADES trade-off")
     p.add_argument("--lam", type=float, default=None, help="SNS penalty weight")
-    p.add_argument("--k", type=float, default=None, help="SNS top-k: a fraction, or a count >= 1")
+    p.add_argument("--k", type=specs.k_argument, default=None, help="SNS top-k: a fraction, or a count >= 1")
     p.add_argument("--n-train", type=int, default=None, help="train on a stratified subset of this size")
     p.add_argument("--val-size", type=int, default=None, help="images held out for validation")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -160,8 +161,6 @@ def _prepare(args, held: contextlib.ExitStack) -> dict:
         except ImportError as e:
             raise ValueError(f"--import {name}: {e}") from None
     overrides = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
-    if args.k is not None and args.k >= 1:
-        overrides["k"] = int(args.k)  # a count of neurons, not a fraction
     overrides.update(parse_sets(args.set))
     try:
         cfg = methods.make_config(None, overrides)  # each field checked, the error naming it

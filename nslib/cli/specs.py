@@ -36,7 +36,7 @@ from torch import nn
 from nslib import checks, data as data_mod, fast, models as models_mod, streams, training
 from nslib.sensitivity import capture
 
-__all__ = ["parse_data", "load_model", "load_data", "load_pt_data", "dataset_of", "add_shared_arguments", "check_model",
+__all__ = ["parse_data", "load_model", "load_data", "load_pt_data", "dataset_of", "add_shared_arguments", "k_argument", "check_model",
            "check_fit"]
 
 
@@ -204,6 +204,13 @@ def dataset_of(data: str) -> str | None:
         return parse_data(data, folders=True)["like"]
     except ValueError:
         return None
+
+
+def k_argument(text: str) -> int | float:
+    """``--k`` as the top-k rule reads it (:func:`nslib.checks.check_k`): a whole number >= 1 is a count of neurons
+    (an int), anything else a fraction (a float; 1.5 is then refused by the check, never rounded)."""
+    k = float(text)
+    return int(k) if k >= 1 and k.is_integer() else k
 
 
 def add_shared_arguments(p, *, out: str, folders: bool = True, fresh: bool = False, num_images: bool = True,

@@ -3,7 +3,7 @@
 Clean accuracy and each attack of ``--attacks`` (any attack of :data:`nslib.evaluate.ATTACKS`: FGSM, PGD-n, MIM-n,
 FMN-L2-n, PGD-L2-n, C&W-L2, AutoAttack standard or custom), each with its 95% Wilson interval, on a fixed set of test images, and **the outcome of every
 example under every attack**, so that two evaluations on the same images can be compared example by
-example later. ``--model`` and ``--data`` take the SPECs of ``nslib analyze`` (:mod:`nslib.specs`), and
+example later. ``--model`` and ``--data`` take the SPECs of ``nslib analyze`` (:mod:`nslib.cli.specs`), and
 ``--data`` also a folder of images in ImageFolder layout, streamed in batches (:mod:`nslib.streams`).
 
 The images are split into batches of ``--batch-size``; the attacks of the batch starting at image i are
@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from nslib import attacks, checks, data as data_mod, distributed, evaluate, fast, minnorm, specs, streams
+from nslib import attacks, checks, data as data_mod, distributed, evaluate, fast, minnorm, streams
+from nslib.cli import specs
 from nslib.models import eval_mode
 from nslib.progress import bar
 from nslib.store import (atomic_write_bytes, check_result_dir, claim, outputs_dir, provenance, save_json,
@@ -157,10 +158,8 @@ def _table(merged: list[dict], labels: list[str], source: dict, spent: dict) -> 
         ok = torch.cat([p[label] for p in merged])
         outcomes[label] = ok.int().tolist()
         clean = ok if clean is None else clean  # the first label is "clean"
-        k, n = int(ok.sum()), len(ok)
-        low, high = evaluate.wilson_interval(k, n)
-        row = {"attack": label, "accuracy": k / n, "low": low, "high": high, "n": n, "correct": k,
-               "attack_s": round(spent.get(label, 0.0), 3)}
+        n = len(ok)
+        row = {"attack": label, **evaluate.accuracy_of(ok), "attack_s": round(spent.get(label, 0.0), 3)}
         extras = [p[label + ":extra"] for p in merged] if label != "clean" else []
         if extras and "norm" in extras[0][0]:  # as evaluate.min_norm_accuracy: 0 where wrong clean, inf: not broken
             norms, unit = torch.where(clean, torch.cat([e["norm"] for e, _ in extras]), 0.0), extras[0][0]["in"]
