@@ -33,8 +33,8 @@ from nslib.checks import check_finite
 from nslib.models import eval_mode
 
 __all__ = ["RobustAccuracy", "wilson_interval", "robust_accuracy", "min_norm_accuracy", "run_suite",
-           "format_table", "autoattack", "Attack", "ATTACKS", "attack_label", "attack_norm", "attack_names",
-           "attack_grammar", "parse_attack", "takes", "NORM_LABELS", "accuracy_of", "perturbation_norms", "craft", "accuracy_on"]
+           "format_table", "autoattack", "Attack", "ATTACKS", "attack_label", "attack_norm", "attack_grammar",
+           "parse_attack", "takes", "NORM_LABELS", "accuracy_of", "perturbation_norms", "craft", "accuracy_on"]
 
 
 def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -230,8 +230,7 @@ def _default(fn: Callable, name: str):
 
 def _steps_label(name: str, fn: Callable) -> Callable[[dict], str]:
     """"PGD-10", "PGD-L2-20 x3" (restarts), "MIM-10", "FMN-L2-100": the attack, its norm unless Linf is both it and
-    the function's default, steps
-    (``fn``'s own default when not given), restarts."""
+    the function's default, steps (``fn``'s own default when not given), restarts."""
     default_steps, default_norm = _default(fn, "steps"), _default(fn, "norm") if takes(fn, "norm") else "linf"
 
     def label(p: dict) -> str:
@@ -264,20 +263,16 @@ def attack_norm(spec: dict) -> str:
     return _default(entry.fn, "norm") if takes(entry.fn, "norm") else entry.norm
 
 
-def attack_names() -> list[str]:
-    """How the command line spells each attack of :data:`ATTACKS` ("cw_l2" -> "cw-l2")."""
-    return [name.replace("_", "-") for name in ATTACKS]
+def _spelled(name: str) -> str:
+    """How the command line spells an attack of :data:`ATTACKS` ("cw_l2" -> "cw-l2")."""
+    return name.replace("_", "-")
 
 
 def attack_grammar() -> str:
     """The ``--attacks`` grammar, from :data:`ATTACKS`: each name, ``[-NORM]`` where it takes a norm, ``[-STEPS]`` where
     it takes steps."""
-    parts = []
-    for name, entry in ATTACKS.items():
-        spelled = name.replace("_", "-")
-        parts.append(spelled + ("[-linf|l2]" if takes(entry.fn, "norm") else "") +
-                     ("[-STEPS]" if takes(entry.fn, "steps") else ""))
-    return ", ".join(parts)
+    return ", ".join(_spelled(name) + ("[-linf|l2]" if takes(entry.fn, "norm") else "")
+                     + ("[-STEPS]" if takes(entry.fn, "steps") else "") for name, entry in ATTACKS.items())
 
 
 def parse_attack(text: str) -> dict:
@@ -290,7 +285,7 @@ def parse_attack(text: str) -> dict:
     text = str(text).strip().lower()
     wrong = ValueError(f"unknown attack {text!r}; expected one of {attack_grammar()}")
     names = sorted(ATTACKS, key=len, reverse=True)  # the longest first: "cw_l2" before a name "cw" would be
-    name = next((n for n in names if text == n.replace("_", "-") or text.startswith(n.replace("_", "-") + "-")), None)
+    name = next((n for n in names if text == _spelled(n) or text.startswith(_spelled(n) + "-")), None)
     if name is None:
         raise wrong
     fn, spec = ATTACKS[name].fn, {"attack": name}
@@ -412,8 +407,8 @@ def format_table(rows: list[dict]) -> str:
     head = f"{'attack':<14} {'clean':>6} {'robust':>7} {'95% CI':>15} {'n':>6} {'seed':>5} {'time s':>8}  params"
     lines = [head, "-" * len(head)]
     for r in rows:
-        extra = "".join(f" median {label} {r[key]:.3f}" for key, label in (("median_l2", "L2"), ("median_linf", "Linf"))
-                        if key in r)
+        extra = "".join(f" median {label} {r[f'median_{norm}']:.3f}" for norm, label in NORM_LABELS.items()
+                        if f"median_{norm}" in r)
         lines.append(f"{r['label']:<14} {100 * r['clean_accuracy']:6.1f} {100 * r['robust_accuracy']:7.1f} "
                      f"[{100 * r['low']:5.1f}, {100 * r['high']:5.1f}] {r['n']:6d} {r['seed']:5d} "
                      f"{r['wall_s']:8.2f}  {r['params']}{extra}")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from nslib import attacks, checks, data as data_mod, distributed, evaluate, fast, minnorm, streams
+from nslib import checks, data as data_mod, distributed, evaluate, fast, streams
 from nslib.cli import specs
 from nslib.models import eval_mode
 from nslib.progress import bar
@@ -99,7 +99,7 @@ def _attack(model, spec, xb, yb, seed, *, radius, amp) -> tuple[torch.Tensor, di
         norm = evaluate.attack_norm(spec)
         norms = evaluate.perturbation_norms(xb, x_adv, norm, broken=~adv_ok,
                                             correct=torch.ones_like(adv_ok))  # wrong clean: 0, in _table
-        return (adv_ok.cpu() | (norms > radius)), {"norm": norms, "in": norm}
+        return norms > radius, {"norm": norms, "in": norm}  # inf where not broken: robust at any radius
     out = entry.fn(model, xb, yb, eps=radius, **kwargs)
     x_adv, details = out if isinstance(out, tuple) else (out, None)
     return _correct(model, x_adv, yb).cpu(), ({"after": details} if details is not None else {})
@@ -130,6 +130,7 @@ def evaluate_source(model, source: dict, suite: list[dict], *, eps: float, l2_ep
     """
     device = checks.model_device(model)
     labels = [evaluate.attack_label(s) for s in suite]
+    radii = [l2_eps if evaluate.attack_norm(s) == "l2" else eps for s in suite]
     parts, spent = {}, dict.fromkeys(labels, 0.0)
     n_batches = len(distributed.my_batches(len(source["index"]), batch_size))
     with eval_mode(model):
@@ -137,9 +138,8 @@ def evaluate_source(model, source: dict, suite: list[dict], *, eps: float, l2_ep
                              disable=not progress or not distributed.is_main()):
             xb, yb = xb.to(device), yb.to(device)
             part = {"clean": _correct(model, xb, yb).cpu()}
-            for spec, label in zip(suite, labels):
+            for spec, label, radius in zip(suite, labels, radii):
                 t0 = time.perf_counter()
-                radius = l2_eps if evaluate.attack_norm(spec) == "l2" else eps
                 ok, extra = _attack(model, spec, xb, yb, seed + i, radius=radius, amp=amp)
                 spent[label] += time.perf_counter() - t0
                 part[label] = ok & part["clean"]
@@ -248,14 +248,15 @@ def add_arguments(p) -> None:
 
 def load_source(data: str, n: int | None, seed: int, *, image_size=None) -> tuple[dict, float | None]:
     """The images ``--data`` names: ``({"x", "y", "index", "label", "dataset"}, the dataset's eps or None)``."""
-    if specs.parse_data(data, folders=True)["kind"] == "folder":
+    kind = specs.parse_data(data, folders=True)["kind"]
+    if kind == "folder":
         ds = streams.image_folder(data, size=image_size)
         labels = streams.targets(ds)
         index = streams.subset(labels, n, seed)
         return {"x": None, "y": None, "index": index, "label": labels[index], "dataset": ds}, None
     x, y, eps = specs.load_data(data, n, seed)
     index = torch.arange(len(x))
-    if specs.dataset_of(data) == data:  # a registry dataset: the subset's indices in its test split
+    if kind == "dataset":  # a registry dataset: the subset's indices in its test split
         index = streams.subset(data_mod.load(data, "test")[1], n, seed)
     return {"x": x, "y": y, "index": index, "label": y, "dataset": None}, eps
 

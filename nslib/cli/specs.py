@@ -36,30 +36,29 @@ from torch import nn
 from nslib import checks, data as data_mod, fast, models as models_mod, streams, training
 from nslib.sensitivity import capture
 
-__all__ = ["parse_data", "load_model", "load_data", "load_pt_data", "dataset_of", "add_shared_arguments", "k_argument", "check_model",
-           "check_fit"]
+__all__ = ["parse_data", "load_model", "load_data", "load_pt_data", "dataset_of", "add_shared_arguments", "k_argument",
+           "check_model", "check_fit"]
 
 
 def parse_data(spec: str, *, folders: bool = False) -> dict:
     """What ``--data`` names, read once for every command: ``{"kind": "folder" | "file" | "synthetic" | "dataset",
-    "name": spec (a folder's or file's path, or the dataset), "like": the registry dataset that sizes a kit
-    architecture and gives the default radius (synthetic:LIKE's LIKE, a dataset itself; None for a file or
-    folder)}``. ``folders``: the command reads a folder of images in ImageFolder layout (train, evaluate).
+    "like": the registry dataset that sizes a kit architecture and gives the default radius (synthetic:LIKE's LIKE, a
+    dataset itself; None for a file or folder)}``. ``folders``: the command reads a folder of images in ImageFolder layout (train, evaluate).
 
     Raises: ValueError naming --data and what it takes.
     """
     spec = str(spec)
     if folders and streams.is_folder(spec):
-        return {"kind": "folder", "name": spec, "like": None}
+        return {"kind": "folder", "like": None}
     if spec.endswith(".pt"):
-        return {"kind": "file", "name": spec, "like": None}
+        return {"kind": "file", "like": None}
     if spec.startswith("synthetic:"):
-        return {"kind": "synthetic", "name": spec, "like": spec.split(":", 1)[1]}
+        return {"kind": "synthetic", "like": spec.split(":", 1)[1]}
     if spec not in data_mod.DATASETS or spec == "synthetic":
         raise ValueError(f"--data must be one of {', '.join(d for d in data_mod.DATASETS if d != 'synthetic')}, "
                          f"synthetic:LIKE{', a .pt file or a folder of images' if folders else ' or a .pt file'}, "
                          f"got {spec!r}")
-    return {"kind": "dataset", "name": spec, "like": spec}
+    return {"kind": "dataset", "like": spec}
 
 
 def _state_dict(path: str) -> dict:
@@ -157,15 +156,15 @@ def load_data(name: str, n: int | None = 1000, seed: int = 0) -> tuple[torch.Ten
     """``(x, y, the dataset's eps or None)``: ``n`` test images of ``name`` (see the module docstring)."""
     if n is not None:
         n = checks.check_positive_int(n, "--n", minimum=2)  # the interventions split the pairs in two halves
-    kind, like = (d := parse_data(name))["kind"], d["like"]
-    if kind == "file":
+    data = parse_data(name)
+    if data["kind"] == "file":
         x, y = load_pt_data(name)
         if n is not None and n > len(x):
             raise ValueError(f"--n: {name} holds {len(x)} images, got {n} (0: all of them)")
         return x[:n], y[:n], None
-    if kind == "synthetic":
-        x, y = data_mod.load("synthetic", "test", like=like, n=1000 if n is None else n, seed=seed)
-        return x, y, training.ATTACK_DEFAULTS.get(like, {}).get("eps")
+    if data["kind"] == "synthetic":
+        x, y = data_mod.load("synthetic", "test", like=data["like"], n=1000 if n is None else n, seed=seed)
+        return x, y, training.ATTACK_DEFAULTS.get(data["like"], {}).get("eps")
     size = data_mod.DATASETS[name].test_size
     if n is not None and n > size:
         raise ValueError(f"--n: {name}'s test split holds {size:,} images, got {n} (0: all of them)")

@@ -117,13 +117,13 @@ def build_model(spec: str, dataset: str | None, *, num_classes=None, mean=None, 
 def load_train_data(spec: str, seed: int, *, image_size=None):
     """What :func:`nslib.training.train` takes as ``data``: a dataset name, ``(x, y)`` tensors, or a streamed
     ImageFolder; with the dataset whose defaults apply (or None)."""
-    kind, like = (d := specs.parse_data(spec, folders=True))["kind"], d["like"]
-    if kind == "folder":
+    data = specs.parse_data(spec, folders=True)
+    if data["kind"] == "folder":
         return streams.image_folder(spec, size=image_size), None
-    if kind == "file":
+    if data["kind"] == "file":
         return specs.load_pt_data(spec), None
-    if kind == "synthetic":
-        return data_mod.load("synthetic", "train", like=like, seed=seed), like
+    if data["kind"] == "synthetic":
+        return data_mod.load("synthetic", "train", like=data["like"], seed=seed), data["like"]
     return spec, spec
 
 

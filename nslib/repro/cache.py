@@ -73,8 +73,7 @@ def model_key(dataset: str, arch: str, name: str, seed: int, *, start: str | Non
     params).
     """
     cfg = training.TrainConfig(**_spec(name), seed=int(seed), **train_args)
-    if "eps" in training.identity(cfg):  # a method that runs the training attack: resolved as train() resolves it
-        cfg = training.with_attack_defaults(cfg, dataset)
+    cfg = training.with_attack_defaults(cfg, dataset)  # as train() resolves it (vanilla's identity holds no attack)
     params = {"dataset": dataset, "arch": arch, "name": name, "training_code": TRAINING_CODE, **training.identity(cfg)}
     if start is not None:
         params["start"] = start
